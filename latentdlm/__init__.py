@@ -1,0 +1,3 @@
+"""latentdlm: latent paragraph-level diffusion language models."""
+
+__version__ = "0.1.0"

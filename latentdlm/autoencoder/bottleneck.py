@@ -1,0 +1,52 @@
+"""Latent regularisation: a VAE head (mean, log-variance, KL) or LD4LG's L2 normalisation to norm sqrt(d)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from latentdlm.errors import LatentDLMError
+
+REGULARIZATIONS = ("vae", "l2", "none")
+
+
+@dataclass
+class Posterior:
+    mean: torch.Tensor  # (B, k, d): the deterministic latent (used at inference)
+    logvar: Optional[torch.Tensor]  # VAE only
+
+    def sample(self) -> torch.Tensor:
+        if self.logvar is None:
+            return self.mean
+        return self.mean + torch.randn_like(self.mean) * torch.exp(0.5 * self.logvar)
+
+    def kl_per_dim(self) -> torch.Tensor:
+        """KL(q(z|x) || N(0, I)) averaged over the batch, one value per latent dimension: (k, d)."""
+        if self.logvar is None:
+            return torch.zeros(self.mean.shape[1:], device=self.mean.device)
+        kl = 0.5 * (self.mean.pow(2) + self.logvar.exp() - 1.0 - self.logvar)
+        return kl.mean(dim=0)
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, input_dim: int, latent_dim: int, regularization: str):
+        super().__init__()
+        if regularization not in REGULARIZATIONS:
+            raise LatentDLMError(f"unknown regularization '{regularization}': choose one of {', '.join(REGULARIZATIONS)}")
+        self.regularization = regularization
+        self.latent_dim = latent_dim
+        out = 2 * latent_dim if regularization == "vae" else latent_dim
+        self.projection = nn.Linear(input_dim, out)
+
+    def forward(self, features: torch.Tensor) -> Posterior:
+        out = self.projection(features)
+        if self.regularization == "vae":
+            mean, logvar = out.chunk(2, dim=-1)
+            return Posterior(mean, logvar.clamp(-12.0, 6.0))
+        if self.regularization == "l2":
+            out = nn.functional.normalize(out, dim=-1) * math.sqrt(self.latent_dim)
+        return Posterior(out, None)

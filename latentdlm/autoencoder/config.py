@@ -1,0 +1,51 @@
+"""Typed configuration of the paragraph autoencoder (architecture only; losses live in training)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from latentdlm.data.segmentation import SegmentationConfig
+
+
+@dataclass
+class PartConfig:
+    """An encoder or decoder: pretrained from `name_or_path`, or random from `config`.
+
+    `config` holds Hugging Face config fields with a `model_type` (e.g. {model_type: bert,
+    hidden_size: 256}); with `name_or_path` set it overrides fields of the pretrained config.
+    """
+
+    kind: str = "hf"  # encoder: hf | sentence_transformers ; decoder: seq2seq | causal
+    name_or_path: Optional[str] = None
+    config: dict[str, Any] = field(default_factory=dict)
+    gguf_file: Optional[str] = None  # a GGUF file inside name_or_path (dequantised to float32)
+    freeze: bool = False
+
+
+@dataclass
+class TokenizerConfig:
+    """Where tokens come from: a pretrained tokenizer, or a byte-level BPE trained on the corpus."""
+
+    name_or_path: Optional[str] = None  # None: the encoder's/decoder's own, else train one
+    train_vocab_size: int = 8000
+    share: bool = True  # one tokenizer for encoder and decoder (needed when training one)
+
+
+@dataclass
+class AutoencoderConfig:
+    encoder: PartConfig = field(default_factory=PartConfig)
+    decoder: PartConfig = field(default_factory=lambda: PartConfig(kind="seq2seq"))
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    num_latents: int = 16  # k
+    latent_dim: int = 64  # d
+    compressor_dim: int = 256
+    compressor_layers: int = 2
+    compressor_heads: int = 4
+    memory_layers: int = 2  # latent -> decoder-memory transformer (LD4LG's "reconstruction" net)
+    memory_heads: int = 4
+    regularization: str = "vae"  # vae | l2 | none
+    max_length: int = 64  # tokens per encoded unit (a segment in segment mode, else a paragraph)
+    # segment mode (SLD): mode "sentences" or "dialogue_turns" gives each segment its own latent block
+    segmentation: SegmentationConfig = field(default_factory=lambda: SegmentationConfig(mode="none"))
+    dropout: float = 0.0

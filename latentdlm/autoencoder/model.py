@@ -1,0 +1,241 @@
+"""The paragraph autoencoder: text -> (segments x k x d) latents -> text.
+
+encoder (any HF encoder) -> Perceiver resampler -> bottleneck (VAE / L2) -> latents
+latents -> memory network -> decoder (cross-attention or latent prefix) -> text
+In segment mode (SLD) every sentence segment is one unit with its own k x d block; without it the
+whole paragraph is one unit. Units of a batch are encoded and decoded in parallel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from safetensors.torch import load_model, save_model
+from torch import nn
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from latentdlm import __version__
+from latentdlm.autoencoder.bottleneck import Bottleneck, Posterior
+from latentdlm.autoencoder.config import AutoencoderConfig
+from latentdlm.autoencoder.parts import TextDecoder, TextEncoder
+from latentdlm.autoencoder.perceiver import LatentToMemory, PerceiverResampler
+from latentdlm.config import config_from_dict
+from latentdlm.data.segmentation import SentenceSegmenter
+from latentdlm.errors import LatentDLMError
+from latentdlm.io import atomic_directory
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+MODEL_TYPE = "latentdlm-paragraph-autoencoder"
+
+
+@dataclass
+class TokenizedUnits:
+    encoder_ids: list[list[int]]
+    decoder_ids: list[list[int]]  # targets, each ending with eos
+    num_truncated: int
+
+
+@dataclass
+class EncodedText:
+    latents: torch.Tensor  # (B, S, k, d)
+    segment_mask: torch.Tensor  # (B, S) bool: True where a segment exists
+
+
+class ParagraphAutoencoder(nn.Module):
+    def __init__(
+        self,
+        config: AutoencoderConfig,
+        encoder_tokenizer: PreTrainedTokenizerBase,
+        decoder_tokenizer: PreTrainedTokenizerBase,
+        encoder_hf_config: Optional[dict] = None,
+        decoder_hf_config: Optional[dict] = None,
+    ):
+        super().__init__()
+        self.config = config
+        self.encoder_tokenizer = encoder_tokenizer
+        self.decoder_tokenizer = decoder_tokenizer
+        self.encoder = TextEncoder(config.encoder, encoder_hf_config)
+        self.compressor = PerceiverResampler(
+            self.encoder.hidden_size, config.compressor_dim, config.num_latents,
+            config.compressor_layers, config.compressor_heads, config.dropout,
+        )
+        self.bottleneck = Bottleneck(config.compressor_dim, config.latent_dim, config.regularization)
+        self.decoder = TextDecoder(config.decoder, decoder_hf_config)
+        self.to_memory = LatentToMemory(
+            config.latent_dim, self.decoder.hidden_size, config.num_latents,
+            config.memory_layers, config.memory_heads, config.dropout,
+        )
+        self.segmenter = SentenceSegmenter(config.segmentation)
+        self._check_vocab()
+
+    def _check_vocab(self) -> None:
+        for name, tokenizer, part in (("encoder", self.encoder_tokenizer, self.encoder), ("decoder", self.decoder_tokenizer, self.decoder)):
+            rows = part.model.get_input_embeddings().num_embeddings
+            if len(tokenizer) > rows:
+                raise LatentDLMError(f"the {name} tokenizer has {len(tokenizer)} tokens but the {name} embeds only {rows}")
+        if self.decoder_tokenizer.eos_token_id is None:
+            raise LatentDLMError("the decoder tokenizer has no eos token")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def latent_shape(self) -> tuple[int, int]:
+        return self.config.num_latents, self.config.latent_dim
+
+    # ---- token level -------------------------------------------------------------------------
+    def posterior(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Posterior:
+        states = self.encoder(input_ids, attention_mask)
+        return self.bottleneck(self.compressor(states, attention_mask))
+
+    def decoder_logits(self, latents: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.to_memory(latents), input_ids, attention_mask)
+
+    def tokenize(self, units: Sequence[str]) -> TokenizedUnits:
+        limit = self.config.max_length
+        enc = self.encoder_tokenizer(list(units), truncation=True, max_length=limit)["input_ids"]
+        plain = self.decoder_tokenizer(list(units), add_special_tokens=False, verbose=False)["input_ids"]
+        eos = self.decoder_tokenizer.eos_token_id
+        truncated = sum(len(ids) > limit - 1 for ids in plain)
+        return TokenizedUnits(enc, [ids[: limit - 1] + [eos] for ids in plain], truncated)
+
+    def collate(self, encoder_ids: Sequence[list[int]], decoder_ids: Sequence[list[int]]) -> dict[str, torch.Tensor]:
+        """Pad a batch to its own longest unit (dynamic padding)."""
+        enc_pad = _pad_id(self.encoder_tokenizer)
+        dec_pad = _pad_id(self.decoder_tokenizer)
+        start = self.decoder.start_token_id
+        batch = {}
+        batch["input_ids"], batch["attention_mask"] = _pad(encoder_ids, enc_pad)
+        batch["decoder_input_ids"], batch["decoder_attention_mask"] = _pad([[start] + ids[:-1] for ids in decoder_ids], dec_pad)
+        batch["labels"], _ = _pad(decoder_ids, -100)
+        return batch
+
+    # ---- text level --------------------------------------------------------------------------
+    def split_units(self, texts: Sequence[str]) -> list[list[str]]:
+        """Each text -> its units: sentence segments in segment mode, else the text itself."""
+        units = self.segmenter.split_batch(list(texts))
+        empty = [i for i, u in enumerate(units) if not u]
+        if empty:
+            raise LatentDLMError(f"{len(empty)} input text(s) are empty or whitespace only (first at index {empty[0]})")
+        return units
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str], batch_size: int = 64, sample: bool = False) -> EncodedText:
+        """Texts -> latents (B, S, k, d) with a (B, S) segment mask. `sample` draws from a VAE posterior."""
+        per_text = self.split_units(texts)
+        flat = [u for units in per_text for u in units]
+        tokens = self.tokenize(flat)
+        latents = torch.empty(len(flat), *self.latent_shape, device=self.device)
+        for idx in _length_sorted_batches([len(x) for x in tokens.encoder_ids], batch_size):
+            ids, mask = _pad([tokens.encoder_ids[i] for i in idx], _pad_id(self.encoder_tokenizer))
+            post = self.posterior(ids.to(self.device), mask.to(self.device))
+            latents[idx] = post.sample() if sample else post.mean
+        max_segments = max(len(u) for u in per_text)
+        out = torch.zeros(len(texts), max_segments, *self.latent_shape, device=self.device)
+        segment_mask = torch.zeros(len(texts), max_segments, dtype=torch.bool, device=self.device)
+        start = 0
+        for row, units in enumerate(per_text):
+            out[row, : len(units)] = latents[start : start + len(units)]
+            segment_mask[row, : len(units)] = True
+            start += len(units)
+        return EncodedText(out, segment_mask)
+
+    @torch.no_grad()
+    def decode(self, encoded: EncodedText, batch_size: int = 64, max_new_tokens: Optional[int] = None, **generate_kwargs) -> list[str]:
+        """Latents -> texts. All segments of all texts decode in parallel, then rejoin in order."""
+        flat = encoded.latents[encoded.segment_mask]  # (N, k, d) in row-major order
+        generate_kwargs.setdefault("do_sample", False)
+        generate_kwargs.setdefault("num_beams", 1)
+        generate_kwargs.setdefault("pad_token_id", _pad_id(self.decoder_tokenizer))
+        generate_kwargs.setdefault("eos_token_id", self.decoder_tokenizer.eos_token_id)
+        pieces: list[str] = []
+        for start in range(0, flat.shape[0], batch_size):
+            memory = self.to_memory(flat[start : start + batch_size].to(self.device))
+            ids = self.decoder.generate(memory, max_new_tokens or self.config.max_length, **generate_kwargs)
+            pieces += [t.strip() for t in self.decoder_tokenizer.batch_decode(ids, skip_special_tokens=True)]
+        texts, start = [], 0
+        for count in encoded.segment_mask.sum(dim=1).tolist():
+            texts.append(" ".join(p for p in pieces[start : start + count] if p))
+            start += count
+        return texts
+
+    def reconstruct(self, texts: Sequence[str], batch_size: int = 64) -> list[str]:
+        return self.decode(self.encode(texts, batch_size), batch_size)
+
+    # ---- saving ------------------------------------------------------------------------------
+    def save_pretrained(self, path: str | Path) -> None:
+        """One folder: config.json, model.safetensors and both tokenizers. Written atomically."""
+        with atomic_directory(path) as tmp:
+            meta = {
+                "model_type": MODEL_TYPE,
+                "latentdlm_version": __version__,
+                "autoencoder": dataclasses.asdict(self.config),
+                "encoder_hf_config": self.encoder.hf_config,
+                "decoder_hf_config": self.decoder.hf_config,
+            }
+            (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
+            save_model(self, str(tmp / WEIGHTS_NAME))
+            self.encoder_tokenizer.save_pretrained(tmp / "encoder_tokenizer")
+            self.decoder_tokenizer.save_pretrained(tmp / "decoder_tokenizer")
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> "ParagraphAutoencoder":
+        path = Path(path)
+        meta = read_autoencoder_meta(path)
+        config = config_from_dict(AutoencoderConfig, meta["autoencoder"], f"{path / CONFIG_NAME}")
+        model = cls(
+            config,
+            AutoTokenizer.from_pretrained(path / "encoder_tokenizer"),
+            AutoTokenizer.from_pretrained(path / "decoder_tokenizer"),
+            meta["encoder_hf_config"],
+            meta["decoder_hf_config"],
+        )
+        missing, unexpected = load_model(model, str(path / WEIGHTS_NAME), strict=False)
+        if missing or unexpected:
+            raise LatentDLMError(
+                f"weights in {path} do not fit the saved architecture "
+                f"({len(missing)} missing, {len(unexpected)} unexpected, e.g. {(missing or unexpected)[0]})"
+            )
+        return model.eval()
+
+
+def read_autoencoder_meta(path: Path) -> dict:
+    if not path.is_dir():
+        raise LatentDLMError(f"autoencoder folder not found: {path}")
+    needed = [CONFIG_NAME, WEIGHTS_NAME, "encoder_tokenizer", "decoder_tokenizer"]
+    missing = [name for name in needed if not (path / name).exists()]
+    if missing:
+        raise LatentDLMError(f"{path} is not a latentdlm autoencoder folder (missing {', '.join(missing)})")
+    try:
+        meta = json.loads((path / CONFIG_NAME).read_text())
+    except json.JSONDecodeError as exc:
+        raise LatentDLMError(f"{path / CONFIG_NAME} is not valid JSON: {exc}") from None
+    if meta.get("model_type") != MODEL_TYPE:
+        raise LatentDLMError(f"{path} holds a '{meta.get('model_type')}', not a latentdlm paragraph autoencoder")
+    return meta
+
+
+def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def _pad(sequences: Sequence[list[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), value, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    return ids, mask
+
+
+def _length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]

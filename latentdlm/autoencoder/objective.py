@@ -1,0 +1,122 @@
+"""The autoencoder's training objective with its anti-collapse and robustness terms.
+
+reconstruction NLL
++ beta(t) * KL with free bits (VAE; beta annealed linearly from 0)
++ decoder word dropout (Bowman et al.): decoder inputs replaced by <unk>/<mask> so it must read z
++ Gaussian latent noise, PLANNER's token substitution noise on the encoder input
++ SLD's adversarial latent perturbation and contrastive loss between two noised views.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from latentdlm.autoencoder.model import ParagraphAutoencoder
+
+
+@dataclass
+class ObjectiveConfig:
+    kl_weight: float = 1e-4  # beta (PLANNER uses 1e-5)
+    kl_anneal_steps: int = 1000  # beta rises linearly from 0 over these steps
+    free_bits: float = 0.0  # nats per latent dimension below which KL is not penalised
+    word_dropout: float = 0.0  # probability of hiding each decoder input token
+    latent_noise: float = 0.0  # std of Gaussian noise added to latents
+    token_noise: float = 0.0  # probability of substituting each encoder input token (PLANNER 0.3)
+    adversarial_eps: float = 0.0  # size of the adversarial latent step, relative to the latent norm (SLD ~0.1)
+    adversarial_weight: float = 0.0
+    contrastive_weight: float = 0.0  # SLD uses 0.2; the views differ by token noise, dropout and VAE sampling
+    contrastive_temperature: float = 0.1
+
+
+def _reconstruction_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+
+
+def _substitute_tokens(ids: torch.Tensor, mask: torch.Tensor, p: float, vocab_size: int, special_ids: list[int]) -> torch.Tensor:
+    """Replace each non-special token with a random one with probability p."""
+    hit = (torch.rand(ids.shape, device=ids.device) < p) & mask.bool()
+    for special in special_ids:
+        hit &= ids != special
+    return torch.where(hit, torch.randint_like(ids, vocab_size), ids)
+
+
+def _hide_decoder_inputs(ids: torch.Tensor, mask: torch.Tensor, p: float, hidden_id: int) -> torch.Tensor:
+    hit = (torch.rand(ids.shape, device=ids.device) < p) & mask.bool()
+    hit[:, 0] = False  # keep the start token
+    return torch.where(hit, torch.full_like(ids, hidden_id), ids)
+
+
+def _contrastive(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """InfoNCE between two views (B, k, d): each unit must pick its own other view in the batch."""
+    a = F.normalize(a.flatten(1), dim=-1)
+    b = F.normalize(b.flatten(1), dim=-1)
+    logits = a @ b.T / temperature
+    target = torch.arange(a.shape[0], device=a.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+def autoencoder_loss(model: ParagraphAutoencoder, batch: dict[str, torch.Tensor], cfg: ObjectiveConfig, step: int) -> dict[str, torch.Tensor]:
+    """All terms of one step; `loss` is what to backpropagate, the rest are for logging."""
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    enc_tok, dec_tok = model.encoder_tokenizer, model.decoder_tokenizer
+    noisy = lambda: _substitute_tokens(ids, mask, cfg.token_noise, len(enc_tok), enc_tok.all_special_ids)  # noqa: E731
+    posterior = model.posterior(noisy() if cfg.token_noise > 0 else ids, mask)
+    latents = posterior.sample()
+    if cfg.latent_noise > 0:
+        latents = latents + cfg.latent_noise * torch.randn_like(latents)
+
+    dec_in, dec_mask = batch["decoder_input_ids"], batch["decoder_attention_mask"]
+    if cfg.word_dropout > 0:
+        hidden = next(t for t in (dec_tok.unk_token_id, dec_tok.mask_token_id, dec_tok.pad_token_id, dec_tok.eos_token_id) if t is not None)
+        dec_in = _hide_decoder_inputs(dec_in, dec_mask, cfg.word_dropout, hidden)
+
+    nll = _reconstruction_nll(model.decoder_logits(latents, dec_in, dec_mask), batch["labels"])
+    terms = {"nll": nll}
+
+    kl_dims = posterior.kl_per_dim()
+    terms["kl"] = kl_dims.sum()
+    if posterior.logvar is not None and cfg.kl_weight > 0:
+        beta = cfg.kl_weight * min(1.0, step / cfg.kl_anneal_steps) if cfg.kl_anneal_steps > 0 else cfg.kl_weight
+        terms["kl_penalty"] = beta * kl_dims.clamp(min=cfg.free_bits).sum()
+
+    if cfg.adversarial_weight > 0 and cfg.adversarial_eps > 0:
+        (grad,) = torch.autograd.grad(nll, latents, retain_graph=True)
+        direction = F.normalize(grad.flatten(1), dim=-1).view_as(latents)
+        scale = cfg.adversarial_eps * latents.detach().flatten(1).norm(dim=-1).view(-1, 1, 1)
+        adversarial = latents + (scale * direction).detach()
+        terms["adversarial"] = cfg.adversarial_weight * _reconstruction_nll(
+            model.decoder_logits(adversarial, dec_in, dec_mask), batch["labels"]
+        )
+
+    if cfg.contrastive_weight > 0:
+        second_view = model.posterior(noisy() if cfg.token_noise > 0 else ids, mask).sample()
+        terms["contrastive"] = cfg.contrastive_weight * _contrastive(posterior.mean, second_view, cfg.contrastive_temperature)
+
+    terms["loss"] = nll + sum(v for k, v in terms.items() if k in ("kl_penalty", "adversarial", "contrastive"))
+    return terms
+
+
+@torch.no_grad()
+def latent_usage_gap(model: ParagraphAutoencoder, batch: dict[str, torch.Tensor]) -> float:
+    """NLL with latents shuffled across the batch minus NLL with the right ones (0 = latent ignored)."""
+    latents = model.posterior(batch["input_ids"], batch["attention_mask"]).mean
+    right = _reconstruction_nll(model.decoder_logits(latents, batch["decoder_input_ids"], batch["decoder_attention_mask"]), batch["labels"])
+    shuffled = latents.roll(1, dims=0)
+    wrong = _reconstruction_nll(model.decoder_logits(shuffled, batch["decoder_input_ids"], batch["decoder_attention_mask"]), batch["labels"])
+    return float(wrong - right)
+
+
+class AutoencoderObjective(nn.Module):
+    """The autoencoder with its loss as `forward`, so accelerate/DDP wraps one module that sees the whole step."""
+
+    def __init__(self, autoencoder: ParagraphAutoencoder, config: ObjectiveConfig):
+        super().__init__()
+        self.autoencoder = autoencoder
+        self.config = config
+
+    def forward(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        return autoencoder_loss(self.autoencoder, batch, self.config, step)

@@ -1,0 +1,168 @@
+"""Encoder and decoder adapters around Hugging Face models.
+
+Every part is built from a Hugging Face config (random init) or loaded pretrained, and its
+resolved config dict is saved with the autoencoder, so a saved autoencoder rebuilds offline.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+from transformers.modeling_outputs import BaseModelOutput
+
+from latentdlm.autoencoder.config import PartConfig
+from latentdlm.errors import LatentDLMError
+
+ENCODER_KINDS = ("hf", "sentence_transformers")
+DECODER_KINDS = ("seq2seq", "causal")
+
+
+def config_from_dict(values: dict[str, Any]):
+    values = dict(values)
+    model_type = values.pop("model_type", None)
+    if not model_type:
+        raise LatentDLMError("a part config without name_or_path needs 'model_type' (e.g. bert, bart, t5, gpt2, llama)")
+    try:
+        return AutoConfig.for_model(model_type, **values)
+    except ValueError as exc:
+        raise LatentDLMError(f"cannot build a '{model_type}' config: {exc}") from None
+
+
+def _load(auto_cls, part: PartConfig, hf_config: Optional[dict]):
+    """Random init from `hf_config` (a saved autoencoder) or `part.config`, else pretrained weights."""
+    if hf_config is not None or part.name_or_path is None:
+        return auto_cls.from_config(config_from_dict(hf_config if hf_config is not None else part.config))
+    kwargs: dict[str, Any] = dict(part.config)
+    if part.gguf_file:
+        kwargs.update(gguf_file=part.gguf_file, dtype=torch.float32)
+    try:
+        model = auto_cls.from_pretrained(part.name_or_path, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise LatentDLMError(f"cannot load '{part.name_or_path}': {str(exc).splitlines()[0]}") from None
+    if part.gguf_file:  # weights are dequantised: drop the quantiser so the model saves plainly
+        model.hf_quantizer = None
+        model.config.__dict__.pop("quantization_config", None)
+    return model
+
+
+def _frozen(module: nn.Module, freeze: bool) -> nn.Module:
+    if freeze:
+        module.requires_grad_(False)
+    return module
+
+
+class TextEncoder(nn.Module):
+    """Token ids -> contextual states (B, L, hidden). Wraps any HF encoder or encoder half."""
+
+    def __init__(self, part: PartConfig, hf_config: Optional[dict] = None):
+        super().__init__()
+        if part.kind not in ENCODER_KINDS:
+            raise LatentDLMError(f"unknown encoder kind '{part.kind}': choose one of {', '.join(ENCODER_KINDS)}")
+        if part.kind == "sentence_transformers" and hf_config is None:
+            model = _sentence_transformer_backbone(part)
+        else:
+            model = _load(AutoModel, part, hf_config)
+        if model.config.is_encoder_decoder:  # BART / T5: keep the encoder half only
+            model = model.get_encoder()
+        self.model = _frozen(model, part.freeze)
+        self.hf_config = _config_dict(model)
+        self.hidden_size = _hidden_size(model.config)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def _sentence_transformer_backbone(part: PartConfig) -> nn.Module:
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        st = SentenceTransformer(part.name_or_path, device="cpu")
+    except (OSError, ValueError) as exc:
+        raise LatentDLMError(f"cannot load sentence-transformers model '{part.name_or_path}': {exc}") from None
+    return st[0].auto_model  # token states come from the transformer under the pooling layer
+
+
+def _config_dict(model: nn.Module) -> dict:
+    values = model.config.to_dict()
+    for key in ("quantization_config", "_name_or_path", "transformers_version", "architectures"):
+        values.pop(key, None)
+    return values
+
+
+def _hidden_size(config) -> int:
+    for name in ("hidden_size", "d_model", "n_embd"):
+        if getattr(config, name, None):
+            return int(getattr(config, name))
+    raise LatentDLMError(f"cannot tell the hidden size of a '{config.model_type}' model")
+
+
+class TextDecoder(nn.Module):
+    """Decoder conditioned on a memory (B, m, hidden): cross-attention (seq2seq) or a prefix (causal)."""
+
+    def __init__(self, part: PartConfig, hf_config: Optional[dict] = None):
+        super().__init__()
+        if part.kind not in DECODER_KINDS:
+            raise LatentDLMError(f"unknown decoder kind '{part.kind}': choose one of {', '.join(DECODER_KINDS)}")
+        self.kind = part.kind
+        model = _load(AutoModelForSeq2SeqLM if part.kind == "seq2seq" else AutoModelForCausalLM, part, hf_config)
+        if part.kind == "seq2seq":
+            _drop_encoder(model)
+        self.model = _frozen(model, part.freeze)
+        self.hf_config = _config_dict(model)
+        self.hidden_size = _hidden_size(model.config)
+
+    @property
+    def start_token_id(self) -> int:
+        config = self.model.config
+        start = config.decoder_start_token_id if self.kind == "seq2seq" else config.bos_token_id
+        if start is None:
+            raise LatentDLMError("the decoder config has no start token (decoder_start_token_id / bos_token_id)")
+        return int(start)
+
+    def forward(self, memory: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Next-token logits (B, T, vocab) for decoder inputs (B, T) given the memory."""
+        if self.kind == "seq2seq":
+            out = self.model(
+                encoder_outputs=BaseModelOutput(last_hidden_state=memory),
+                attention_mask=_memory_mask(memory),
+                decoder_input_ids=input_ids,
+                decoder_attention_mask=attention_mask,
+                use_cache=False,
+            )
+            return out.logits
+        embeds = torch.cat([memory, self.model.get_input_embeddings()(input_ids)], dim=1)
+        mask = torch.cat([_memory_mask(memory), attention_mask], dim=1)
+        out = self.model(inputs_embeds=embeds, attention_mask=mask, use_cache=False)
+        return out.logits[:, memory.shape[1] :]
+
+    @torch.no_grad()
+    def generate(self, memory: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:
+        """Token ids (B, T) generated from the memory (no start token, padded after eos)."""
+        if self.kind == "seq2seq":
+            ids = self.model.generate(
+                encoder_outputs=BaseModelOutput(last_hidden_state=memory),
+                attention_mask=_memory_mask(memory),
+                max_new_tokens=max_new_tokens,
+                **kwargs,
+            )
+            return ids[:, 1:]  # drop the decoder start token
+        start = torch.full((memory.shape[0], 1), self.start_token_id, device=memory.device)
+        embeds = torch.cat([memory, self.model.get_input_embeddings()(start)], dim=1)
+        mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=memory.device)
+        return self.model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens, **kwargs)
+
+
+def _memory_mask(memory: torch.Tensor) -> torch.Tensor:
+    return torch.ones(memory.shape[:2], dtype=torch.long, device=memory.device)
+
+
+def _drop_encoder(model: nn.Module) -> None:
+    """A seq2seq decoder reads our memory, never its own encoder: remove it (no dead weights)."""
+    encoder = model.get_encoder()
+    for owner in (model, getattr(model, "model", None)):
+        if owner is not None and getattr(owner, "encoder", None) is encoder:
+            owner.encoder = None
+            return

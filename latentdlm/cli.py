@@ -1,0 +1,96 @@
+"""The `latentdlm` command. Each subcommand is a thin shell over a library function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from latentdlm.errors import LatentDLMError
+
+
+def _quiet_libraries() -> None:
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    transformers.logging.set_verbosity_error()
+
+
+def cmd_train_autoencoder(args: argparse.Namespace) -> None:
+    from latentdlm.config import load_config
+    from latentdlm.training.autoencoder import AutoencoderTrainConfig, train_autoencoder
+
+    cfg = load_config(AutoencoderTrainConfig, args.config, args.overrides)
+    train_autoencoder(cfg, resume=args.resume, cpu=args.cpu)
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> None:
+    from latentdlm.autoencoder.model import ParagraphAutoencoder
+    from latentdlm.data.sources import load_texts
+    from latentdlm.evaluation.reconstruction import reconstruction_metrics
+
+    if args.text is not None:
+        if not args.text.strip():
+            raise LatentDLMError("--text is empty")
+        texts = [args.text]
+    else:
+        texts = load_texts(args.input, args.column)
+    model = ParagraphAutoencoder.from_pretrained(args.autoencoder)
+    recons = model.reconstruct(texts, args.batch_size)
+    if args.output:
+        with Path(args.output).open("w") as f:
+            for text, recon in zip(texts, recons):
+                f.write(json.dumps({"text": text, "reconstruction": recon}) + "\n")
+        print(f"wrote {len(recons)} reconstructions to {args.output}")
+    else:
+        for recon in recons:
+            print(recon)
+    metrics = reconstruction_metrics(texts, recons)
+    print(f"BLEU {metrics['bleu']:.1f}, exact match {metrics['exact_match']:.1%} over {len(texts)} texts", file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="latentdlm", description="Latent paragraph diffusion language models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train-autoencoder", help="train a paragraph autoencoder (also: accelerate launch scripts/train_autoencoder.py)")
+    p.add_argument("--config", required=True, help="a YAML preset, e.g. configs/autoencoder/tiny.yaml")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in training.output_dir")
+    p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. training.max_steps=200")
+    p.set_defaults(func=cmd_train_autoencoder)
+
+    p = sub.add_parser("reconstruct", help="encode and decode texts with a trained autoencoder")
+    p.add_argument("--autoencoder", required=True, help="a folder saved by train-autoencoder (<output_dir>/autoencoder)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text", help="one paragraph")
+    source.add_argument("--input", help="a jsonl/json/csv/tsv/txt file")
+    p.add_argument("--column", help="the text column of --input (default: text, or the only string column)")
+    p.add_argument("--output", help="write {text, reconstruction} lines to this jsonl file instead of printing")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.set_defaults(func=cmd_reconstruct)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        _quiet_libraries()
+        args.func(args)
+    except LatentDLMError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""Load texts (or text pairs) from the bundled corpus, a local file or a Hugging Face hub dataset.
+
+A source is `bundled:austen`, `bundled:aesop`, `bundled` (both), a local `.jsonl`/`.json`/`.csv`/`.tsv`/`.txt`
+file (optionally `.gz`/`.bz2`/`.xz`/`.zst` compressed), or a hub dataset name. All of them are read through
+`datasets.load_dataset`, then one column is picked, checked and stripped.
+"""
+
+import csv
+import os
+import random
+import warnings
+from pathlib import Path
+
+import datasets
+
+from latentdlm.errors import LatentDLMError
+
+_CORPUS = Path(__file__).with_name("corpus")
+BUNDLED = {"austen": _CORPUS / "austen.jsonl", "aesop": _CORPUS / "aesop.jsonl"}
+_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".txt": "text"}
+_COMPRESSIONS = {".gz", ".bz2", ".xz", ".zst"}
+_STRING_DTYPES = {"string", "large_string"}
+
+
+def data_root() -> Path:
+    """The shared folder of real data for tests and benchmarks: $LATENTDLM_DATA or <repo>/../shared/data."""
+    return Path(os.environ.get("LATENTDLM_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
+
+
+def load_texts(
+    source: str, column: str | None = None, split: str = "train", limit: int | None = None, cache_dir: str | None = None
+) -> list[str]:
+    """Stripped, non-empty texts of `column` (default "text", or the only string column); first `limit` kept."""
+    return [row[0] for row in _load_rows(source, [column], split, limit, cache_dir)]
+
+
+def load_pairs(
+    source: str,
+    source_column: str,
+    target_column: str,
+    split: str = "train",
+    limit: int | None = None,
+    cache_dir: str | None = None,
+) -> list[tuple[str, str]]:
+    """Stripped (source, target) text pairs; pairs with an empty side are dropped."""
+    return _load_rows(source, [source_column, target_column], split, limit, cache_dir)
+
+
+def train_eval_split(
+    texts: list[str], eval_fraction: float, max_eval: int | None, seed: int
+) -> tuple[list[str], list[str]]:
+    """Shuffle with `seed` and hold out `eval_fraction` (at least one, at most `max_eval`) as the eval set."""
+    if not 0 <= eval_fraction < 1:
+        raise LatentDLMError(f"eval_fraction must be in [0, 1), got {eval_fraction}.")
+    if max_eval is not None and max_eval < 0:
+        raise LatentDLMError(f"max_eval must be >= 0 or None, got {max_eval}.")
+    shuffled = list(texts)
+    random.Random(seed).shuffle(shuffled)
+    n_eval = max(1, int(len(shuffled) * eval_fraction)) if eval_fraction > 0 and len(shuffled) > 1 else 0
+    if max_eval is not None:
+        n_eval = min(n_eval, max_eval)
+    return shuffled[n_eval:], shuffled[:n_eval]
+
+
+def _load_rows(
+    source: str, columns: list[str | None], split: str, limit: int | None, cache_dir: str | None
+) -> list[tuple[str, ...]]:
+    """Rows of the given columns over all datasets of `source`, stripped, empty rows dropped, first `limit` kept."""
+    if limit is not None and limit < 1:
+        raise LatentDLMError(f"limit must be a positive number of texts or None, got {limit}.")
+    rows = []
+    for label, dataset in _load_datasets(source, split, cache_dir):
+        rows += zip(*(_column_values(dataset, column, label) for column in columns))
+    stripped = [tuple((value or "").strip() for value in row) for row in rows]
+    kept = [row for row in stripped if all(row)]
+    if not kept:
+        raise LatentDLMError(f"{source}: all {len(rows)} texts are empty or whitespace-only; nothing to load.")
+    if len(kept) < len(rows):
+        dropped = f"{len(rows) - len(kept)} of {len(rows)}"
+        warnings.warn(f"{source}: dropped {dropped} rows with empty or whitespace-only text.", stacklevel=3)
+    return kept[:limit]
+
+
+def _load_datasets(source: str, split: str, cache_dir: str | None) -> list[tuple[str, datasets.Dataset]]:
+    """(label, dataset) for each part of `source`: two for `bundled`, else one."""
+    source = os.fspath(source)
+    if source == "bundled":
+        return [(f"bundled:{name}", _load_file(path, cache_dir)) for name, path in BUNDLED.items()]
+    if source.startswith("bundled:"):
+        name = source.removeprefix("bundled:")
+        if name not in BUNDLED:
+            choices = ", ".join(BUNDLED)
+            raise LatentDLMError(f"unknown bundled corpus '{name}'; choose one of: {choices} (or 'bundled').")
+        return [(source, _load_file(BUNDLED[name], cache_dir))]
+    path = Path(source).expanduser()
+    if path.exists() or _data_suffix(path) or source.startswith((".", "/", "~")):
+        return [(source, _load_file(path, cache_dir))]
+    try:
+        dataset = datasets.load_dataset(source, split=split, cache_dir=cache_dir)
+    except Exception as error:
+        raise LatentDLMError(
+            f"could not load dataset '{source}' (split '{split}') from the Hugging Face hub; this machine may be "
+            f"offline (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE set, or no internet) - pass a local file or "
+            f"'bundled' instead. Reason: {_reason(error)}"
+        ) from error
+    return [(source, dataset)]
+
+
+def _data_suffix(path: Path) -> str:
+    """The format suffix of `path` (".csv" for "x.csv.gz"), or "" if it is not a supported data file."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in _COMPRESSIONS:
+        suffixes.pop()
+    return suffixes[-1] if suffixes and suffixes[-1] in _FORMATS else ""
+
+
+def _load_file(path: Path, cache_dir: str | None) -> datasets.Dataset:
+    """Read a local data file with the matching `datasets` builder."""
+    if not path.is_file():
+        raise LatentDLMError(f"file not found: {path}" + (" (it is a directory)" if path.is_dir() else ""))
+    suffix = _data_suffix(path)
+    if not suffix:
+        raise LatentDLMError(
+            f"unsupported file type: {path}; use .jsonl, .json, .csv, .tsv or .txt "
+            f"(optionally compressed: {', '.join(sorted(_COMPRESSIONS))})."
+        )
+    if path.stat().st_size == 0:
+        raise LatentDLMError(f"file is empty: {path}")
+    options = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if suffix == ".tsv" else {}
+    try:
+        dataset = datasets.load_dataset(
+            _FORMATS[suffix], data_files=str(path), split="train", cache_dir=cache_dir, **options
+        )
+    except Exception as error:
+        if "corresponds to no data" in str(error):
+            raise LatentDLMError(f"file has no rows: {path}") from error
+        raise LatentDLMError(f"could not read {path} as {suffix[1:]}: {_reason(error)}") from error
+    if dataset.num_rows == 0:
+        raise LatentDLMError(f"file has no rows: {path}")
+    return dataset
+
+
+def _column_values(dataset: datasets.Dataset, column: str | None, label: str) -> list[str | None]:
+    """The values of `column` (or the default text column); every value must be a string or missing."""
+    available = ", ".join(f"{name} ({_dtype(feature)})" for name, feature in dataset.features.items())
+    if column is None:
+        strings = [name for name, feature in dataset.features.items() if _dtype(feature) in _STRING_DTYPES]
+        if "text" not in dataset.column_names and len(strings) != 1:
+            raise LatentDLMError(
+                f"{label}: cannot tell which column holds the text (no 'text' column and {len(strings)} string "
+                f"columns); pass a column name. Available columns: {available}"
+            )
+        column = "text" if "text" in dataset.column_names else strings[0]
+    if column not in dataset.column_names:
+        raise LatentDLMError(f"{label}: column '{column}' not found. Available columns: {available}")
+    values = dataset[column]
+    bad = next((value for value in values if value is not None and not isinstance(value, str)), None)
+    if bad is not None:
+        raise LatentDLMError(
+            f"{label}: column '{column}' holds non-text values (e.g. {bad!r} of type {type(bad).__name__}); "
+            f"pick a string column. Available columns: {available}"
+        )
+    return list(values)
+
+
+def _dtype(feature) -> str:
+    return feature.dtype if isinstance(feature, datasets.Value) else type(feature).__name__
+
+
+def _reason(error: BaseException) -> str:
+    """The innermost cause of `error`, on one short line."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:200] if lines else ''}"

@@ -1,0 +1,146 @@
+"""Stage 1: train the paragraph autoencoder (`latentdlm train-autoencoder`, scripts/train_autoencoder.py)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from latentdlm.autoencoder.build import build_autoencoder
+from latentdlm.autoencoder.config import AutoencoderConfig
+from latentdlm.autoencoder.model import ParagraphAutoencoder
+from latentdlm.autoencoder.objective import AutoencoderObjective, ObjectiveConfig
+from latentdlm.config import save_config
+from latentdlm.data.batching import LengthGroupedSampler
+from latentdlm.data.sources import load_texts, train_eval_split
+from latentdlm.evaluation.reconstruction import reconstruction_metrics
+from latentdlm.training.config import TrainingConfig
+from latentdlm.training.loop import make_accelerator, make_optimizer, prepare_output_dir, run_training
+
+FINAL_NAME = "autoencoder"
+INITIAL_NAME = "initial"  # the untrained model with its tokenizers: what --resume rebuilds from
+
+
+@dataclass
+class TextDataConfig:
+    source: str = "bundled"  # bundled[:austen|aesop], a local jsonl/json/csv/tsv/txt file, or a hub dataset
+    column: Optional[str] = None
+    split: str = "train"
+    limit: Optional[int] = None
+    eval_source: Optional[str] = None  # held-out texts; default: a slice of `source`
+    eval_split: str = "validation"
+    eval_fraction: float = 0.02
+    max_eval: int = 64
+
+
+@dataclass
+class AutoencoderTrainConfig:
+    data: TextDataConfig = field(default_factory=TextDataConfig)
+    model: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    eval_batch_size: int = 64
+    show_examples: int = 3  # reconstructions printed at each evaluation
+
+
+def load_corpus(data: TextDataConfig, seed: int) -> tuple[list[str], list[str]]:
+    texts = load_texts(data.source, data.column, data.split, data.limit)
+    if data.eval_source:
+        return texts, load_texts(data.eval_source, data.column, data.eval_split, data.max_eval)
+    return train_eval_split(texts, data.eval_fraction, data.max_eval, seed)
+
+
+class UnitDataset(torch.utils.data.Dataset):
+    def __init__(self, encoder_ids: list[list[int]], decoder_ids: list[list[int]]):
+        self.encoder_ids, self.decoder_ids = encoder_ids, decoder_ids
+
+    def __len__(self) -> int:
+        return len(self.encoder_ids)
+
+    def __getitem__(self, i: int):
+        return self.encoder_ids[i], self.decoder_ids[i]
+
+
+def make_dataloader(model: ParagraphAutoencoder, texts: list[str], batch_size: int, seed: int, num_workers: int = 0) -> DataLoader:
+    """Every unit (a segment, or a whole paragraph) of every text is one example."""
+    units = [u for per_text in model.split_units(texts) for u in per_text]
+    tokens = model.tokenize(units)
+    if tokens.num_truncated:
+        warnings.warn(
+            f"{tokens.num_truncated} of {len(units)} training units are longer than model.max_length="
+            f"{model.config.max_length} tokens and were truncated"
+        )
+    dataset = UnitDataset(tokens.encoder_ids, tokens.decoder_ids)
+    sampler = LengthGroupedSampler([len(ids) for ids in tokens.decoder_ids], batch_size, seed)
+    collate = lambda items: model.collate([a for a, _ in items], [b for _, b in items])  # noqa: E731
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate, num_workers=num_workers, drop_last=True)
+
+
+def evaluate_autoencoder(model: ParagraphAutoencoder, texts: list[str], batch_size: int) -> tuple[dict, list[str]]:
+    model.eval()
+    reconstructions = model.reconstruct(texts, batch_size)
+    return reconstruction_metrics(texts, reconstructions), reconstructions
+
+
+def train_autoencoder(cfg: AutoencoderTrainConfig, resume: bool = False, cpu: bool = False) -> Path:
+    """Train and save `<output_dir>/autoencoder`; returns that folder."""
+    accelerator = make_accelerator(cfg.training, cpu=cpu)
+    out = prepare_output_dir(cfg.training, resume, FINAL_NAME)
+    set_seed(cfg.training.seed)
+    train_texts, eval_texts = load_corpus(cfg.data, cfg.training.seed)
+    if accelerator.is_main_process and not resume:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "train_config.yaml")
+        accelerator.print(f"building the autoencoder ({len(train_texts)} training texts, {len(eval_texts)} held out)")
+        build_autoencoder(cfg.model, train_texts).save_pretrained(out / INITIAL_NAME)
+    accelerator.wait_for_everyone()
+    model = ParagraphAutoencoder.from_pretrained(out / INITIAL_NAME)  # same tokenizer and init on every rank
+    accelerator.print(f"autoencoder: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters")
+
+    objective = AutoencoderObjective(model, cfg.objective)
+    loader = make_dataloader(model, train_texts, cfg.training.batch_size, cfg.training.seed, cfg.training.num_workers)
+    optimizer, scheduler = make_optimizer(cfg.training, objective, accelerator.num_processes)
+    objective, optimizer, loader, scheduler = accelerator.prepare(objective, optimizer, loader, scheduler)
+    if cfg.training.log_with:
+        accelerator.init_trackers("latentdlm-autoencoder")
+
+    def evaluate(step: int) -> dict:
+        if not accelerator.is_main_process:
+            return {}
+        metrics, recons = evaluate_autoencoder(model, eval_texts, cfg.eval_batch_size)
+        for original, recon in list(zip(eval_texts, recons))[: cfg.show_examples]:
+            tqdm.write(f"  original:      {original[:300]}\n  reconstructed: {recon[:300]}")
+        tqdm.write(f"step {step}: held-out BLEU {metrics['bleu']:.1f}, exact match {metrics['exact_match']:.2%}")
+        return {f"eval/{k}": v for k, v in metrics.items()}
+
+    run_training(
+        accelerator, cfg.training, objective, optimizer, scheduler, loader,
+        loss_fn=lambda module, batch, step: module(batch, step),
+        evaluate=evaluate, resume=resume, description="autoencoder",
+    )
+    accelerator.wait_for_everyone()
+    final = out / FINAL_NAME
+    if accelerator.is_main_process:
+        model.save_pretrained(final)
+        metrics, recons = evaluate_autoencoder(model, eval_texts, cfg.eval_batch_size)
+        with (out / "reconstructions.jsonl").open("w") as f:
+            for original, recon in zip(eval_texts, recons):
+                f.write(json.dumps({"text": original, "reconstruction": recon}) + "\n")
+        (out / "final_metrics.json").write_text(json.dumps(metrics, indent=2))
+        print_reconstructions(eval_texts, recons, metrics, cfg.show_examples)
+        accelerator.print(f"saved the autoencoder to {final}")
+    accelerator.end_training()
+    return final
+
+
+def print_reconstructions(texts: list[str], recons: list[str], metrics: dict, count: int) -> None:
+    for original, recon in list(zip(texts, recons))[:count]:
+        print(f"\noriginal:      {original}\nreconstructed: {recon}")
+    print(f"\nheld-out reconstruction over {len(texts)} texts: BLEU {metrics['bleu']:.1f}, exact match {metrics['exact_match']:.1%}")

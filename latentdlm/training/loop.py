@@ -1,0 +1,188 @@
+"""The accelerate training loop shared by both stages.
+
+Gradient accumulation, clipping, a learning-rate schedule, checkpoints with `save_state` (resume
+continues at the saved step, on the same data order), tqdm on the main process, metrics to
+`metrics.jsonl` and to any accelerate tracker, periodic evaluation, and a wall-clock budget.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from latentdlm.errors import LatentDLMError
+from latentdlm.training.config import TrainingConfig
+
+LossFn = Callable[[torch.nn.Module, dict, int], dict]
+EvalFn = Callable[[int], dict]
+COMPLETE_MARKER = "checkpoint_complete"
+
+
+def make_accelerator(cfg: TrainingConfig, cpu: bool = False) -> Accelerator:
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    torch.set_flush_denormal(True)  # denormals made some CPU steps 10-30x slower
+    return Accelerator(
+        cpu=cpu,
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        log_with=cfg.log_with,
+        project_config=ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=str(Path(cfg.output_dir) / "logs")),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+
+
+def prepare_output_dir(cfg: TrainingConfig, resume: bool, final_name: str) -> Path:
+    """Refuse to train over a finished run unless resuming or asked to overwrite."""
+    out = Path(cfg.output_dir)
+    if resume:
+        if latest_checkpoint(out) is None:
+            raise LatentDLMError(f"--resume: no complete checkpoint under {out / 'checkpoints'}")
+    elif (out / final_name).exists() or latest_checkpoint(out) is not None:
+        if not cfg.overwrite_output_dir:
+            raise LatentDLMError(
+                f"{out} already holds a run; pass --resume to continue it, "
+                "training.overwrite_output_dir=true to replace it, or another training.output_dir"
+            )
+    return out
+
+
+def latest_checkpoint(out: Path) -> Optional[Path]:
+    done = [p for p in (out / "checkpoints").glob("step-*") if (p / COMPLETE_MARKER).exists()]
+    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def make_optimizer(cfg: TrainingConfig, model: torch.nn.Module, num_processes: int):
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise LatentDLMError("nothing to train: every parameter is frozen")
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.learning_rate,
+        betas=(0.9, cfg.adam_beta2),
+    )
+    # accelerate steps a prepared scheduler once per process per optimizer step
+    scheduler = get_scheduler(
+        cfg.lr_scheduler, optimizer,
+        num_warmup_steps=cfg.warmup_steps * num_processes, num_training_steps=cfg.max_steps * num_processes,
+    )
+    return optimizer, scheduler
+
+
+class MetricsLog:
+    """metrics.jsonl in the output folder (main process) plus the accelerate trackers."""
+
+    def __init__(self, accelerator: Accelerator, out: Path):
+        self.accelerator = accelerator
+        self.path = out / "metrics.jsonl"
+
+    def write(self, step: int, metrics: dict) -> None:
+        if not metrics:
+            return
+        self.accelerator.log(metrics, step=step)
+        if self.accelerator.is_main_process:
+            with self.path.open("a") as f:
+                f.write(json.dumps({"step": step, **metrics}) + "\n")
+
+
+def save_checkpoint(accelerator: Accelerator, out: Path, step: int, keep: int) -> None:
+    path = out / "checkpoints" / f"step-{step}"
+    accelerator.save_state(str(path))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (path / COMPLETE_MARKER).write_text(str(step))
+        done = sorted((p for p in path.parent.glob("step-*")), key=lambda p: int(p.name.split("-")[1]))
+        for old in done[: max(0, len(done) - keep)]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+
+
+def run_training(
+    accelerator: Accelerator,
+    cfg: TrainingConfig,
+    model: torch.nn.Module,
+    optimizer,
+    scheduler,
+    dataloader,
+    loss_fn: LossFn,
+    evaluate: Optional[EvalFn] = None,
+    resume: bool = False,
+    after_step: Optional[Callable[[int], None]] = None,
+    description: str = "training",
+) -> int:
+    """Train until `max_steps` (or `max_minutes`); returns the last optimizer step reached."""
+    out = Path(cfg.output_dir)
+    log = MetricsLog(accelerator, out)
+    step = 0
+    if resume:
+        checkpoint = latest_checkpoint(out)
+        accelerator.load_state(str(checkpoint))
+        step = int(checkpoint.name.split("-")[1])
+        accelerator.print(f"resumed from {checkpoint} at step {step}")
+    epoch, skip = divmod(step * cfg.gradient_accumulation_steps, len(dataloader))
+    progress = tqdm(total=cfg.max_steps, initial=step, desc=description, disable=not accelerator.is_local_main_process)
+    window: dict[str, list[torch.Tensor]] = defaultdict(list)
+    started = time.monotonic()
+    last_saved = step
+    while step < cfg.max_steps:
+        dataloader.set_epoch(epoch)
+        batches = accelerator.skip_first_batches(dataloader, skip) if skip else dataloader
+        skip = 0
+        for batch in batches:
+            model.train()
+            with accelerator.accumulate(model):
+                terms = loss_fn(model, batch, step)
+                accelerator.backward(terms["loss"])
+                if accelerator.sync_gradients and cfg.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            for name, value in terms.items():
+                window[name].append(value.detach().float())
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            progress.update(1)
+            if after_step is not None:
+                after_step(step)
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                means = {k: accelerator.gather(torch.stack(v).mean().reshape(1)).mean().item() for k, v in sorted(window.items())}
+                means["lr"] = scheduler.get_last_lr()[0]
+                window.clear()
+                progress.set_postfix(loss=f"{means['loss']:.3f}")
+                log.write(step, means)
+            if evaluate is not None and cfg.eval_every and step % cfg.eval_every == 0:
+                log.write(step, evaluate(step))
+            if cfg.save_every and step % cfg.save_every == 0:
+                save_checkpoint(accelerator, out, step, cfg.checkpoints_total_limit)
+                last_saved = step
+            if step >= cfg.max_steps or _out_of_time(accelerator, cfg, started):
+                break
+        else:
+            epoch += 1
+            continue
+        break
+    progress.close()
+    if step != last_saved:
+        save_checkpoint(accelerator, out, step, cfg.checkpoints_total_limit)
+    return step
+
+
+def _out_of_time(accelerator: Accelerator, cfg: TrainingConfig, started: float) -> bool:
+    if cfg.max_minutes is None:
+        return False
+    late = torch.tensor([float(time.monotonic() - started > 60 * cfg.max_minutes)], device=accelerator.device)
+    return bool(accelerator.gather(late).max() > 0)  # every rank stops at the same step
