@@ -6,15 +6,21 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Sequence
 
 from latentdlm.errors import LatentDLMError
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def _quiet_libraries() -> None:
     import datasets
     import transformers
+
 
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
@@ -80,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning  # one "warning: ..." line each, restored on return
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         _quiet_libraries()
         args.func(args)

@@ -12,6 +12,7 @@ from torch import nn
 from latentdlm.errors import LatentDLMError
 
 REGULARIZATIONS = ("vae", "l2", "none")
+INITIAL_LOGVAR = -5.0
 
 
 @dataclass
@@ -41,6 +42,11 @@ class Bottleneck(nn.Module):
         self.latent_dim = latent_dim
         out = 2 * latent_dim if regularization == "vae" else latent_dim
         self.projection = nn.Linear(input_dim, out)
+        if regularization == "vae":
+            # start near-deterministic (sigma ~ 0.08): unit posterior noise at init drowns the latent and
+            # the decoder learns to ignore it before it can learn to read it (posterior collapse)
+            with torch.no_grad():
+                self.projection.bias[latent_dim:].fill_(INITIAL_LOGVAR)
 
     def forward(self, features: torch.Tensor) -> Posterior:
         out = self.projection(features)

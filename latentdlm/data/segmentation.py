@@ -19,7 +19,7 @@ from latentdlm.errors import LatentDLMError
 MODES = ("sentences", "dialogue_turns", "none")
 
 # Abbreviations (lower case, no final period) added to whichever Punkt parameters are loaded.
-# "no" is left out: in Austen "or no." and "No." end sentences far more often than "No. 5" occurs.
+# "no" is left out: in Austen "or no." and "No." end sentences far more often than "No. 5" appears.
 ABBREVIATIONS = frozenset(
     "mr mrs ms dr prof st jr sr vs etc e.g i.e u.s u.k a.m p.m mt inc ltd co gen col lt sgt"
     " capt rev hon fig jan feb mar apr jun jul aug sep sept oct nov dec".split()
@@ -111,19 +111,18 @@ def _continues(previous: str, gap: str, sentence: str) -> bool:
 
 
 def _dialogue_turns(text: str) -> list[str]:
+    """Turns by speaker tag; an untagged line continues the turn before it (no tags: one per line)."""
     if _HASH_TAG.search(text):
         turns = _HASH_TAG.split(text)
     else:
         lines = [line for line in text.splitlines() if line.strip()]
-        if not any(_LINE_TAG.match(line.strip()) for line in lines):
-            turns = lines
-        else:
-            turns = []
-            for line in lines:  # an untagged line continues the previous turn
-                if turns and not _LINE_TAG.match(line.strip()):
-                    turns[-1] += " " + line
-                else:
-                    turns.append(line)
+        tagged = any(_LINE_TAG.match(line.strip()) for line in lines)
+        turns = []
+        for line in lines:
+            if turns and tagged and not _LINE_TAG.match(line.strip()):
+                turns[-1] += " " + line
+            else:
+                turns.append(line)
     return [" ".join(turn.split()) for turn in turns if turn.strip()]
 
 

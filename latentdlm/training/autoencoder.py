@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -16,13 +15,13 @@ from tqdm.auto import tqdm
 from latentdlm.autoencoder.build import build_autoencoder
 from latentdlm.autoencoder.config import AutoencoderConfig
 from latentdlm.autoencoder.model import ParagraphAutoencoder
-from latentdlm.autoencoder.objective import AutoencoderObjective, ObjectiveConfig
+from latentdlm.autoencoder.objective import AutoencoderObjective, ObjectiveConfig, latent_usage_gap
 from latentdlm.config import save_config
 from latentdlm.data.batching import LengthGroupedSampler
 from latentdlm.data.sources import load_texts, train_eval_split
 from latentdlm.evaluation.reconstruction import reconstruction_metrics
 from latentdlm.training.config import TrainingConfig
-from latentdlm.training.loop import make_accelerator, make_optimizer, prepare_output_dir, run_training
+from latentdlm.training.loop import make_accelerator, make_optimizer, prepare_output_dir, rank_checksums, run_training
 
 FINAL_NAME = "autoencoder"
 INITIAL_NAME = "initial"  # the untrained model with its tokenizers: what --resume rebuilds from
@@ -72,21 +71,27 @@ def make_dataloader(model: ParagraphAutoencoder, texts: list[str], batch_size: i
     """Every unit (a segment, or a whole paragraph) of every text is one example."""
     units = [u for per_text in model.split_units(texts) for u in per_text]
     tokens = model.tokenize(units)
-    if tokens.num_truncated:
-        warnings.warn(
-            f"{tokens.num_truncated} of {len(units)} training units are longer than model.max_length="
-            f"{model.config.max_length} tokens and were truncated"
-        )
     dataset = UnitDataset(tokens.encoder_ids, tokens.decoder_ids)
     sampler = LengthGroupedSampler([len(ids) for ids in tokens.decoder_ids], batch_size, seed)
     collate = lambda items: model.collate([a for a, _ in items], [b for _, b in items])  # noqa: E731
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate, num_workers=num_workers, drop_last=True)
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate, num_workers=num_workers, drop_last=True,
+        generator=torch.Generator().manual_seed(seed),  # keeps the global RNG (restored on resume) untouched
+    )
 
 
 def evaluate_autoencoder(model: ParagraphAutoencoder, texts: list[str], batch_size: int) -> tuple[dict, list[str]]:
     model.eval()
     reconstructions = model.reconstruct(texts, batch_size)
     return reconstruction_metrics(texts, reconstructions), reconstructions
+
+
+def latent_gap(model: ParagraphAutoencoder, texts: list[str], max_units: int = 64) -> float:
+    """How much the decoder relies on the latent: NLL(shuffled latents) - NLL(own latents)."""
+    units = [u for per_text in model.split_units(texts) for u in per_text][:max_units]
+    tokens = model.tokenize(units)
+    batch = {k: v.to(model.device) for k, v in model.collate(tokens.encoder_ids, tokens.decoder_ids).items()}
+    return latent_usage_gap(model, batch)
 
 
 def train_autoencoder(cfg: AutoencoderTrainConfig, resume: bool = False, cpu: bool = False) -> Path:
@@ -115,19 +120,25 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, resume: bool = False, cpu: bo
         if not accelerator.is_main_process:
             return {}
         metrics, recons = evaluate_autoencoder(model, eval_texts, cfg.eval_batch_size)
+        metrics["latent_gap"] = latent_gap(model, eval_texts)
         for original, recon in list(zip(eval_texts, recons))[: cfg.show_examples]:
             tqdm.write(f"  original:      {original[:300]}\n  reconstructed: {recon[:300]}")
-        tqdm.write(f"step {step}: held-out BLEU {metrics['bleu']:.1f}, exact match {metrics['exact_match']:.2%}")
+        tqdm.write(
+            f"step {step}: held-out BLEU {metrics['bleu']:.1f}, exact match {metrics['exact_match']:.2%}, "
+            f"latent gap {metrics['latent_gap']:.2f} nats"
+        )
         return {f"eval/{k}": v for k, v in metrics.items()}
 
-    run_training(
+    step = run_training(
         accelerator, cfg.training, objective, optimizer, scheduler, loader,
         loss_fn=lambda module, batch, step: module(batch, step),
         evaluate=evaluate, resume=resume, description="autoencoder",
     )
-    accelerator.wait_for_everyone()
+    checksums = rank_checksums(accelerator, objective)
     final = out / FINAL_NAME
     if accelerator.is_main_process:
+        info = {"world_size": accelerator.num_processes, "final_step": step, "rank_weight_checksums": checksums}
+        (out / "run_info.json").write_text(json.dumps(info, indent=2))
         model.save_pretrained(final)
         metrics, recons = evaluate_autoencoder(model, eval_texts, cfg.eval_batch_size)
         with (out / "reconstructions.jsonl").open("w") as f:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -88,13 +90,13 @@ class MetricsLog:
         self.accelerator = accelerator
         self.path = out / "metrics.jsonl"
 
-    def write(self, step: int, metrics: dict) -> None:
+    def write(self, step: int, metrics: dict, minutes: float) -> None:
         if not metrics:
             return
         self.accelerator.log(metrics, step=step)
         if self.accelerator.is_main_process:
             with self.path.open("a") as f:
-                f.write(json.dumps({"step": step, **metrics}) + "\n")
+                f.write(json.dumps({"step": step, "train_minutes": round(minutes, 3), **metrics}) + "\n")
 
 
 def save_checkpoint(accelerator: Accelerator, out: Path, step: int, keep: int) -> None:
@@ -132,9 +134,12 @@ def run_training(
         step = int(checkpoint.name.split("-")[1])
         accelerator.print(f"resumed from {checkpoint} at step {step}")
     epoch, skip = divmod(step * cfg.gradient_accumulation_steps, len(dataloader))
-    progress = tqdm(total=cfg.max_steps, initial=step, desc=description, disable=not accelerator.is_local_main_process)
+    progress = tqdm(
+        total=cfg.max_steps, initial=step, desc=description, disable=not accelerator.is_local_main_process,
+        mininterval=1 if sys.stderr.isatty() else 30,  # logs and pipes get a line every 30 s, not a flood
+    )
     window: dict[str, list[torch.Tensor]] = defaultdict(list)
-    started = time.monotonic()
+    clock = TrainingClock()
     last_saved = step
     while step < cfg.max_steps:
         dataloader.set_epoch(epoch)
@@ -163,13 +168,15 @@ def run_training(
                 means["lr"] = scheduler.get_last_lr()[0]
                 window.clear()
                 progress.set_postfix(loss=f"{means['loss']:.3f}")
-                log.write(step, means)
+                log.write(step, means, clock.minutes())
             if evaluate is not None and cfg.eval_every and step % cfg.eval_every == 0:
-                log.write(step, evaluate(step))
+                with clock.paused():
+                    log.write(step, evaluate(step), clock.minutes())
             if cfg.save_every and step % cfg.save_every == 0:
-                save_checkpoint(accelerator, out, step, cfg.checkpoints_total_limit)
+                with clock.paused():
+                    save_checkpoint(accelerator, out, step, cfg.checkpoints_total_limit)
                 last_saved = step
-            if step >= cfg.max_steps or _out_of_time(accelerator, cfg, started):
+            if step >= cfg.max_steps or _out_of_time(accelerator, cfg, clock):
                 break
         else:
             epoch += 1
@@ -181,8 +188,33 @@ def run_training(
     return step
 
 
-def _out_of_time(accelerator: Accelerator, cfg: TrainingConfig, started: float) -> bool:
+def rank_checksums(accelerator: Accelerator, model: torch.nn.Module) -> list[float]:
+    """One checksum of the weights per process: equal values mean the ranks stayed in sync."""
+    total = sum(p.detach().double().sum() for p in accelerator.unwrap_model(model).parameters())
+    return accelerator.gather(total.float().reshape(1).to(accelerator.device)).tolist()
+
+
+class TrainingClock:
+    """Minutes spent training in this run, evaluation and checkpointing excluded."""
+
+    def __init__(self):
+        self.started = time.monotonic()
+        self.excluded = 0.0
+
+    def minutes(self) -> float:
+        return (time.monotonic() - self.started - self.excluded) / 60
+
+    @contextmanager
+    def paused(self):
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.excluded += time.monotonic() - start
+
+
+def _out_of_time(accelerator: Accelerator, cfg: TrainingConfig, clock: TrainingClock) -> bool:
     if cfg.max_minutes is None:
         return False
-    late = torch.tensor([float(time.monotonic() - started > 60 * cfg.max_minutes)], device=accelerator.device)
+    late = torch.tensor([float(clock.minutes() > cfg.max_minutes)], device=accelerator.device)
     return bool(accelerator.gather(late).max() > 0)  # every rank stops at the same step

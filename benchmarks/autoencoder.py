@@ -1,0 +1,126 @@
+"""Autoencoder benchmark: the `tiny` preset on ROCStories for a fixed CPU budget, segment vs paragraph mode.
+
+    python benchmarks/autoencoder.py [--segment-minutes 30] [--paragraph-minutes 20]
+
+Each mode trains in its own process (one torch process on the cores at a time), evaluates held-out
+reconstruction on rocstories/dev.jsonl (BLEU, exact match, latent gap) during training, and the
+results go to benchmarks/results/autoencoder.json with a BLEU-vs-minutes plot (autoencoder.png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from latentdlm.data.sources import data_root  # noqa: E402
+
+RUNNER = (
+    "import resource, sys; from latentdlm.cli import main; rc = main(sys.argv[1:]); "
+    "print('PEAK_RSS_MB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024); sys.exit(rc)"
+)
+
+MODES = {
+    # SLD-style: one 16 x 64 block per sentence
+    "segment": ["model.segmentation.mode=sentences", "model.segmentation.max_segments=8", "model.max_length=48"],
+    # whole story in 32 x 64 latents; KL annealing + free bits + decoder word dropout against collapse
+    "paragraph": [
+        "model.segmentation.mode=none", "model.num_latents=32", "model.max_length=128",
+        "objective.word_dropout=0.3", "objective.free_bits=0.05", "objective.kl_anneal_steps=2000",
+    ],
+}
+
+
+def run_mode(name: str, minutes: float, out_dir: Path, eval_every: int, max_eval: int) -> dict:
+    rocstories = data_root() / "rocstories"
+    run_dir = out_dir / name
+    cmd = [
+        sys.executable, "-c", RUNNER, "train-autoencoder", "--config", str(ROOT / "configs/autoencoder/tiny.yaml"),
+        f"data.source={rocstories / 'train.jsonl'}", f"data.eval_source={rocstories / 'dev.jsonl'}",
+        "data.eval_split=train", f"data.max_eval={max_eval}", f"training.output_dir={run_dir}",
+        "training.overwrite_output_dir=true", f"training.max_minutes={minutes}", "training.max_steps=1000000",
+        f"training.eval_every={eval_every}", "training.save_every=0", "show_examples=2", *MODES[name],
+    ]
+    print(f"== {name} mode, {minutes} min", flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    (out_dir / f"{name}.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        raise SystemExit(f"{name} run failed, see {out_dir / f'{name}.log'}:\n{proc.stderr[-2000:]}")
+    peak = float(next(line.split()[1] for line in proc.stdout.splitlines() if line.startswith("PEAK_RSS_MB")))
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if "loss" in r]
+    curve = [
+        {"train_minutes": r["train_minutes"], "step": r["step"], "bleu": r["eval/bleu"],
+         "exact_match": r["eval/exact_match"], "latent_gap": r["eval/latent_gap"]}
+        for r in records if "eval/bleu" in r
+    ]
+    final = json.loads((run_dir / "final_metrics.json").read_text())
+    examples = [json.loads(line) for line in (run_dir / "reconstructions.jsonl").read_text().splitlines()[:3]]
+    return {
+        "overrides": MODES[name],
+        "train_minutes": train[-1]["train_minutes"],
+        "steps": train[-1]["step"],
+        "steps_per_second": train[-1]["step"] / (60 * train[-1]["train_minutes"]),
+        "final_train_nll": train[-1]["nll"],
+        "final_bleu": final["bleu"],
+        "final_exact_match": final["exact_match"],
+        "peak_rss_mb": peak,
+        "curve": curve,
+        "examples": examples,
+    }
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for name, res in results["modes"].items():
+        xs = [p["train_minutes"] for p in res["curve"]]
+        axes[0].plot(xs, [p["bleu"] for p in res["curve"]], marker="o", label=f"{name} mode")
+        axes[1].plot(xs, [p["latent_gap"] for p in res["curve"]], marker="o", label=f"{name} mode")
+    axes[0].axhline(80, color="grey", linestyle="--", linewidth=1, label="segment-mode target")
+    axes[0].set(xlabel="training minutes (2 CPU cores)", ylabel="held-out BLEU", title="Reconstruction on ROCStories dev")
+    axes[1].set(xlabel="training minutes (2 CPU cores)", ylabel="NLL(shuffled z) - NLL(z), nats", title="Latent usage (0 = collapse)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--segment-minutes", type=float, default=30)
+    parser.add_argument("--paragraph-minutes", type=float, default=20)
+    parser.add_argument("--eval-every", type=int, default=400)
+    parser.add_argument("--max-eval", type=int, default=200, help="dev stories scored at each evaluation")
+    parser.add_argument("--work-dir", default=str(ROOT / "runs/benchmark-autoencoder"))
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    args = parser.parse_args()
+    out_dir = Path(args.work_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    minutes = {"segment": args.segment_minutes, "paragraph": args.paragraph_minutes}
+    results = {
+        "preset": "configs/autoencoder/tiny.yaml",
+        "data": "rocstories/train.jsonl -> rocstories/dev.jsonl",
+        "machine": "2 CPU cores",
+        "modes": {name: run_mode(name, minutes[name], out_dir, args.eval_every, args.max_eval) for name in args.modes},
+    }
+    results_dir = ROOT / "benchmarks/results"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / "autoencoder.json").write_text(json.dumps(results, indent=2))
+    plot(results, results_dir / "autoencoder.png")
+    for name, res in results["modes"].items():
+        print(f"{name}: BLEU {res['final_bleu']:.1f}, exact {res['final_exact_match']:.1%}, "
+              f"{res['steps_per_second']:.2f} steps/s, peak {res['peak_rss_mb']:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""Shared helpers for the tests: tiny model configs and a one-call autoencoder builder."""
+
+from latentdlm.config import load_config
+from latentdlm.training.autoencoder import AutoencoderTrainConfig
+
+# A tiny autoencoder for tests: random BERT encoder and BART decoder, width 32, BPE trained on Aesop.
+TINY_ENCODER = {
+    "model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+    "intermediate_size": 64, "max_position_embeddings": 128, "hidden_dropout_prob": 0.0,
+    "attention_probs_dropout_prob": 0.0,
+}
+TINY_DECODERS = {
+    "bart": {"model_type": "bart", "d_model": 32, "decoder_layers": 1, "decoder_attention_heads": 2,
+             "decoder_ffn_dim": 64, "encoder_layers": 1, "encoder_attention_heads": 2, "encoder_ffn_dim": 64,
+             "max_position_embeddings": 128, "dropout": 0.0, "attention_dropout": 0.0},
+    "t5": {"model_type": "t5", "d_model": 32, "d_kv": 16, "d_ff": 64, "num_layers": 1, "num_heads": 2, "dropout_rate": 0.0},
+    "gpt2": {"model_type": "gpt2", "n_embd": 32, "n_layer": 1, "n_head": 2, "n_positions": 256,
+             "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0},
+    "llama": {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 256},
+}
+
+
+def _flow(mapping: dict) -> str:
+    return "{" + ", ".join(f"{k}: {v}" for k, v in mapping.items()) + "}"
+
+
+def tiny_overrides(output_dir, decoder: str = "bart", **extra) -> list[str]:
+    """key=value overrides that turn any preset into a seconds-long test run."""
+    kind = "causal" if decoder in ("gpt2", "llama") else "seq2seq"
+    values = {
+        "data.source": "bundled:aesop", "data.max_eval": 4, "data.eval_fraction": 0.05,
+        "model.encoder.name_or_path": "null", "model.decoder.name_or_path": "null", "model.tokenizer.name_or_path": "null",
+        "model.encoder.kind": "hf", "model.encoder.config": _flow(TINY_ENCODER),
+        "model.decoder.kind": kind, "model.decoder.config": _flow(TINY_DECODERS[decoder]),
+        "model.tokenizer.train_vocab_size": 600, "model.num_latents": 4, "model.latent_dim": 8,
+        "model.compressor_dim": 32, "model.compressor_heads": 2, "model.memory_heads": 2, "model.memory_layers": 1,
+        "model.max_length": 32, "model.segmentation.mode": "sentences",
+        "training.output_dir": str(output_dir), "training.batch_size": 8, "training.max_steps": 4,
+        "training.max_minutes": "null", "training.warmup_steps": 1, "training.log_every": 1,
+        "training.eval_every": 0, "training.save_every": 2, "training.num_threads": "null",
+        "show_examples": 0, "eval_batch_size": 16,
+    }
+    values.update(extra)
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def tiny_train_config(output_dir="unused", decoder: str = "bart", **extra) -> AutoencoderTrainConfig:
+    return load_config(AutoencoderTrainConfig, None, tiny_overrides(output_dir, decoder, **extra))

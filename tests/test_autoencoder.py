@@ -1,0 +1,175 @@
+"""The autoencoder's parts, text API, objective and save/load on tiny random models."""
+
+import json
+import math
+
+import pytest
+import torch
+from helpers import TINY_ENCODER, tiny_train_config
+from transformers import AutoConfig, AutoModel
+
+from latentdlm.autoencoder.build import build_autoencoder
+from latentdlm.autoencoder.model import ParagraphAutoencoder
+from latentdlm.autoencoder.objective import ObjectiveConfig, autoencoder_loss
+from latentdlm.data.sources import load_texts
+from latentdlm.errors import LatentDLMError
+
+TEXTS = load_texts("bundled:aesop")[:40]
+STORY = "The Fox was hungry. He saw some grapes on a vine. They were too high. He said they were sour."
+
+
+def tiny_model(decoder="bart", **model_fields) -> ParagraphAutoencoder:
+    torch.manual_seed(0)
+    cfg = tiny_train_config(decoder=decoder).model
+    for key, value in model_fields.items():
+        setattr(cfg, key, value)
+    return build_autoencoder(cfg, TEXTS).eval()
+
+
+def one_batch(model, texts):
+    units = [u for per_text in model.split_units(texts) for u in per_text]
+    tokens = model.tokenize(units)
+    return model.collate(tokens.encoder_ids, tokens.decoder_ids)
+
+
+@pytest.mark.parametrize("decoder", ["bart", "t5", "gpt2", "llama"])
+def test_each_decoder_adapter_trains_and_decodes(decoder):
+    model = tiny_model(decoder)
+    batch = one_batch(model, TEXTS[:2])
+    terms = autoencoder_loss(model.train(), batch, ObjectiveConfig(), step=1)
+    terms["loss"].backward()
+    assert torch.isfinite(terms["loss"])
+    assert model.to_memory.input_projection.weight.grad.abs().sum() > 0
+    assert model.compressor.latent_queries.grad.abs().sum() > 0
+    encoded = model.eval().encode([STORY])
+    assert encoded.latents.shape == (1, 4, 4, 8)
+    ids = model.decoder.generate(model.to_memory(encoded.latents[0]), max_new_tokens=3, min_new_tokens=3, pad_token_id=0)
+    assert ids.shape == (4, 3)  # one row per segment, start token not included
+    texts = model.decode(encoded, max_new_tokens=3)
+    assert len(texts) == 1 and isinstance(texts[0], str)
+
+
+@pytest.mark.parametrize("encoder", ["bart", "t5"])
+def test_encoder_half_of_seq2seq_models(encoder):
+    from helpers import TINY_DECODERS
+
+    model = tiny_model(encoder=type(tiny_train_config().model.encoder)(config=dict(TINY_DECODERS[encoder])))
+    assert type(model.encoder.model).__name__ in ("BartEncoder", "T5Stack")
+    assert model.encode([STORY]).latents.shape == (1, 4, 4, 8)
+
+
+def test_sentence_transformers_encoder_from_a_local_folder(tmp_path):
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+
+    base = tmp_path / "bert"
+    AutoModel.from_config(AutoConfig.for_model(**{**TINY_ENCODER, "vocab_size": 600})).save_pretrained(base)
+    tiny_model().encoder_tokenizer.save_pretrained(base)
+    transformer = Transformer(str(base))
+    st = SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension())])
+    st.save(str(tmp_path / "st"))
+    part = type(tiny_train_config().model.encoder)(kind="sentence_transformers", name_or_path=str(tmp_path / "st"), freeze=True)
+    model = tiny_model(encoder=part)
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+    assert model.encode([STORY]).latents.shape == (1, 4, 4, 8)
+    reloaded_dir = tmp_path / "ae"
+    model.save_pretrained(reloaded_dir)
+    assert torch.equal(ParagraphAutoencoder.from_pretrained(reloaded_dir).encode([STORY]).latents, model.encode([STORY]).latents)
+
+
+def test_save_load_round_trip_is_exact(tmp_path):
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "ae")
+    loaded = ParagraphAutoencoder.from_pretrained(tmp_path / "ae")
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    a, b = model.encode(TEXTS[:3]), loaded.encode(TEXTS[:3])
+    assert torch.equal(a.latents, b.latents)
+    kwargs = dict(max_new_tokens=4, min_new_tokens=4)
+    assert model.decode(a, **kwargs) == loaded.decode(b, **kwargs)
+    assert json.loads((tmp_path / "ae" / "config.json").read_text())["model_type"] == "latentdlm-paragraph-autoencoder"
+
+
+def test_save_replaces_an_old_folder_atomically(tmp_path):
+    model = tiny_model()
+    (tmp_path / "ae").mkdir()
+    (tmp_path / "ae" / "stale.txt").write_text("old")
+    model.save_pretrained(tmp_path / "ae")
+    assert not (tmp_path / "ae" / "stale.txt").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["ae"]  # no temporary folders left behind
+
+
+def test_segment_mode_gives_one_block_per_sentence_in_order():
+    model = tiny_model()
+    encoded = model.encode([STORY, "One sentence only."])
+    assert encoded.segment_mask.tolist() == [[True] * 4, [True, False, False, False]]
+    # each segment decodes from its own block: decoding segments alone gives the same pieces, in order
+    whole = model.decode(encoded, max_new_tokens=3, min_new_tokens=3)
+    pieces = [model.decode(type(encoded)(encoded.latents[:1, i : i + 1], encoded.segment_mask[:1, i : i + 1]), max_new_tokens=3, min_new_tokens=3)[0] for i in range(4)]
+    assert whole[0] == " ".join(pieces)
+
+
+def test_paragraph_mode_is_one_unit():
+    model = tiny_model(segmentation=type(tiny_train_config().model.segmentation)(mode="none"))
+    assert model.encode([STORY]).latents.shape == (1, 1, 4, 8)
+
+
+def test_l2_regularisation_puts_latents_on_the_sqrt_d_sphere():
+    model = tiny_model(regularization="l2")
+    norms = model.encode([STORY]).latents.norm(dim=-1)
+    assert torch.allclose(norms, torch.full_like(norms, math.sqrt(8)), atol=1e-4)
+
+
+def test_vae_sampling_differs_from_the_mean():
+    model = tiny_model(regularization="vae")
+    assert not torch.equal(model.encode([STORY], sample=True).latents, model.encode([STORY]).latents)
+
+
+def test_objective_terms_and_kl_annealing():
+    model = tiny_model().train()
+    batch = one_batch(model, TEXTS[:4])
+    cfg = ObjectiveConfig(kl_weight=0.1, kl_anneal_steps=10, free_bits=0.0, word_dropout=0.3, latent_noise=0.1,
+                          token_noise=0.2, adversarial_eps=0.1, adversarial_weight=0.5, contrastive_weight=0.2)
+    early = autoencoder_loss(model, batch, cfg, step=0)
+    assert set(early) >= {"nll", "kl", "kl_penalty", "adversarial", "contrastive", "loss"}
+    assert early["kl_penalty"].item() == 0.0  # beta starts at 0
+    late = autoencoder_loss(model, batch, cfg, step=10)
+    assert late["kl_penalty"].item() == pytest.approx(0.1 * late["kl"].item(), rel=1e-5)
+    late["loss"].backward()
+
+
+def test_free_bits_floor_the_penalty():
+    model = tiny_model().train()
+    batch = one_batch(model, TEXTS[:4])
+    terms = autoencoder_loss(model, batch, ObjectiveConfig(kl_weight=1.0, kl_anneal_steps=0, free_bits=100.0), step=5)
+    assert terms["kl_penalty"].item() == pytest.approx(100.0 * 4 * 8)
+
+
+def test_long_units_are_truncated_with_a_count():
+    model = tiny_model()
+    with pytest.warns(UserWarning, match=r"1 of 2 texts are longer than max_length=32 tokens"):
+        tokens = model.tokenize(["short text.", "word " * 200])
+    assert tokens.num_truncated == 1
+    assert max(len(ids) for ids in tokens.encoder_ids + tokens.decoder_ids) <= 32
+
+
+def test_empty_texts_are_rejected():
+    with pytest.raises(LatentDLMError, match="empty or whitespace"):
+        tiny_model().encode(["fine.", "   "])
+
+
+def test_not_an_autoencoder_folder(tmp_path):
+    with pytest.raises(LatentDLMError, match="not found"):
+        ParagraphAutoencoder.from_pretrained(tmp_path / "missing")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text("{}")
+    with pytest.raises(LatentDLMError, match="not a latentdlm autoencoder folder"):
+        ParagraphAutoencoder.from_pretrained(tmp_path / "other")
+
+
+def test_weights_that_do_not_fit_the_config(tmp_path):
+    tiny_model().save_pretrained(tmp_path / "a")
+    tiny_model(num_latents=6).save_pretrained(tmp_path / "b")
+    (tmp_path / "b" / "model.safetensors").replace(tmp_path / "a" / "model.safetensors")
+    with pytest.raises((LatentDLMError, RuntimeError)):
+        ParagraphAutoencoder.from_pretrained(tmp_path / "a")
