@@ -141,7 +141,8 @@ def run_training(
     window: dict[str, list[torch.Tensor]] = defaultdict(list)
     clock = TrainingClock()
     last_saved = step
-    while step < cfg.max_steps:
+    done = step >= cfg.max_steps
+    while not done:
         dataloader.set_epoch(epoch)
         batches = accelerator.skip_first_batches(dataloader, skip) if skip else dataloader
         skip = 0
@@ -176,12 +177,10 @@ def run_training(
                 with clock.paused():
                     save_checkpoint(accelerator, out, step, cfg.checkpoints_total_limit)
                 last_saved = step
-            if step >= cfg.max_steps or _out_of_time(accelerator, cfg, clock):
+            done = step >= cfg.max_steps or _out_of_time(accelerator, cfg, clock)
+            if done:
                 break
-        else:
-            epoch += 1
-            continue
-        break
+        epoch += 1
     progress.close()
     if step != last_saved:
         save_checkpoint(accelerator, out, step, cfg.checkpoints_total_limit)
