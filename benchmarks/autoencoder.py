@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from latentdlm.data.sources import data_root  # noqa: E402
@@ -35,7 +37,7 @@ MODES = {
 }
 
 
-def run_mode(name: str, minutes: float, out_dir: Path, eval_every: int, max_eval: int) -> dict:
+def run_mode(name: str, minutes: float, out_dir: Path, eval_every: int, max_eval: int, extra: list[str]) -> dict:
     rocstories = data_root() / "rocstories"
     run_dir = out_dir / name
     cmd = [
@@ -43,7 +45,7 @@ def run_mode(name: str, minutes: float, out_dir: Path, eval_every: int, max_eval
         f"data.source={rocstories / 'train.jsonl'}", f"data.eval_source={rocstories / 'dev.jsonl'}",
         "data.eval_split=train", f"data.max_eval={max_eval}", f"training.output_dir={run_dir}",
         "training.overwrite_output_dir=true", f"training.max_minutes={minutes}", "training.max_steps=1000000",
-        f"training.eval_every={eval_every}", "training.save_every=0", "show_examples=2", *MODES[name],
+        f"training.eval_every={eval_every}", "training.save_every=0", "show_examples=2", *MODES[name], *extra,
     ]
     print(f"== {name} mode, {minutes} min", flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -59,15 +61,19 @@ def run_mode(name: str, minutes: float, out_dir: Path, eval_every: int, max_eval
         for r in records if "eval/bleu" in r
     ]
     final = json.loads((run_dir / "final_metrics.json").read_text())
+    config = yaml.safe_load((run_dir / "train_config.yaml").read_text())
     examples = [json.loads(line) for line in (run_dir / "reconstructions.jsonl").read_text().splitlines()[:3]]
     return {
-        "overrides": MODES[name],
+        "overrides": MODES[name] + extra,
+        "learning_rate": config["training"]["learning_rate"],
+        "latents_per_unit": f"{config['model']['num_latents']}x{config['model']['latent_dim']}",
         "train_minutes": train[-1]["train_minutes"],
         "steps": train[-1]["step"],
         "steps_per_second": train[-1]["step"] / (60 * train[-1]["train_minutes"]),
         "final_train_nll": train[-1]["nll"],
         "final_bleu": final["bleu"],
         "final_exact_match": final["exact_match"],
+        "final_latent_gap": final.get("latent_gap"),
         "peak_rss_mb": peak,
         "curve": curve,
         "examples": examples,
@@ -99,22 +105,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--segment-minutes", type=float, default=30)
     parser.add_argument("--paragraph-minutes", type=float, default=20)
-    parser.add_argument("--eval-every", type=int, default=400)
+    parser.add_argument("--eval-every", type=int, default=300)
     parser.add_argument("--max-eval", type=int, default=200, help="dev stories scored at each evaluation")
     parser.add_argument("--work-dir", default=str(ROOT / "runs/benchmark-autoencoder"))
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    parser.add_argument("--set", nargs="*", default=[], metavar="key=value", help="extra config overrides for these runs")
     args = parser.parse_args()
     out_dir = Path(args.work_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     minutes = {"segment": args.segment_minutes, "paragraph": args.paragraph_minutes}
-    results = {
-        "preset": "configs/autoencoder/tiny.yaml",
-        "data": "rocstories/train.jsonl -> rocstories/dev.jsonl",
-        "machine": "2 CPU cores",
-        "modes": {name: run_mode(name, minutes[name], out_dir, args.eval_every, args.max_eval) for name in args.modes},
-    }
     results_dir = ROOT / "benchmarks/results"
     results_dir.mkdir(parents=True, exist_ok=True)
+    previous = results_dir / "autoencoder.json"
+    results = json.loads(previous.read_text()) if previous.exists() else {"modes": {}}  # other modes are kept
+    results.update(preset="configs/autoencoder/tiny.yaml", data="rocstories/train.jsonl -> rocstories/dev.jsonl", machine="2 CPU cores")
+    for name in args.modes:
+        results["modes"][name] = run_mode(name, minutes[name], out_dir, args.eval_every, args.max_eval, args.set)
     (results_dir / "autoencoder.json").write_text(json.dumps(results, indent=2))
     plot(results, results_dir / "autoencoder.png")
     for name, res in results["modes"].items():

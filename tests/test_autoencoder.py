@@ -173,3 +173,33 @@ def test_weights_that_do_not_fit_the_config(tmp_path):
     (tmp_path / "b" / "model.safetensors").replace(tmp_path / "a" / "model.safetensors")
     with pytest.raises((LatentDLMError, RuntimeError)):
         ParagraphAutoencoder.from_pretrained(tmp_path / "a")
+
+
+def test_pretrained_parts_from_local_folders_bring_their_own_tokenizers(tmp_path):
+    """The hub-name code path (from_pretrained on name_or_path), exercised on local folders."""
+    from helpers import TINY_DECODERS
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = tiny_model().encoder_tokenizer
+    AutoModel.from_config(AutoConfig.for_model(**{**TINY_ENCODER, "vocab_size": len(tokenizer)})).save_pretrained(tmp_path / "enc")
+    tokenizer.save_pretrained(tmp_path / "enc")
+    gpt2 = {**TINY_DECODERS["gpt2"], "vocab_size": len(tokenizer), "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
+    AutoModelForCausalLM.from_config(AutoConfig.for_model(**gpt2)).save_pretrained(tmp_path / "dec")
+    tokenizer.save_pretrained(tmp_path / "dec")
+    part = type(tiny_train_config().model.encoder)
+    model = tiny_model(encoder=part(name_or_path=str(tmp_path / "enc")), decoder=part(kind="causal", name_or_path=str(tmp_path / "dec")))
+    assert model.encoder_tokenizer is not model.decoder_tokenizer  # each part loaded its own
+    assert model.encode([STORY]).latents.shape == (1, 4, 4, 8)
+    with pytest.raises(LatentDLMError, match="cannot load"):
+        tiny_model(encoder=part(name_or_path=str(tmp_path / "missing")), decoder=part(kind="causal", name_or_path=str(tmp_path / "dec")))
+
+
+def test_package_paths_resolve_inside_installed_packages():
+    from pathlib import Path
+
+    from latentdlm.autoencoder.parts import resolve_model_path
+
+    assert Path(resolve_model_path("package:latentdlm/data/corpus")).joinpath("aesop.jsonl").is_file()
+    assert resolve_model_path("facebook/bart-base") == "facebook/bart-base"
+    with pytest.raises(LatentDLMError, match="not installed"):
+        resolve_model_path("package:no_such_package_xyz/model")

@@ -40,6 +40,7 @@ def test_training_saves_a_loadable_autoencoder_and_reports(tmp_path, capsys):
     assert {"eval/bleu", "eval/exact_match", "eval/latent_gap"} <= set(next(r for r in records if "eval/bleu" in r))
     assert json.loads((out / "run_info.json").read_text())["world_size"] == 1
     assert (out / "reconstructions.jsonl").exists() and (out / "train_config.yaml").exists()
+    assert (out / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_resume_continues_from_the_saved_step_exactly(tmp_path, capsys):

@@ -19,6 +19,7 @@ from latentdlm.autoencoder.objective import AutoencoderObjective, ObjectiveConfi
 from latentdlm.config import save_config
 from latentdlm.data.batching import LengthGroupedSampler
 from latentdlm.data.sources import load_texts, train_eval_split
+from latentdlm.evaluation.plots import plot_training_curves
 from latentdlm.evaluation.reconstruction import reconstruction_metrics
 from latentdlm.training.config import TrainingConfig
 from latentdlm.training.loop import make_accelerator, make_optimizer, prepare_output_dir, rank_checksums, run_training
@@ -81,9 +82,12 @@ def make_dataloader(model: ParagraphAutoencoder, texts: list[str], batch_size: i
 
 
 def evaluate_autoencoder(model: ParagraphAutoencoder, texts: list[str], batch_size: int) -> tuple[dict, list[str]]:
+    """Held-out BLEU, exact match and latent gap, with the reconstructions."""
     model.eval()
     reconstructions = model.reconstruct(texts, batch_size)
-    return reconstruction_metrics(texts, reconstructions), reconstructions
+    metrics = reconstruction_metrics(texts, reconstructions)
+    metrics["latent_gap"] = latent_gap(model, texts)
+    return metrics, reconstructions
 
 
 def latent_gap(model: ParagraphAutoencoder, texts: list[str], max_units: int = 64) -> float:
@@ -120,7 +124,6 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, resume: bool = False, cpu: bo
         if not accelerator.is_main_process:
             return {}
         metrics, recons = evaluate_autoencoder(model, eval_texts, cfg.eval_batch_size)
-        metrics["latent_gap"] = latent_gap(model, eval_texts)
         for original, recon in list(zip(eval_texts, recons))[: cfg.show_examples]:
             tqdm.write(f"  original:      {original[:300]}\n  reconstructed: {recon[:300]}")
         tqdm.write(
@@ -145,6 +148,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, resume: bool = False, cpu: bo
             for original, recon in zip(eval_texts, recons):
                 f.write(json.dumps({"text": original, "reconstruction": recon}) + "\n")
         (out / "final_metrics.json").write_text(json.dumps(metrics, indent=2))
+        plot_training_curves(out / "metrics.jsonl", out / "training_curves.png", f"autoencoder: {out.name}")
         print_reconstructions(eval_texts, recons, metrics, cfg.show_examples)
         accelerator.print(f"saved the autoencoder to {final}")
     accelerator.end_training()
