@@ -18,9 +18,9 @@ TEXTS = load_texts("bundled:aesop")[:40]
 STORY = "The Fox was hungry. He saw some grapes on a vine. They were too high. He said they were sour."
 
 
-def tiny_model(decoder="bart", **model_fields) -> ParagraphAutoencoder:
+def tiny_model(decoder_type="bart", **model_fields) -> ParagraphAutoencoder:
     torch.manual_seed(0)
-    cfg = tiny_train_config(decoder=decoder).model
+    cfg = tiny_train_config(decoder=decoder_type).model
     for key, value in model_fields.items():
         setattr(cfg, key, value)
     return build_autoencoder(cfg, TEXTS).eval()
