@@ -53,6 +53,11 @@ def run_mode(name: str, minutes: float, out_dir: Path, eval_every: int, max_eval
     if proc.returncode != 0:
         raise SystemExit(f"{name} run failed, see {out_dir / f'{name}.log'}:\n{proc.stderr[-2000:]}")
     peak = float(next(line.split()[1] for line in proc.stdout.splitlines() if line.startswith("PEAK_RSS_MB")))
+    return summarize(run_dir, peak, MODES[name] + extra)
+
+
+def summarize(run_dir: Path, peak_rss_mb: float, overrides: list[str]) -> dict:
+    """The numbers of one finished run, read back from its output folder."""
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if "loss" in r]
     curve = [
@@ -64,7 +69,7 @@ def run_mode(name: str, minutes: float, out_dir: Path, eval_every: int, max_eval
     config = yaml.safe_load((run_dir / "train_config.yaml").read_text())
     examples = [json.loads(line) for line in (run_dir / "reconstructions.jsonl").read_text().splitlines()[:3]]
     return {
-        "overrides": MODES[name] + extra,
+        "overrides": overrides,
         "learning_rate": config["training"]["learning_rate"],
         "latents_per_unit": f"{config['model']['num_latents']}x{config['model']['latent_dim']}",
         "train_minutes": train[-1]["train_minutes"],
@@ -74,7 +79,7 @@ def run_mode(name: str, minutes: float, out_dir: Path, eval_every: int, max_eval
         "final_bleu": final["bleu"],
         "final_exact_match": final["exact_match"],
         "final_latent_gap": final.get("latent_gap"),
-        "peak_rss_mb": peak,
+        "peak_rss_mb": peak_rss_mb,
         "curve": curve,
         "examples": examples,
     }

@@ -66,6 +66,11 @@ def test_an_existing_run_is_never_overwritten(tmp_path, capsys):
     assert train(out) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert (out / "autoencoder" / "model.safetensors").read_bytes() == before
+    # asked to overwrite: a fresh run, with none of the old run's metrics or checkpoints
+    assert train(out, "training.overwrite_output_dir=true", "training.max_steps=2") == 0
+    assert [r["step"] for r in metrics(out) if "loss" in r] == [1, 2]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-2"]
+    assert (out / "autoencoder" / "model.safetensors").read_bytes() != before
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,7 @@ from latentdlm.data.sources import load_texts, train_eval_split
 from latentdlm.evaluation.plots import plot_training_curves
 from latentdlm.evaluation.reconstruction import reconstruction_metrics
 from latentdlm.training.config import TrainingConfig
-from latentdlm.training.loop import make_accelerator, make_optimizer, prepare_output_dir, rank_checksums, run_training
+from latentdlm.training.loop import clear_previous_run, make_accelerator, make_optimizer, prepare_output_dir, rank_checksums, run_training
 
 FINAL_NAME = "autoencoder"
 INITIAL_NAME = "initial"  # the untrained model with its tokenizers: what --resume rebuilds from
@@ -106,6 +106,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, resume: bool = False, cpu: bo
     train_texts, eval_texts = load_corpus(cfg.data, cfg.training.seed)
     if accelerator.is_main_process and not resume:
         out.mkdir(parents=True, exist_ok=True)
+        clear_previous_run(out)
         save_config(cfg, out / "train_config.yaml")
         accelerator.print(f"building the autoencoder ({len(train_texts)} training texts, {len(eval_texts)} held out)")
         build_autoencoder(cfg.model, train_texts).save_pretrained(out / INITIAL_NAME)

@@ -59,6 +59,13 @@ def prepare_output_dir(cfg: TrainingConfig, resume: bool, final_name: str) -> Pa
     return out
 
 
+def clear_previous_run(out: Path) -> None:
+    """A fresh run (asked to overwrite) starts without the old run's metrics and checkpoints;
+    the old final model stays until the new one replaces it."""
+    (out / "metrics.jsonl").unlink(missing_ok=True)
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+
+
 def latest_checkpoint(out: Path) -> Optional[Path]:
     done = [p for p in (out / "checkpoints").glob("step-*") if (p / COMPLETE_MARKER).exists()]
     return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
