@@ -29,10 +29,11 @@ RUNNER = (
 MODES = {
     # SLD-style: one 16 x 64 block per sentence
     "segment": ["model.segmentation.mode=sentences", "model.segmentation.max_segments=8", "model.max_length=48"],
-    # whole story in 32 x 64 latents; KL annealing + free bits + decoder word dropout against collapse
+    # whole story in 32 x 64 latents; KL annealing + free bits + strong decoder word dropout against
+    # collapse, and half the batch for twice the steps (stories are ~5x longer than sentences)
     "paragraph": [
-        "model.segmentation.mode=none", "model.num_latents=32", "model.max_length=128",
-        "objective.word_dropout=0.3", "objective.free_bits=0.05", "objective.kl_anneal_steps=2000",
+        "model.segmentation.mode=none", "model.num_latents=32", "model.max_length=128", "training.batch_size=32",
+        "objective.word_dropout=0.5", "objective.free_bits=0.05", "objective.kl_anneal_steps=2000",
     ],
 }
 

@@ -60,6 +60,39 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     print(f"BLEU {metrics['bleu']:.1f}, exact match {metrics['exact_match']:.1%} over {len(texts)} texts", file=sys.stderr)
 
 
+def cmd_train_diffusion(args: argparse.Namespace) -> None:
+    from latentdlm.config import load_config
+    from latentdlm.training.diffusion import DiffusionTrainConfig, train_diffusion
+
+    cfg = load_config(DiffusionTrainConfig, args.config, args.overrides)
+    train_diffusion(cfg, resume=args.resume, cpu=args.cpu)
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from latentdlm.pipelines.latent_text import LatentDiffusionTextPipeline
+
+    pipe = LatentDiffusionTextPipeline.from_pretrained(args.model)
+    output = pipe(
+        num_samples=args.num_samples, num_inference_steps=args.steps, scheduler=args.scheduler, seed=args.seed,
+        class_labels=args.class_label, guidance_scale=args.guidance_scale, guidance_rescale=args.guidance_rescale,
+        num_segments=args.num_segments, batch_size=args.batch_size,
+    )
+    if args.output:
+        with Path(args.output).open("w") as f:
+            for text in output.texts:
+                f.write(json.dumps({"text": text, "class_label": args.class_label}) + "\n")
+        print(f"wrote {len(output.texts)} texts to {args.output}")
+    else:
+        for text in output.texts:
+            print(text + "\n")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from latentdlm.demo import run_demo
+
+    run_demo(args.output_dir, args.autoencoder_minutes, args.diffusion_minutes, args.num_samples, args.overwrite)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="latentdlm", description="Latent paragraph diffusion language models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -80,6 +113,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="write {text, reconstruction} lines to this jsonl file instead of printing")
     p.add_argument("--batch-size", type=int, default=64)
     p.set_defaults(func=cmd_reconstruct)
+
+    p = sub.add_parser("train-diffusion", help="train the latent DiT on a trained autoencoder (also: accelerate launch scripts/train_diffusion.py)")
+    p.add_argument("--config", required=True, help="a YAML preset, e.g. configs/diffusion/tiny.yaml")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in training.output_dir")
+    p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. autoencoder=runs/x/autoencoder")
+    p.set_defaults(func=cmd_train_diffusion)
+
+    p = sub.add_parser("generate", help="sample texts from a trained pipeline")
+    p.add_argument("--model", required=True, help="a pipeline folder saved by train-diffusion (<output_dir>/pipeline)")
+    p.add_argument("--num-samples", type=int, default=4)
+    p.add_argument("--steps", type=int, default=20, help="number of sampling steps")
+    p.add_argument("--scheduler", choices=["ddpm", "ddim", "dpm"], help="swap the sampler (default: the pipeline's)")
+    p.add_argument("--seed", type=int, help="for repeatable samples")
+    p.add_argument("--class-label", help="a class name or index (class-conditional models)")
+    p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (1 = none)")
+    p.add_argument("--guidance-rescale", type=float, default=0.0)
+    p.add_argument("--num-segments", type=int, help="number of sentence segments (segment-mode models)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--output", help="write {text, class_label} lines to this jsonl file instead of printing")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("demo", help="the embedded default: train the tiny autoencoder and DiT on the bundled corpus, then generate")
+    p.add_argument("--output-dir", default="runs/demo")
+    p.add_argument("--autoencoder-minutes", type=float, default=6.0)
+    p.add_argument("--diffusion-minutes", type=float, default=3.0)
+    p.add_argument("--num-samples", type=int, default=8)
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --output-dir")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

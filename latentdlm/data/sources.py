@@ -46,6 +46,23 @@ def load_pairs(
     return _load_rows(source, [source_column, target_column], split, limit, cache_dir)
 
 
+FIRST_WORD = "first_word"  # label_column value: the label is each text's first word (SST-2 txt style)
+
+
+def load_labeled_texts(
+    source: str, column: str | None, label_column: str, split: str = "train", limit: int | None = None,
+    cache_dir: str | None = None,
+) -> list[tuple[str, str]]:
+    """(text, label) pairs; labels of any type become strings ("1", "World", ...)."""
+    if label_column == FIRST_WORD:
+        pairs = [tuple(reversed(text.split(maxsplit=1))) for text in load_texts(source, column, split, limit, cache_dir)]
+        bad = next((i for i, pair in enumerate(pairs) if len(pair) < 2), None)
+        if bad is not None:
+            raise LatentDLMError(f"{source}: text {bad} has a label but no text after it")
+        return pairs
+    return _load_rows(source, [column, label_column], split, limit, cache_dir, labels_from=1)
+
+
 def train_eval_split(
     texts: list[str], eval_fraction: float, max_eval: int | None, seed: int
 ) -> tuple[list[str], list[str]]:
@@ -63,14 +80,19 @@ def train_eval_split(
 
 
 def _load_rows(
-    source: str, columns: list[str | None], split: str, limit: int | None, cache_dir: str | None
+    source: str, columns: list[str | None], split: str, limit: int | None, cache_dir: str | None,
+    labels_from: int | None = None,
 ) -> list[tuple[str, ...]]:
-    """Rows of the given columns over all datasets of `source`, stripped, empty rows dropped, first `limit` kept."""
+    """Rows of the given columns over all datasets of `source`, stripped, empty rows dropped, first `limit` kept.
+    Columns from index `labels_from` on may hold any type (labels) and are turned into strings."""
     if limit is not None and limit < 1:
         raise LatentDLMError(f"limit must be a positive number of texts or None, got {limit}.")
     rows = []
     for label, dataset in _load_datasets(source, split, cache_dir):
-        rows += zip(*(_column_values(dataset, column, label) for column in columns))
+        rows += zip(*(
+            _column_values(dataset, column, label, any_type=labels_from is not None and i >= labels_from)
+            for i, column in enumerate(columns)
+        ))
     stripped = [tuple((value or "").strip() for value in row) for row in rows]
     kept = [row for row in stripped if all(row)]
     if not kept:
@@ -140,8 +162,9 @@ def _load_file(path: Path, cache_dir: str | None) -> datasets.Dataset:
     return dataset
 
 
-def _column_values(dataset: datasets.Dataset, column: str | None, label: str) -> list[str | None]:
-    """The values of `column` (or the default text column); every value must be a string or missing."""
+def _column_values(dataset: datasets.Dataset, column: str | None, label: str, any_type: bool = False) -> list[str | None]:
+    """The values of `column` (or the default text column); every value must be a string or missing,
+    unless `any_type` (then values become strings)."""
     available = ", ".join(f"{name} ({_dtype(feature)})" for name, feature in dataset.features.items())
     if column is None:
         strings = [name for name, feature in dataset.features.items() if _dtype(feature) in _STRING_DTYPES]
@@ -154,6 +177,8 @@ def _column_values(dataset: datasets.Dataset, column: str | None, label: str) ->
     if column not in dataset.column_names:
         raise LatentDLMError(f"{label}: column '{column}' not found. Available columns: {available}")
     values = dataset[column]
+    if any_type:
+        return [None if value is None else str(value) for value in values]
     bad = next((value for value in values if value is not None and not isinstance(value, str)), None)
     if bad is not None:
         raise LatentDLMError(

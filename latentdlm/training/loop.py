@@ -60,9 +60,10 @@ def prepare_output_dir(cfg: TrainingConfig, resume: bool, final_name: str) -> Pa
 
 
 def clear_previous_run(out: Path) -> None:
-    """A fresh run (asked to overwrite) starts without the old run's metrics and checkpoints;
+    """A fresh run (asked to overwrite) starts without the old run's logs and checkpoints;
     the old final model stays until the new one replaces it."""
-    (out / "metrics.jsonl").unlink(missing_ok=True)
+    for log in ("metrics.jsonl", "samples.jsonl"):
+        (out / log).unlink(missing_ok=True)
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
 
 

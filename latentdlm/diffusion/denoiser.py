@@ -1,0 +1,169 @@
+"""The latent DiT: a diffusers model that denoises (batch, segments x latents, dim) sequences.
+
+Built from diffusers blocks (PixArt-style `BasicTransformerBlock` with `ada_norm_single`):
+timestep (+ class) embedding -> one shared adaLN modulation, learned positions over segment and
+latent index, optional cross-attention to a condition sequence with a padding mask, a learned null
+class and a learned null condition for classifier-free guidance, and a zero-initialised output.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.attention import BasicTransformerBlock
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+from latentdlm.errors import LatentDLMError
+
+MASKED = -1e4  # additive attention bias for padding (finite: a fully padded row stays finite)
+
+
+def attention_bias(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, L) bool keep-mask -> (B, 1, L) additive bias, the form diffusers attention expects."""
+    return ((~keep).to(dtype) * MASKED).unsqueeze(1)
+
+
+class LatentDiT(ModelMixin, ConfigMixin):
+    @register_to_config
+    def __init__(
+        self,
+        latent_dim: int = 64,
+        num_latents: int = 16,
+        max_segments: int = 1,
+        hidden_size: int = 256,
+        num_layers: int = 4,
+        num_heads: int = 4,
+        dropout: float = 0.0,
+        self_conditioning: bool = True,
+        class_names: Optional[list[str]] = None,
+        condition_dim: Optional[int] = None,
+    ):
+        super().__init__()
+        if hidden_size % num_heads:
+            raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
+        in_dim = 2 * latent_dim if self_conditioning else latent_dim
+        self.proj_in = nn.Linear(in_dim, hidden_size)
+        self.segment_position = nn.Parameter(torch.randn(max_segments, hidden_size) * 0.02)
+        self.latent_position = nn.Parameter(torch.randn(num_latents, hidden_size) * 0.02)
+
+        self.time_proj = Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.time_embedding = TimestepEmbedding(256, hidden_size)
+        # the last row is the null class (classifier-free guidance)
+        self.class_embedding = nn.Embedding(len(class_names) + 1, hidden_size) if class_names else None
+        if condition_dim:
+            self.condition_proj = nn.Sequential(nn.Linear(condition_dim, hidden_size), nn.GELU(approximate="tanh"), nn.Linear(hidden_size, hidden_size))
+            self.null_condition = nn.Parameter(torch.randn(1, condition_dim) * 0.02)
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
+
+        self.blocks = nn.ModuleList(
+            BasicTransformerBlock(
+                hidden_size, num_heads, hidden_size // num_heads, dropout=dropout,
+                cross_attention_dim=hidden_size if condition_dim else None,
+                activation_fn="gelu-approximate", norm_type="ada_norm_single", norm_elementwise_affine=False,
+                norm_eps=1e-6, attention_bias=True,
+            )
+            for _ in range(num_layers)
+        )
+        self.norm_out = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.out_shift_scale = nn.Parameter(torch.randn(2, hidden_size) / hidden_size**0.5)
+        self.proj_out = nn.Linear(hidden_size, latent_dim)
+        nn.init.zeros_(self.proj_out.weight)
+        nn.init.zeros_(self.proj_out.bias)
+        # statistics of the training latents, set once before training: normalisation per latent
+        # dimension, and how often each number of segments occurred (the default length at sampling)
+        self.register_buffer("latent_mean", torch.zeros(latent_dim))
+        self.register_buffer("latent_std", torch.ones(latent_dim))
+        self.register_buffer("segment_count_freq", torch.full((max_segments,), 1.0 / max_segments))
+
+    # ---- conditions --------------------------------------------------------------------------
+    @property
+    def null_class(self) -> int:
+        return len(self.config.class_names or [])
+
+    def class_index(self, label: str | int) -> int:
+        """A class name or index -> its index; a clear error for a class the model was not trained with."""
+        names = list(self.config.class_names or [])
+        if not names:
+            raise LatentDLMError("this model was trained without class labels; drop --class-label")
+        if isinstance(label, int) or str(label).isdigit() and str(label) not in names:
+            index = int(label)
+            if not 0 <= index < len(names):
+                raise LatentDLMError(f"class index {index} out of range: the model knows {len(names)} classes {names}")
+            return index
+        if label not in names:
+            raise LatentDLMError(f"unknown class label '{label}': the model was trained with {names}")
+        return names.index(label)
+
+    def null_conditions(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The learned null condition as a one-token sequence with its mask."""
+        states = self.null_condition.unsqueeze(0).expand(batch_size, -1, -1)
+        return states, torch.ones(batch_size, 1, dtype=torch.bool, device=states.device)
+
+    # ---- latent normalisation ----------------------------------------------------------------
+    @torch.no_grad()
+    def set_latent_statistics(self, units: torch.Tensor, segment_counts: torch.Tensor) -> None:
+        """units (N, k, d): every training segment's latents; segment_counts: segments per text."""
+        flat = units.reshape(-1, units.shape[-1]).double()
+        self.latent_mean.copy_(flat.mean(0))
+        self.latent_std.copy_(flat.std(0).clamp_min(1e-5))
+        counts = torch.bincount(segment_counts.long() - 1, minlength=self.config.max_segments)[: self.config.max_segments]
+        self.segment_count_freq.copy_(counts / counts.sum())
+
+    def normalize(self, latents: torch.Tensor) -> torch.Tensor:
+        return (latents - self.latent_mean) / self.latent_std
+
+    def denormalize(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents * self.latent_std + self.latent_mean
+
+    # ---- forward -----------------------------------------------------------------------------
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        latent_mask: Optional[torch.Tensor] = None,
+        self_condition: Optional[torch.Tensor] = None,
+        class_labels: Optional[torch.Tensor] = None,
+        condition_states: Optional[torch.Tensor] = None,
+        condition_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """sample (B, S*k, d) noisy latents; latent_mask (B, S*k) True where a segment exists;
+        self_condition (B, S*k, d) the previous x0 estimate (zeros for none); class_labels (B,) with
+        `null_class` for unconditional; condition_states (B, L, C) with condition_mask (B, L).
+        Returns the prediction, shaped like `sample`."""
+        cfg = self.config
+        batch, length, _ = sample.shape
+        if length % cfg.num_latents or length // cfg.num_latents > cfg.max_segments:
+            raise ValueError(f"sample length {length} is not a multiple of {cfg.num_latents} latents "
+                             f"within {cfg.max_segments} segments")
+        if cfg.self_conditioning:
+            sample = torch.cat([sample, torch.zeros_like(sample) if self_condition is None else self_condition], dim=-1)
+        positions = (self.segment_position[: length // cfg.num_latents, None] + self.latent_position[None]).reshape(length, -1)
+        hidden = self.proj_in(sample) + positions
+
+        timestep = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(batch)
+        embedding = self.time_embedding(self.time_proj(timestep).to(hidden.dtype))
+        if self.class_embedding is not None:
+            if class_labels is None:
+                class_labels = torch.full((batch,), self.null_class, dtype=torch.long, device=sample.device)
+            embedding = embedding + self.class_embedding(class_labels)
+        modulation = self.modulation(embedding)
+
+        context = context_bias = None
+        if cfg.condition_dim:
+            if condition_states is None:
+                condition_states, condition_mask = self.null_conditions(batch)
+            if condition_mask is None:
+                condition_mask = torch.ones(condition_states.shape[:2], dtype=torch.bool, device=sample.device)
+            context = self.condition_proj(condition_states.to(hidden.dtype))
+            context_bias = attention_bias(condition_mask.bool(), hidden.dtype)
+        self_bias = None if latent_mask is None else attention_bias(latent_mask.bool(), hidden.dtype)
+
+        for block in self.blocks:
+            hidden = block(hidden, attention_mask=self_bias, encoder_hidden_states=context,
+                           encoder_attention_mask=context_bias, timestep=modulation)
+        shift, scale = (self.out_shift_scale[None] + embedding[:, None]).chunk(2, dim=1)
+        return self.proj_out(self.norm_out(hidden) * (1 + scale) + shift)

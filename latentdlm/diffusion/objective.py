@@ -1,0 +1,82 @@
+"""The denoising objective: epsilon-, v- or x0-prediction, self-conditioning, condition dropout."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from diffusers import DDPMScheduler
+
+from latentdlm.diffusion.denoiser import LatentDiT
+
+
+@dataclass
+class DiffusionObjectiveConfig:
+    prediction_type: str = "v_prediction"  # epsilon | v_prediction | sample (x0)
+    beta_schedule: str = "squaredcos_cap_v2"  # cosine
+    num_train_timesteps: int = 1000
+    self_conditioning_prob: float = 0.5  # LD4LG; needs denoiser.self_conditioning
+    condition_dropout: float = 0.1  # classifier-free guidance: share of examples trained unconditionally
+
+
+def predicted_x0(scheduler, output: torch.Tensor, noisy: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """The clean-latent estimate implied by a model output at `timesteps` (training-schedule indices)."""
+    alpha_bar = scheduler.alphas_cumprod.to(noisy.device, noisy.dtype)[timesteps.long()].reshape(-1, 1, 1)
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return (noisy - (1 - alpha_bar).sqrt() * output) / alpha_bar.sqrt()
+    if kind == "v_prediction":
+        return alpha_bar.sqrt() * noisy - (1 - alpha_bar).sqrt() * output
+    return output
+
+
+def regression_target(scheduler: DDPMScheduler, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(clean, noise, timesteps)
+    return clean
+
+
+def drop_conditions(denoiser: LatentDiT, batch: dict, drop: torch.Tensor) -> dict:
+    """Condition kwargs for the denoiser with the conditions of `drop` rows replaced by the null ones."""
+    kwargs = {}
+    if "class_labels" in batch:
+        kwargs["class_labels"] = torch.where(drop, denoiser.null_class, batch["class_labels"])
+    if "condition_states" in batch:
+        states, mask = batch["condition_states"], batch["condition_mask"].bool()
+        null = denoiser.null_condition.to(states.dtype).expand_as(states)  # the graph always reaches the null token
+        null_mask = torch.zeros_like(mask)
+        null_mask[:, 0] = True
+        kwargs["condition_states"] = torch.where(drop[:, None, None], null, states)
+        kwargs["condition_mask"] = torch.where(drop[:, None], null_mask, mask)
+    return kwargs
+
+
+def diffusion_loss(
+    denoiser: torch.nn.Module, scheduler: DDPMScheduler, batch: dict, cfg: DiffusionObjectiveConfig,
+    generator: Optional[torch.Generator] = None,
+) -> dict[str, torch.Tensor]:
+    """batch: latents (B, L, d) normalised, latent_mask (B, L), optional class_labels / condition_states."""
+    module: LatentDiT = getattr(denoiser, "module", denoiser)  # the DDP-wrapped model is called, its config read
+    clean, mask = batch["latents"], batch["latent_mask"]
+    size = clean.shape[0]
+    noise = torch.randn(clean.shape, generator=generator, device=clean.device, dtype=clean.dtype)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (size,), generator=generator, device=clean.device)
+    noisy = scheduler.add_noise(clean, noise, timesteps)
+    drop = torch.rand(size, generator=generator, device=clean.device) < cfg.condition_dropout
+    conditions = drop_conditions(module, batch, drop)
+
+    self_condition = None
+    if module.config.self_conditioning:
+        use = torch.rand(size, generator=generator, device=clean.device) < cfg.self_conditioning_prob
+        with torch.no_grad():
+            first = denoiser(noisy, timesteps, latent_mask=mask, **conditions)
+            self_condition = predicted_x0(scheduler, first, noisy, timesteps) * use[:, None, None]
+    output = denoiser(noisy, timesteps, latent_mask=mask, self_condition=self_condition, **conditions)
+    target = regression_target(scheduler, clean, noise, timesteps)
+    weights = mask.unsqueeze(-1).to(output.dtype)
+    loss = ((output - target) ** 2 * weights).sum() / (weights.sum() * output.shape[-1])
+    return {"loss": loss}
