@@ -22,7 +22,9 @@ from latentdlm.data.sources import load_texts, train_eval_split
 from latentdlm.evaluation.plots import plot_training_curves
 from latentdlm.evaluation.reconstruction import reconstruction_metrics
 from latentdlm.training.config import TrainingConfig
-from latentdlm.training.loop import clear_previous_run, make_accelerator, make_optimizer, prepare_output_dir, rank_checksums, run_training
+from latentdlm.training.loop import (
+    clear_previous_run, finish_training, make_accelerator, make_optimizer, prepare_output_dir, rank_checksums, run_training,
+)
 
 FINAL_NAME = "autoencoder"
 INITIAL_NAME = "initial"  # the untrained model with its tokenizers: what --resume rebuilds from
@@ -152,7 +154,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, resume: bool = False, cpu: bo
         plot_training_curves(out / "metrics.jsonl", out / "training_curves.png", f"autoencoder: {out.name}")
         print_reconstructions(eval_texts, recons, metrics, cfg.show_examples)
         accelerator.print(f"saved the autoencoder to {final}")
-    accelerator.end_training()
+    finish_training(accelerator)
     return final
 
 

@@ -30,7 +30,9 @@ from latentdlm.evaluation.generation import distinct_n
 from latentdlm.evaluation.plots import plot_training_curves
 from latentdlm.pipelines.latent_text import LatentDiffusionTextPipeline
 from latentdlm.training.config import TrainingConfig
-from latentdlm.training.loop import clear_previous_run, make_accelerator, make_optimizer, prepare_output_dir, rank_checksums, run_training
+from latentdlm.training.loop import (
+    clear_previous_run, finish_training, make_accelerator, make_optimizer, prepare_output_dir, rank_checksums, run_training,
+)
 
 FINAL_NAME = "pipeline"
 CACHE_NAME = "latents.safetensors"
@@ -247,7 +249,7 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: bool = False, cpu: bool =
         samples(step, show=True)
         plot_training_curves(out / "metrics.jsonl", out / "training_curves.png", f"diffusion: {out.name}")
         accelerator.print(f"saved the pipeline to {final}")
-    accelerator.end_training()
+    finish_training(accelerator)
     return final
 
 

@@ -195,6 +195,15 @@ def run_training(
     return step
 
 
+def finish_training(accelerator: Accelerator) -> None:
+    """Close trackers and the process group together on every rank.
+
+    Without the barrier a rank that finishes first tears down gloo while rank 0 still writes the
+    final model, and the late rank can abort at exit."""
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
 def rank_checksums(accelerator: Accelerator, model: torch.nn.Module) -> list[float]:
     """One checksum of the weights per process: equal values mean the ranks stayed in sync."""
     total = sum(p.detach().double().sum() for p in accelerator.unwrap_model(model).parameters())
