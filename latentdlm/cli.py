@@ -150,6 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning  # one "warning: ..." line each, restored on return
+        # numpy 2 vs the diffusers DPM-Solver: harmless, and not the user's to fix
+        warnings.filterwarnings("ignore", message="__array__ implementation doesn't accept a copy", category=DeprecationWarning)
         return _run(args)
 
 

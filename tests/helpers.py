@@ -47,3 +47,17 @@ def tiny_overrides(output_dir, decoder: str = "bart", **extra) -> list[str]:
 
 def tiny_train_config(output_dir="unused", decoder: str = "bart", **extra) -> AutoencoderTrainConfig:
     return load_config(AutoencoderTrainConfig, None, tiny_overrides(output_dir, decoder, **extra))
+
+
+def tiny_diffusion_overrides(autoencoder, output_dir, **extra) -> list[str]:
+    """key=value overrides that make the diffusion tiny preset a seconds-long test run."""
+    values = {
+        "autoencoder": str(autoencoder), "data.source": "bundled:aesop", "data.limit": 64,
+        "denoiser.hidden_size": 32, "denoiser.num_layers": 2, "denoiser.num_heads": 2,
+        "sampling.num_inference_steps": 3, "sampling.num_samples": 2,
+        "training.output_dir": str(output_dir), "training.batch_size": 8, "training.max_steps": 4,
+        "training.max_minutes": "null", "training.warmup_steps": 1, "training.log_every": 1,
+        "training.eval_every": 0, "training.save_every": 2, "training.num_threads": "null",
+    }
+    values.update(extra)
+    return [f"{k}={v}" for k, v in values.items()]

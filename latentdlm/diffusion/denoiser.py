@@ -92,10 +92,10 @@ class LatentDiT(ModelMixin, ConfigMixin):
         if isinstance(label, int) or str(label).isdigit() and str(label) not in names:
             index = int(label)
             if not 0 <= index < len(names):
-                raise LatentDLMError(f"class index {index} out of range: the model knows {len(names)} classes {names}")
+                raise LatentDLMError(f"class index {index} out of range: the model knows {len(names)} classes ({', '.join(names)})")
             return index
         if label not in names:
-            raise LatentDLMError(f"unknown class label '{label}': the model was trained with {names}")
+            raise LatentDLMError(f"unknown class label '{label}': the model was trained with {', '.join(names)}")
         return names.index(label)
 
     def null_conditions(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -91,11 +92,18 @@ def encode_corpus(autoencoder: ParagraphAutoencoder, texts: list[str], batch_siz
     """All segments' latents (N_units, k, d) in text order, and the number of segments of each text."""
     units, counts = [], []
     chunk = batch_size * 4
-    for start in tqdm(range(0, len(texts), chunk), desc="encoding the corpus", unit="chunk"):
-        encoded = autoencoder.encode(texts[start : start + chunk], batch_size)
-        units.append(encoded.latents[encoded.segment_mask].cpu())
-        counts.append(encoded.segment_mask.sum(dim=1).cpu())
-    return torch.cat(units), torch.cat(counts)
+    with warnings.catch_warnings(record=True) as truncations:  # one summary instead of one line per chunk
+        warnings.simplefilter("always")
+        for start in tqdm(range(0, len(texts), chunk), desc="encoding the corpus", unit="chunk"):
+            encoded = autoencoder.encode(texts[start : start + chunk], batch_size)
+            units.append(encoded.latents[encoded.segment_mask].cpu())
+            counts.append(encoded.segment_mask.sum(dim=1).cpu())
+    units, counts = torch.cat(units), torch.cat(counts)
+    truncated = sum(int(str(w.message).split()[0]) for w in truncations if "were truncated" in str(w.message))
+    if truncated:
+        warnings.warn(f"{truncated} of {len(units)} segments are longer than max_length="
+                      f"{autoencoder.config.max_length} tokens and were truncated before encoding")
+    return units, counts
 
 
 def load_or_encode(cfg: DiffusionTrainConfig, autoencoder: ParagraphAutoencoder, out: Path, is_main: bool, wait) -> dict:

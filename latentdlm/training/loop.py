@@ -176,7 +176,7 @@ def run_training(
                 means = {k: accelerator.gather(torch.stack(v).mean().reshape(1)).mean().item() for k, v in sorted(window.items())}
                 means["lr"] = scheduler.get_last_lr()[0]
                 window.clear()
-                progress.set_postfix(loss=f"{means['loss']:.3f}")
+                progress.set_postfix(loss=f"{means['loss']:.3f}", **_time_left(cfg, clock))
                 log.write(step, means, clock.minutes())
             if evaluate is not None and cfg.eval_every and step % cfg.eval_every == 0:
                 with clock.paused():
@@ -227,6 +227,11 @@ class TrainingClock:
             yield
         finally:
             self.excluded += time.monotonic() - start
+
+
+def _time_left(cfg: TrainingConfig, clock: "TrainingClock") -> dict:
+    """For the progress bar of a run cut by max_minutes: its step total is not what ends it."""
+    return {"min_left": f"{max(0.0, cfg.max_minutes - clock.minutes()):.1f}"} if cfg.max_minutes else {}
 
 
 def _out_of_time(accelerator: Accelerator, cfg: TrainingConfig, clock: TrainingClock) -> bool:
