@@ -93,16 +93,23 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(args.output_dir, args.autoencoder_minutes, args.diffusion_minutes, args.num_samples, args.overwrite)
 
 
+def _add_training_command(sub, name: str, description: str, preset: str, example: str, func) -> None:
+    p = sub.add_parser(name, help=description)
+    p.add_argument("--config", required=True, help=f"a YAML preset, e.g. {preset}")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in training.output_dir")
+    p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help=f"config overrides, e.g. {example}")
+    p.set_defaults(func=func)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="latentdlm", description="Latent paragraph diffusion language models.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train-autoencoder", help="train a paragraph autoencoder (also: accelerate launch scripts/train_autoencoder.py)")
-    p.add_argument("--config", required=True, help="a YAML preset, e.g. configs/autoencoder/tiny.yaml")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in training.output_dir")
-    p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. training.max_steps=200")
-    p.set_defaults(func=cmd_train_autoencoder)
+    _add_training_command(
+        sub, "train-autoencoder", "train a paragraph autoencoder (also: accelerate launch scripts/train_autoencoder.py)",
+        "configs/autoencoder/tiny.yaml", "training.max_steps=200", cmd_train_autoencoder,
+    )
 
     p = sub.add_parser("reconstruct", help="encode and decode texts with a trained autoencoder")
     p.add_argument("--autoencoder", required=True, help="a folder saved by train-autoencoder (<output_dir>/autoencoder)")
@@ -114,12 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.set_defaults(func=cmd_reconstruct)
 
-    p = sub.add_parser("train-diffusion", help="train the latent DiT on a trained autoencoder (also: accelerate launch scripts/train_diffusion.py)")
-    p.add_argument("--config", required=True, help="a YAML preset, e.g. configs/diffusion/tiny.yaml")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in training.output_dir")
-    p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. autoencoder=runs/x/autoencoder")
-    p.set_defaults(func=cmd_train_diffusion)
+    _add_training_command(
+        sub, "train-diffusion", "train the latent DiT on a trained autoencoder (also: accelerate launch scripts/train_diffusion.py)",
+        "configs/diffusion/tiny.yaml", "autoencoder=runs/x/autoencoder", cmd_train_diffusion,
+    )
 
     p = sub.add_parser("generate", help="sample texts from a trained pipeline")
     p.add_argument("--model", required=True, help="a pipeline folder saved by train-diffusion (<output_dir>/pipeline)")
