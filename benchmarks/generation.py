@@ -5,7 +5,9 @@
 1. Trains (or reuses) a segment-mode `tiny` autoencoder on rocstories/train.jsonl, then a latent DiT on
    the encoded stories (each in its own process, one torch job on the cores at a time).
 2. Samples with DDPM-250, DDIM-50 and DPM-Solver++-20: seconds per paragraph and quality against
-   rocstories/dev.jsonl (MAUVE on MiniLM features, diversity, memorization, distinct-n).
+   rocstories/dev.jsonl (MAUVE on MiniLM features, diversity, memorization, distinct-n). The same
+   scores for other dev stories (the human ceiling) and for the autoencoder's reconstructions of them
+   (the ceiling of this decoder) show where quality is lost.
 3. Trains a GPT-2-style causal LM with about the parameter count of autoencoder-decoder side + DiT,
    on the same stories, with the same tokenizer, for the same CPU minutes as both latentdlm stages
    together; scores it the same way.
@@ -55,6 +57,19 @@ def train_diffusion(autoencoder: Path, minutes: float, limit: int, work: Path) -
     records = [json.loads(line) for line in (work / "diffusion" / "metrics.jsonl").read_text().splitlines()]
     last = [r for r in records if "loss" in r][-1]
     return {"train_minutes": last["train_minutes"], "steps": last["step"], "final_loss": last["loss"]}
+
+
+def reused_autoencoder(folder: Path) -> dict:
+    """Training time and final eval of an autoencoder trained earlier (the baseline's budget needs it)."""
+    run = folder.resolve().parent
+    try:
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        final = json.loads((run / "final_metrics.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"cannot tell how long {folder} trained (need metrics.jsonl and final_metrics.json beside it): {exc}")
+    last = [r for r in records if "train_minutes" in r][-1]
+    return {"reused": str(folder), "train_minutes": last["train_minutes"], "steps": last["step"],
+            "final_bleu": final["bleu"], "final_exact_match": final["exact_match"]}
 
 
 def timed(fn):
@@ -146,9 +161,13 @@ def plot(results: dict, path: Path) -> None:
     names = [f"{r['scheduler']}-{r['steps']}" for r in rows]
     axes[0].bar(names, [r["seconds_per_paragraph"] for r in rows], color="tab:blue")
     axes[0].set(ylabel="seconds per paragraph (batch 32)", title="Samplers: time", yscale="log")
-    axes[1].bar(names + ["AR baseline"], [r["mauve"] for r in rows] + [results["baseline"]["mauve"]],
-                color=["tab:blue"] * len(rows) + ["tab:orange"])
+    ceilings = results["ceilings"]
+    axes[1].bar(names + ["AR baseline", "AE recon.", "human"],
+                [r["mauve"] for r in rows] + [results["baseline"]["mauve"], ceilings["autoencoder_reconstructions"]["mauve"],
+                                              ceilings["human"]["mauve"]],
+                color=["tab:blue"] * len(rows) + ["tab:orange", "tab:gray", "black"])
     axes[1].set(ylabel="MAUVE vs ROCStories dev (MiniLM)", title="Quality", ylim=(0, 1))
+    axes[1].tick_params(axis="x", labelrotation=30)
     labels, x = ["batch 1", "batch 32"], range(2)
     ours = [results["speed"]["latentdlm"][k] for k in ("batch_1", "batch_32")]
     theirs = [results["speed"]["baseline"][k] for k in ("batch_1", "batch_32")]
@@ -179,7 +198,8 @@ def main() -> None:
     results = {"machine": "2 CPU cores", "data": "rocstories/train.jsonl -> rocstories/dev.jsonl", "num_samples": args.num_samples}
 
     if args.autoencoder:
-        autoencoder, results["autoencoder"] = Path(args.autoencoder), {"reused": args.autoencoder}
+        autoencoder = Path(args.autoencoder)
+        results["autoencoder"] = reused_autoencoder(autoencoder)
     else:
         summary = run_mode("segment", args.autoencoder_minutes, work, eval_every=0, max_eval=100, extra=[])
         results["autoencoder"] = {k: summary[k] for k in ("train_minutes", "steps", "final_bleu", "final_exact_match")}
@@ -190,11 +210,17 @@ def main() -> None:
 
     pipe = LatentDiffusionTextPipeline.from_pretrained(work / "diffusion" / "pipeline")
     train_texts = load_texts(str(data_root() / "rocstories" / "train.jsonl"), limit=args.limit)
-    references = load_texts(str(data_root() / "rocstories" / "dev.jsonl"), limit=args.num_samples)
+    dev = load_texts(str(data_root() / "rocstories" / "dev.jsonl"), limit=2 * args.num_samples)
+    references, held_out = dev[: args.num_samples], dev[args.num_samples :]
     reference_features = sentence_features(references)
 
     def score(texts):
         return generation_metrics(texts, references, train_texts, reference_features)
+
+    # where quality is lost: other human stories (the ceiling) and the autoencoder's reconstructions of
+    # them (the best the DiT can reach through this decoder)
+    results["ceilings"] = {"human": score(held_out), "autoencoder_reconstructions": score(pipe.autoencoder.reconstruct(held_out))}
+    print(json.dumps(results["ceilings"]), flush=True)
 
     results["samplers"], samples = [], {}
     for name, steps in SAMPLERS:

@@ -4,6 +4,8 @@ import os
 import shutil
 import tempfile
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -24,3 +26,30 @@ def offline_hf_home():
 
 torch.set_flush_denormal(True)  # denormals made some CPU runs 10-30x slower
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def autoencoder(tmp_path_factory):
+    """A tiny segment-mode autoencoder, a few steps on the bundled Aesop fables (stage 2's tests build on it)."""
+    from helpers import tiny_overrides
+
+    from latentdlm.cli import main
+
+    out = tmp_path_factory.mktemp("ae")
+    preset = Path(__file__).resolve().parents[1] / "configs/autoencoder/tiny.yaml"
+    assert main(["train-autoencoder", "--config", str(preset), *tiny_overrides(out)]) == 0
+    return out / "autoencoder"
+
+
+@pytest.fixture(scope="session")
+def pipeline_dir(autoencoder, tmp_path_factory):
+    """A tiny unconditional pipeline on that autoencoder (4 steps, samples every 2)."""
+    from helpers import tiny_diffusion_overrides
+
+    from latentdlm.cli import main
+
+    out = tmp_path_factory.mktemp("dm")
+    preset = Path(__file__).resolve().parents[1] / "configs/diffusion/tiny.yaml"
+    assert main(["train-diffusion", "--config", str(preset), *tiny_diffusion_overrides(autoencoder, out),
+                 "training.eval_every=2"]) == 0
+    return out / "pipeline"

@@ -53,7 +53,7 @@ def tiny_diffusion_overrides(autoencoder, output_dir, **extra) -> list[str]:
     """key=value overrides that make the diffusion tiny preset a seconds-long test run."""
     values = {
         "autoencoder": str(autoencoder), "data.source": "bundled:aesop", "data.limit": 64,
-        "denoiser.hidden_size": 32, "denoiser.num_layers": 2, "denoiser.num_heads": 2,
+        "denoiser.hidden_size": 32, "denoiser.num_layers": 2, "denoiser.num_heads": 2, "denoiser.patch_size": 2,
         "sampling.num_inference_steps": 3, "sampling.num_samples": 2,
         "training.output_dir": str(output_dir), "training.batch_size": 8, "training.max_steps": 4,
         "training.max_minutes": "null", "training.warmup_steps": 1, "training.log_every": 1,
@@ -61,3 +61,16 @@ def tiny_diffusion_overrides(autoencoder, output_dir, **extra) -> list[str]:
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
+
+
+TINY_CONDITION_ENCODER = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                          "intermediate_size": 64, "max_position_embeddings": 64}
+
+
+def tiny_condition_overrides(source_column: str = "title", target_column: str = "text") -> list[str]:
+    """A text-conditioned run on the bundled fables (title -> fable) with a tiny trainable condition encoder."""
+    return [
+        "data.source=bundled:aesop", f"data.column={target_column}", f"data.condition_column={source_column}",
+        "condition.kind=hf", "condition.name_or_path=null", f"condition.config={_flow(TINY_CONDITION_ENCODER)}",
+        "condition.freeze=false", "condition.max_length=32",
+    ]

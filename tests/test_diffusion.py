@@ -30,22 +30,42 @@ def inputs(batch=2, segments=S):
     return torch.randn(batch, segments * K, D), torch.tensor([10, 700][:batch])
 
 
-def test_output_shape_and_zero_initialised_output():
-    model = tiny_dit()
+@pytest.mark.parametrize("patch_size", [1, 2, 4])
+def test_output_shape_and_zero_initialised_output(patch_size):
+    model = tiny_dit(patch_size=patch_size)
     x, t = inputs()
-    out = model(x, t)
+    out = model(x, t, self_condition=torch.randn_like(x))
     assert out.shape == x.shape
     assert torch.count_nonzero(out) == 0
+    assert model.latent_position.shape[0] * patch_size == K  # one token per patch of a segment
+
+
+def test_a_patch_is_one_token_so_its_latents_only_meet_other_patches_through_attention():
+    """With self-attention silenced, each token (a patch of 2 latents) sees only its own latents."""
+    model = randomize_output(tiny_dit(patch_size=2, num_layers=1))
+    for block in model.blocks:
+        torch.nn.init.zeros_(block.attn1.to_out[0].weight)
+        torch.nn.init.zeros_(block.attn1.to_out[0].bias)
+    x, t = inputs()
+    changed = x.clone()
+    changed[:, 0] += 5.0  # the first latent: the first patch holds latents 0 and 1
+    diff = (model(x, t) - model(changed, t)).abs().sum(dim=(0, 2))
+    assert diff[:2].gt(0).all() and diff[2:].eq(0).all()
+
+
+def test_a_patch_size_that_does_not_divide_the_latents_is_a_clear_error():
+    with pytest.raises(LatentDLMError, match="patch_size 3 does not divide the 4 latents"):
+        tiny_dit(patch_size=3)
 
 
 def test_save_load_round_trip_is_exact(tmp_path):
-    model = randomize_output(tiny_dit(class_names=["a", "b"], condition_dim=6))
+    model = randomize_output(tiny_dit(class_names=["a", "b"], condition_dim=6, patch_size=2))
     model.set_latent_statistics(torch.randn(50, K, D) * 3 + 1, torch.tensor([1, 2, 2, 3]))
     model.save_pretrained(tmp_path)
     loaded = LatentDiT.from_pretrained(tmp_path)
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
-    assert loaded.config.class_names == ["a", "b"]
+    assert loaded.config.class_names == ["a", "b"] and loaded.config.patch_size == 2
     assert torch.allclose(loaded.segment_count_freq, torch.tensor([0.25, 0.5, 0.25]))
     x, t = inputs()
     labels = torch.tensor([0, 2])
@@ -62,8 +82,9 @@ def test_latent_statistics_normalise_the_training_latents():
     assert torch.allclose(model.denormalize(model.normalize(units)), units, atol=1e-4)
 
 
-def test_padded_segments_do_not_change_the_real_ones():
-    model = randomize_output(tiny_dit())
+@pytest.mark.parametrize("patch_size", [1, 2])
+def test_padded_segments_do_not_change_the_real_ones(patch_size):
+    model = randomize_output(tiny_dit(patch_size=patch_size))
     x, t = inputs(segments=S)
     mask = torch.zeros(2, S * K, dtype=torch.bool)
     mask[:, : 2 * K] = True  # two real segments, one padded

@@ -31,13 +31,6 @@ AE_TINY = str(ROOT / "configs/autoencoder/tiny.yaml")
 DM_TINY = str(ROOT / "configs/diffusion/tiny.yaml")
 
 
-@pytest.fixture(scope="module")
-def autoencoder(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ae")
-    assert main(["train-autoencoder", "--config", AE_TINY, *tiny_overrides(out)]) == 0
-    return out / "autoencoder"
-
-
 def train(autoencoder, out, *extra, resume=False):
     args = ["train-diffusion", "--config", DM_TINY, *(["--resume"] if resume else [])]
     return main(args + tiny_diffusion_overrides(autoencoder, out) + list(extra))
@@ -45,13 +38,6 @@ def train(autoencoder, out, *extra, resume=False):
 
 def records(out, name="metrics.jsonl"):
     return [json.loads(line) for line in (Path(out) / name).read_text().splitlines()]
-
-
-@pytest.fixture(scope="module")
-def pipeline_dir(autoencoder, tmp_path_factory):
-    out = tmp_path_factory.mktemp("dm")
-    assert train(autoencoder, out, "training.eval_every=2") == 0
-    return out / "pipeline"
 
 
 def test_training_saves_one_pipeline_folder_with_samples_and_curves(pipeline_dir):
@@ -166,6 +152,7 @@ def test_an_existing_run_is_never_overwritten(autoencoder, pipeline_dir, capsys)
         (["sampling.scheduler=euler"], "unknown scheduler 'euler'"),
         (["objective.prediction_type=score"], "unknown prediction type 'score'"),
         (["training.batch_size=1000"], "fewer than one batch"),
+        (["denoiser.patch_size=3"], "patch_size 3 does not divide"),
     ],
 )
 def test_bad_training_input_is_one_clear_error(autoencoder, tmp_path, capsys, extra, message):

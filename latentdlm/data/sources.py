@@ -46,6 +46,19 @@ def load_pairs(
     return _load_rows(source, [source_column, target_column], split, limit, cache_dir)
 
 
+def load_columns(
+    source: str, columns: list[str | None], split: str = "train", limit: int | None = None, cache_dir: str | None = None,
+) -> list[tuple[str, ...]]:
+    """Every row of `columns`, stripped, in file order; empty values kept as "" (for inputs whose rows
+    must stay aligned with their outputs: the caller decides what an empty value means)."""
+    if limit is not None and limit < 1:
+        raise LatentDLMError(f"limit must be a positive number of texts or None, got {limit}.")
+    rows = []
+    for label, dataset in _load_datasets(source, split, cache_dir):
+        rows += zip(*(_column_values(dataset, column, label) for column in columns))
+    return [tuple((value or "").strip() for value in row) for row in rows][:limit]
+
+
 FIRST_WORD = "first_word"  # label_column value: the label is each text's first word (SST-2 txt style)
 
 

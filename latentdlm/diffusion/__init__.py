@@ -1,5 +1,6 @@
-"""Diffusion in the autoencoder's latent space: the DiT denoiser, schedulers, objective and sampling."""
+"""Diffusion in the autoencoder's latent space: the DiT denoiser, its condition encoder, schedulers, objective and sampling."""
 
+from latentdlm.diffusion.condition import ConditionConfig, ConditionEncoder
 from latentdlm.diffusion.denoiser import LatentDiT
 
-__all__ = ["LatentDiT"]
+__all__ = ["ConditionConfig", "ConditionEncoder", "LatentDiT"]

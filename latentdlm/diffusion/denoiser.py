@@ -1,8 +1,8 @@
 """The latent DiT: a diffusers model that denoises (batch, segments x latents, dim) sequences.
 
 Built from diffusers blocks (PixArt-style `BasicTransformerBlock` with `ada_norm_single`):
-timestep (+ class) embedding -> one shared adaLN modulation, learned positions over segment and
-latent index, optional cross-attention to a condition sequence with a padding mask, a learned null
+timestep (+ class) embedding -> one shared adaLN modulation, `patch_size` consecutive latents of a
+segment per token (DiT's patchify: fewer, wider tokens), learned positions over segment and token index, optional cross-attention to a condition sequence with a padding mask, a learned null
 class and a learned null condition for classifier-free guidance, and a zero-initialised output.
 """
 
@@ -37,18 +37,22 @@ class LatentDiT(ModelMixin, ConfigMixin):
         hidden_size: int = 256,
         num_layers: int = 4,
         num_heads: int = 4,
+        patch_size: int = 1,
         dropout: float = 0.0,
         self_conditioning: bool = True,
         class_names: Optional[list[str]] = None,
         condition_dim: Optional[int] = None,
+        condition_dropout: Optional[float] = None,  # recorded at training: guidance needs a trained null condition
     ):
         super().__init__()
         if hidden_size % num_heads:
-            raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
-        in_dim = 2 * latent_dim if self_conditioning else latent_dim
-        self.proj_in = nn.Linear(in_dim, hidden_size)
+            raise LatentDLMError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
+        if patch_size < 1 or num_latents % patch_size:
+            raise LatentDLMError(f"patch_size {patch_size} does not divide the {num_latents} latents of a segment")
+        token_dim = patch_size * latent_dim
+        self.proj_in = nn.Linear(2 * token_dim if self_conditioning else token_dim, hidden_size)
         self.segment_position = nn.Parameter(torch.randn(max_segments, hidden_size) * 0.02)
-        self.latent_position = nn.Parameter(torch.randn(num_latents, hidden_size) * 0.02)
+        self.latent_position = nn.Parameter(torch.randn(num_latents // patch_size, hidden_size) * 0.02)
 
         self.time_proj = Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.time_embedding = TimestepEmbedding(256, hidden_size)
@@ -70,7 +74,7 @@ class LatentDiT(ModelMixin, ConfigMixin):
         )
         self.norm_out = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.out_shift_scale = nn.Parameter(torch.randn(2, hidden_size) / hidden_size**0.5)
-        self.proj_out = nn.Linear(hidden_size, latent_dim)
+        self.proj_out = nn.Linear(hidden_size, token_dim)
         nn.init.zeros_(self.proj_out.weight)
         nn.init.zeros_(self.proj_out.bias)
         # statistics of the training latents, set once before training: normalisation per latent
@@ -139,9 +143,13 @@ class LatentDiT(ModelMixin, ConfigMixin):
         if length % cfg.num_latents or length // cfg.num_latents > cfg.max_segments:
             raise ValueError(f"sample length {length} is not a multiple of {cfg.num_latents} latents "
                              f"within {cfg.max_segments} segments")
+        patch = cfg.patch_size
         if cfg.self_conditioning:
             sample = torch.cat([sample, torch.zeros_like(sample) if self_condition is None else self_condition], dim=-1)
-        positions = (self.segment_position[: length // cfg.num_latents, None] + self.latent_position[None]).reshape(length, -1)
+        if patch > 1:  # (B, L, c) -> (B, L/p, p*c); with self-conditioning c holds both halves side by side
+            sample = sample.reshape(batch, length // patch, -1)
+            latent_mask = None if latent_mask is None else latent_mask[:, ::patch]
+        positions = (self.segment_position[: length // cfg.num_latents, None] + self.latent_position[None]).reshape(length // patch, -1)
         hidden = self.proj_in(sample) + positions
 
         timestep = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(batch)
@@ -166,4 +174,4 @@ class LatentDiT(ModelMixin, ConfigMixin):
             hidden = block(hidden, attention_mask=self_bias, encoder_hidden_states=context,
                            encoder_attention_mask=context_bias, timestep=modulation)
         shift, scale = (self.out_shift_scale[None] + embedding[:, None]).chunk(2, dim=1)
-        return self.proj_out(self.norm_out(hidden) * (1 + scale) + shift)
+        return self.proj_out(self.norm_out(hidden) * (1 + scale) + shift).reshape(batch, length, -1)

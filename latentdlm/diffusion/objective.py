@@ -80,3 +80,27 @@ def diffusion_loss(
     weights = mask.unsqueeze(-1).to(output.dtype)
     loss = ((output - target) ** 2 * weights).sum() / (weights.sum() * output.shape[-1])
     return {"loss": loss}
+
+
+class ConditionedObjective(torch.nn.Module):
+    """A text-conditioned run as one module (one DDP wrapper): the condition encoder turns the batch's
+    source tokens into states, then the DiT's loss. A frozen encoder runs without gradients."""
+
+    def __init__(self, denoiser: LatentDiT, condition_encoder: torch.nn.Module, scheduler: DDPMScheduler,
+                 cfg: DiffusionObjectiveConfig):
+        super().__init__()
+        self.denoiser, self.condition_encoder = denoiser, condition_encoder
+        self.scheduler, self.cfg = scheduler, cfg
+
+    def train(self, mode: bool = True) -> "ConditionedObjective":
+        super().train(mode)
+        if self.condition_encoder.config.freeze:
+            self.condition_encoder.eval()  # a frozen encoder is a fixed function: no dropout
+        return self
+
+    def forward(self, batch: dict, generator: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:
+        batch = dict(batch)
+        ids, mask = batch.pop("condition_input_ids"), batch.pop("condition_attention_mask")
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.condition_encoder.config.freeze):
+            batch.update(self.condition_encoder(ids, mask))
+        return diffusion_loss(self.denoiser, self.scheduler, batch, self.cfg, generator)

