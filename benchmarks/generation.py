@@ -98,22 +98,16 @@ def story_ids(tokenizer, texts: list[str]) -> list[list[int]]:
     return [[tokenizer.bos_token_id, *x, tokenizer.eos_token_id] for x in ids]
 
 
-def train_baseline(model, tokenizer, texts: list[str], minutes: float, batch_size: int = 32) -> dict:
-    """Plain next-token training for `minutes` of wall time (AdamW, constant LR after warmup)."""
-    ids = story_ids(tokenizer, texts)
-    pad = tokenizer.pad_token_id
+def train_for_minutes(model, batch_loss, minutes: float) -> dict:
+    """The AR baselines' loop: AdamW (lr 5e-4, 100 warmup steps, then constant) for `minutes` of wall
+    time; `batch_loss(rng)` draws a batch with `rng` and returns its loss."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.01)
     warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 100))
-    rng = random.Random(0)
+    rng, step, start, losses = random.Random(0), 0, time.monotonic(), []
     model.train()
-    step, start, losses = 0, time.monotonic(), []
     bar = tqdm(desc="AR baseline", unit="step")
     while time.monotonic() - start < minutes * 60:
-        batch = rng.sample(ids, batch_size)
-        width = max(map(len, batch))
-        input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in batch])
-        mask = input_ids != pad
-        loss = model(input_ids=input_ids, attention_mask=mask, labels=input_ids.masked_fill(~mask, -100)).loss
+        loss = batch_loss(rng)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -126,6 +120,21 @@ def train_baseline(model, tokenizer, texts: list[str], minutes: float, batch_siz
     bar.close()
     model.eval()
     return {"train_minutes": (time.monotonic() - start) / 60, "steps": step, "final_loss": sum(losses[-50:]) / len(losses[-50:])}
+
+
+def train_baseline(model, tokenizer, texts: list[str], minutes: float, batch_size: int = 32) -> dict:
+    """Plain next-token training of the causal LM baseline."""
+    ids = story_ids(tokenizer, texts)
+    pad = tokenizer.pad_token_id
+
+    def batch_loss(rng):
+        batch = rng.sample(ids, batch_size)
+        width = max(map(len, batch))
+        input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in batch])
+        mask = input_ids != pad
+        return model(input_ids=input_ids, attention_mask=mask, labels=input_ids.masked_fill(~mask, -100)).loss
+
+    return train_for_minutes(model, batch_loss, minutes)
 
 
 @torch.no_grad()

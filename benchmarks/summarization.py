@@ -1,6 +1,6 @@
 """Summarization benchmark: latentdlm vs lead-1 vs an autoregressive encoder-decoder, equal CPU budget.
 
-    python benchmarks/summarization.py [--datasets debian_descriptions xsum] [--autoencoder-minutes 6]
+    python benchmarks/summarization.py [--datasets debian_descriptions xsum] [--autoencoder-minutes 8]
         [--diffusion-minutes 5] [--num-test 200]
 
 For each dataset (../shared/data, or $LATENTDLM_DATA), shuffled with seed 0, the last `num-test` pairs
@@ -28,10 +28,11 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from generation import train_for_minutes  # noqa: E402
 from latentdlm.data.segmentation import SentenceSegmenter  # noqa: E402
 from latentdlm.data.sources import data_root, load_pairs  # noqa: E402
 from latentdlm.evaluation.summarization import rouge_scores  # noqa: E402
@@ -114,37 +115,23 @@ def ar_baseline(pipe, train_pairs, test_docs, minutes: float, batch_size: int = 
     model = make(layers)
     pad = tokenizer.pad_token_id
     targets = tokenizer([t for _, t in train_pairs], add_special_tokens=False, truncation=True, max_length=MAX_TARGET_TOKENS)["input_ids"]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.01)
-    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 100))
-    rng, step, start, losses = random.Random(0), 0, time.monotonic(), []
-    model.train()
-    bar = tqdm(desc="AR baseline", unit="step")
-    while time.monotonic() - start < minutes * 60:
+
+    def batch_loss(rng):
         rows = rng.sample(range(len(train_pairs)), batch_size)
         states = condition.encode([train_pairs[i][0] for i in rows], warn=False)
         seqs = [[tokenizer.bos_token_id, *targets[i], tokenizer.eos_token_id] for i in rows]
         width = max(map(len, seqs))
         ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs])
         mask = ids != pad
-        loss = model(ids, mask.long(), states["condition_states"], states["condition_mask"].long(), ids.masked_fill(~mask, -100)).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        warmup.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        losses.append(loss.item())
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-    bar.close()
-    model.eval()
+        return model(ids, mask.long(), states["condition_states"], states["condition_mask"].long(), ids.masked_fill(~mask, -100)).loss
+
+    trained = train_for_minutes(model, batch_loss, minutes)
     outputs = []
     for i in range(0, len(test_docs), 50):
         states = condition.encode(test_docs[i : i + 50], warn=False)
         ids = model.greedy(states["condition_states"], states["condition_mask"].long(), pad)
         outputs += [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
-    info = {"parameters": trained_parameters(model), "latentdlm_parameters": target, "layers": layers,
-            "train_minutes": (time.monotonic() - start) / 60, "steps": step, "final_loss": sum(losses[-50:]) / len(losses[-50:])}
+    info = {"parameters": trained_parameters(model), "latentdlm_parameters": target, "layers": layers, **trained}
     return info, outputs
 
 
@@ -226,7 +213,7 @@ def plot(results: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
-    parser.add_argument("--autoencoder-minutes", type=float, default=6)
+    parser.add_argument("--autoencoder-minutes", type=float, default=8)
     parser.add_argument("--diffusion-minutes", type=float, default=5)
     parser.add_argument("--num-test", type=int, default=200)
     parser.add_argument("--train-limit", type=int, default=20000)

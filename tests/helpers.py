@@ -1,4 +1,12 @@
-"""Shared helpers for the tests: tiny model configs and a one-call autoencoder builder."""
+"""Shared helpers for the tests: tiny model configs, a one-call autoencoder builder and a 2-process
+CPU launch through `accelerate launch`."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 from latentdlm.config import load_config
 from latentdlm.training.autoencoder import AutoencoderTrainConfig
@@ -74,3 +82,20 @@ def tiny_condition_overrides(source_column: str = "title", target_column: str = 
         "condition.kind=hf", "condition.name_or_path=null", f"condition.config={_flow(TINY_CONDITION_ENCODER)}",
         "condition.freeze=false", "condition.max_length=32",
     ]
+
+
+def launch_two_cpu_processes(script: str, config: str, overrides: list[str], output_dir: Path) -> dict:
+    """`accelerate launch` a training script on 2 CPU processes (gloo DDP); returns its run_info.json."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+        str(root / "scripts" / script), "--config", config, *overrides,
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((Path(output_dir) / "run_info.json").read_text())

@@ -2,15 +2,12 @@
 pipeline with its condition encoder, `summarize` / `generate --condition`, ROUGE and the MBR choice."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny_condition_overrides, tiny_diffusion_overrides
+from helpers import launch_two_cpu_processes, tiny_condition_overrides, tiny_diffusion_overrides
 from rouge_score import rouge_scorer
 
 from latentdlm.cli import main
@@ -23,7 +20,6 @@ from latentdlm.diffusion.schedulers import make_scheduler, training_scheduler
 from latentdlm.errors import LatentDLMError
 from latentdlm.evaluation.summarization import minimum_bayes_risk, rouge_scores
 from latentdlm.pipelines.latent_text import LatentDiffusionTextPipeline
-from test_training import _free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DM_COND = str(ROOT / "configs/diffusion/tiny_cond.yaml")
@@ -242,17 +238,9 @@ def test_class_and_text_conditions_together_are_refused(autoencoder, tmp_path, c
 
 def test_two_process_ddp_with_a_trainable_condition_encoder(autoencoder, tmp_path):
     out = tmp_path / "ddp"
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(_free_port()), str(ROOT / "scripts/train_diffusion.py"), "--config", DM_COND,
-        *tiny_diffusion_overrides(autoencoder, out, **{"training.batch_size": 4, "training.max_steps": 3}),
-        *tiny_condition_overrides(),
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    info = json.loads((out / "run_info.json").read_text())
+    overrides = [*tiny_diffusion_overrides(autoencoder, out, **{"training.batch_size": 4, "training.max_steps": 3}),
+                 *tiny_condition_overrides()]
+    info = launch_two_cpu_processes("train_diffusion.py", DM_COND, overrides, out)
     model_0, model_1, ema_0, ema_1 = info["rank_weight_checksums"]
     assert info["world_size"] == 2 and model_0 == model_1 and ema_0 == ema_1
 

@@ -3,16 +3,13 @@ pipeline, class-conditional runs, resume, 2-process DDP, bad input, and the gene
 
 import csv
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_diffusion_overrides, tiny_overrides
+from helpers import launch_two_cpu_processes, tiny_diffusion_overrides, tiny_overrides
 from safetensors.torch import load_file
 
 import latentdlm.demo
@@ -24,7 +21,6 @@ from latentdlm.evaluation.generation import distinct_n, diversity, mauve_score, 
 from latentdlm.pipelines.latent_text import LatentDiffusionTextPipeline
 from latentdlm.training.autoencoder import AutoencoderTrainConfig
 from latentdlm.training.diffusion import DiffusionTrainConfig
-from test_training import _free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 AE_TINY = str(ROOT / "configs/autoencoder/tiny.yaml")
@@ -213,17 +209,8 @@ def test_class_conditional_training_and_guided_generation(autoencoder, tmp_path,
 
 def test_two_process_cpu_ddp_through_accelerate_launch(autoencoder, tmp_path):
     out = tmp_path / "ddp"
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(_free_port()),
-        str(ROOT / "scripts/train_diffusion.py"), "--config", DM_TINY,
-        *tiny_diffusion_overrides(autoencoder, out, **{"training.batch_size": 4, "training.max_steps": 3}),
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    info = json.loads((out / "run_info.json").read_text())
+    overrides = tiny_diffusion_overrides(autoencoder, out, **{"training.batch_size": 4, "training.max_steps": 3})
+    info = launch_two_cpu_processes("train_diffusion.py", DM_TINY, overrides, out)
     assert info["world_size"] == 2
     model_0, model_1, ema_0, ema_1 = info["rank_weight_checksums"]
     assert model_0 == model_1 and ema_0 == ema_1  # all-reduced gradients, EMA stepped alike on every rank

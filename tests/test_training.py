@@ -1,15 +1,11 @@
 """`latentdlm train-autoencoder` / `reconstruct` end to end on tiny models: saving, resume, bad input."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny_overrides
+from helpers import launch_two_cpu_processes, tiny_overrides
 from safetensors.torch import load_file
 
 from latentdlm.autoencoder.model import ParagraphAutoencoder
@@ -143,24 +139,9 @@ def test_long_inputs_warn_with_a_count(trained, capsys):
     assert "warning: 1 of 1 texts are longer than max_length=32 tokens and were truncated" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_process_cpu_ddp_through_accelerate_launch(tmp_path):
     out = tmp_path / "ddp"
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(_free_port()),
-        str(ROOT / "scripts/train_autoencoder.py"), "--config", TINY, *tiny_overrides(out),
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    info = json.loads((out / "run_info.json").read_text())
+    info = launch_two_cpu_processes("train_autoencoder.py", TINY, tiny_overrides(out), out)
     assert info["world_size"] == 2
     first, second = info["rank_weight_checksums"]
     assert first == second  # gradients were all-reduced: both ranks hold identical weights

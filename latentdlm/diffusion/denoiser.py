@@ -2,8 +2,9 @@
 
 Built from diffusers blocks (PixArt-style `BasicTransformerBlock` with `ada_norm_single`):
 timestep (+ class) embedding -> one shared adaLN modulation, `patch_size` consecutive latents of a
-segment per token (DiT's patchify: fewer, wider tokens), learned positions over segment and token index, optional cross-attention to a condition sequence with a padding mask, a learned null
-class and a learned null condition for classifier-free guidance, and a zero-initialised output.
+segment per token (DiT's patchify: fewer, wider tokens), learned positions over segment and token
+index, optional cross-attention to a condition sequence with a padding mask, a learned null class
+and a learned null condition for classifier-free guidance, and a zero-initialised output.
 """
 
 from __future__ import annotations

@@ -6,7 +6,6 @@ sentence encoder (MiniLM from its PyPI package by default; never raw text, which
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Iterable, Optional, Sequence
 
 import numpy as np

@@ -65,8 +65,9 @@ class LatentDiffusionTextPipeline(DiffusionPipeline):
     ) -> LatentTextOutput:
         """Sample `num_samples` texts. `scheduler` swaps the sampler by name (ddpm, ddim, dpm);
         `class_labels` is one label for all samples or one per sample (names or indices); `conditions`
-        is one source text for all samples or one per sample (text-conditioned models); `num_segments` fixes the number of sentence segments (segment-mode models; default: drawn
-        from the training distribution)."""
+        is one source text for all samples or one per sample (text-conditioned models; without them a
+        conditional model samples from its null condition); `num_segments` fixes the number of sentence
+        segments (segment-mode models; default: drawn from the training distribution)."""
         conditions = self._check_conditions(conditions, num_samples)
         labels = self._check_call(num_samples, num_inference_steps, batch_size, class_labels, conditions, guidance_scale, num_segments)
         sampler = make_scheduler(scheduler, self.scheduler) if scheduler else self.scheduler
