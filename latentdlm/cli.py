@@ -49,10 +49,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     model = ParagraphAutoencoder.from_pretrained(args.autoencoder)
     recons = model.reconstruct(texts, args.batch_size)
     if args.output:
-        with Path(args.output).open("w") as f:
-            for text, recon in zip(texts, recons):
-                f.write(json.dumps({"text": text, "reconstruction": recon}) + "\n")
-        print(f"wrote {len(recons)} reconstructions to {args.output}")
+        _write_jsonl(args.output, [{"text": text, "reconstruction": recon} for text, recon in zip(texts, recons)],
+                     "reconstructions")
     else:
         for recon in recons:
             print(recon)
@@ -78,10 +76,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
         guidance_rescale=args.guidance_rescale, num_segments=args.num_segments, batch_size=args.batch_size,
     )
     if args.output:
-        with Path(args.output).open("w") as f:
-            for text in output.texts:
-                f.write(json.dumps({"text": text, "class_label": args.class_label, "condition": args.condition}) + "\n")
-        print(f"wrote {len(output.texts)} texts to {args.output}")
+        _write_jsonl(args.output, [{"text": text, "class_label": args.class_label, "condition": args.condition}
+                                   for text in output.texts], "texts")
     else:
         for text in output.texts:
             print(text + "\n")
@@ -106,19 +102,23 @@ def cmd_summarize(args: argparse.Namespace) -> None:
         args.scheduler, args.seed, args.batch_size,
     )
     if args.output:
-        with Path(args.output).open("w") as f:
-            for i, summary in enumerate(summaries):
-                record = {"document": documents[i], "summary": summary}
-                if references:
-                    record["reference"] = references[i]
-                f.write(json.dumps(record) + "\n")
-        print(f"wrote {len(summaries)} summaries to {args.output}")
+        records = [{"document": document, "summary": summary} for document, summary in zip(documents, summaries)]
+        for record, reference in zip(records, references or []):
+            record["reference"] = reference
+        _write_jsonl(args.output, records, "summaries")
     else:
         for summary in summaries:
             print(summary + "\n")
     if references:
         scores = rouge_scores(summaries, references)
         print("ROUGE (F1, stemmed): " + "  ".join(f"{name} {value:.2f}" for name, value in scores.items()))
+
+
+def _write_jsonl(path: str, records: list[dict], what: str) -> None:
+    with Path(path).open("w") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+    print(f"wrote {len(records)} {what} to {path}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:

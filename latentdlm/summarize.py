@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from tqdm.auto import tqdm
-
 from latentdlm.errors import LatentDLMError
 from latentdlm.evaluation.summarization import minimum_bayes_risk
 
@@ -27,17 +25,11 @@ def summarize(
     empty = [i for i, doc in enumerate(documents) if not doc.strip()]
     if empty:
         raise LatentDLMError(f"{len(empty)} empty document(s), first at row {empty[0]}: nothing to summarize")
-    outputs = []
-    per_call = max(1, batch_size // num_candidates)  # documents per pipeline call, all candidates together
-    for start in tqdm(range(0, len(documents), per_call), desc="summarizing", unit="batch", disable=not show_progress):
-        chunk = documents[start : start + per_call]
-        repeated = [doc for doc in chunk for _ in range(num_candidates)]
-        texts = pipe(
-            num_samples=len(repeated), conditions=repeated, num_inference_steps=num_inference_steps,
-            scheduler=scheduler, seed=seed + start, guidance_scale=guidance_scale, guidance_rescale=guidance_rescale,
-            batch_size=len(repeated), show_progress=False,
-        ).texts
-        for i in range(len(chunk)):
-            candidates = texts[i * num_candidates : (i + 1) * num_candidates]
-            outputs.append(candidates[minimum_bayes_risk(candidates)])
-    return outputs
+    repeated = [doc for doc in documents for _ in range(num_candidates)]  # a document's candidates side by side
+    texts = pipe(
+        num_samples=len(repeated), conditions=repeated, num_inference_steps=num_inference_steps, scheduler=scheduler,
+        seed=seed, guidance_scale=guidance_scale, guidance_rescale=guidance_rescale, batch_size=batch_size,
+        show_progress=show_progress,
+    ).texts
+    candidates = [texts[i : i + num_candidates] for i in range(0, len(texts), num_candidates)]
+    return [group[minimum_bayes_risk(group)] for group in candidates]

@@ -51,12 +51,7 @@ def load_columns(
 ) -> list[tuple[str, ...]]:
     """Every row of `columns`, stripped, in file order; empty values kept as "" (for inputs whose rows
     must stay aligned with their outputs: the caller decides what an empty value means)."""
-    if limit is not None and limit < 1:
-        raise LatentDLMError(f"limit must be a positive number of texts or None, got {limit}.")
-    rows = []
-    for label, dataset in _load_datasets(source, split, cache_dir):
-        rows += zip(*(_column_values(dataset, column, label) for column in columns))
-    return [tuple((value or "").strip() for value in row) for row in rows][:limit]
+    return _load_rows(source, columns, split, limit, cache_dir, drop_empty=False)
 
 
 FIRST_WORD = "first_word"  # label_column value: the label is each text's first word (SST-2 txt style)
@@ -94,10 +89,11 @@ def train_eval_split(
 
 def _load_rows(
     source: str, columns: list[str | None], split: str, limit: int | None, cache_dir: str | None,
-    labels_from: int | None = None,
+    labels_from: int | None = None, drop_empty: bool = True,
 ) -> list[tuple[str, ...]]:
-    """Rows of the given columns over all datasets of `source`, stripped, empty rows dropped, first `limit` kept.
-    Columns from index `labels_from` on may hold any type (labels) and are turned into strings."""
+    """Rows of the given columns over all datasets of `source`, stripped, empty rows dropped (unless
+    `drop_empty` is false), first `limit` kept. Columns from index `labels_from` on may hold any type
+    (labels) and are turned into strings."""
     if limit is not None and limit < 1:
         raise LatentDLMError(f"limit must be a positive number of texts or None, got {limit}.")
     rows = []
@@ -107,6 +103,8 @@ def _load_rows(
             for i, column in enumerate(columns)
         ))
     stripped = [tuple((value or "").strip() for value in row) for row in rows]
+    if not drop_empty:
+        return stripped[:limit]
     kept = [row for row in stripped if all(row)]
     if not kept:
         raise LatentDLMError(f"{source}: all {len(rows)} texts are empty or whitespace-only; nothing to load.")

@@ -80,12 +80,17 @@ class ConditionEncoder(nn.Module):
         empty = [i for i, text in enumerate(texts) if not text or not text.strip()]
         if empty:
             raise LatentDLMError(f"{len(empty)} empty source text(s) (first at row {empty[0]}): nothing to condition on")
-        too_long = warn and sum(len(ids) > self.config.max_length for ids in self.tokenizer(list(texts))["input_ids"])
-        if too_long:
-            warnings.warn(f"{too_long} of {len(texts)} source texts are longer than condition.max_length="
-                          f"{self.config.max_length} tokens and were truncated", stacklevel=2)
+        if warn:
+            self.warn_truncated(texts)
         batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.config.max_length, return_tensors="pt")
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+    def warn_truncated(self, texts: Sequence[str]) -> None:
+        """One warning with the count of sources longer than max_length (they are cut when tokenized)."""
+        too_long = sum(len(ids) > self.config.max_length for ids in self.tokenizer(list(texts))["input_ids"])
+        if too_long:
+            warnings.warn(f"{too_long} of {len(texts)} source texts are longer than condition.max_length="
+                          f"{self.config.max_length} tokens and were truncated", stacklevel=3)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """The DiT's condition kwargs: condition_states (B, L, C) and condition_mask (B, L) bool."""

@@ -221,7 +221,7 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: bool = False, cpu: bool =
     condition_encoder = None
     if data["sources"] is not None:
         condition_encoder = ConditionEncoder.build(cfg.condition, autoencoder.encoder_tokenizer)
-        condition_encoder.tokenize(data["sources"])  # one warning with the count of truncated sources
+        condition_encoder.warn_truncated(data["sources"])  # once, with the count of truncated sources
     denoiser = build_denoiser(cfg, autoencoder, data, None if condition_encoder is None else condition_encoder.hidden_size)
     accelerator.print(f"denoiser: {sum(p.numel() for p in denoiser.parameters()) / 1e6:.1f} M parameters over "
                       f"{len(data['counts'])} texts ({len(data['units'])} segments)")
