@@ -41,22 +41,27 @@ SAMPLERS = [("ddpm", 250), ("ddim", 50), ("dpm", 20)]
 MAX_TOKENS = 128  # a ROCStories story is ~60 tokens of the 8k BPE
 
 
-def train_diffusion(autoencoder: Path, minutes: float, limit: int, work: Path) -> dict:
-    train = data_root() / "rocstories" / "train.jsonl"
-    cmd = [
-        sys.executable, "-m", "latentdlm.cli", "train-diffusion", "--config", str(ROOT / "configs/diffusion/roc_uncond.yaml"),
-        f"autoencoder={autoencoder}", f"data.source={train}", f"data.limit={limit}",
-        f"training.output_dir={work / 'diffusion'}", "training.overwrite_output_dir=true",
-        f"training.max_minutes={minutes}", "training.eval_every=0", "training.save_every=0",
-    ]
-    print(f"== latent DiT, {minutes} min", flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    (work / "diffusion.log").write_text(proc.stdout + proc.stderr)
+def run_cli(args: list[str], log: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "latentdlm.cli", *args], capture_output=True, text=True)
+    log.write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
-        raise SystemExit(f"diffusion training failed, see {work / 'diffusion.log'}:\n{proc.stderr[-2000:]}")
-    records = [json.loads(line) for line in (work / "diffusion" / "metrics.jsonl").read_text().splitlines()]
+        raise SystemExit(f"`latentdlm {args[0]}` failed, see {log}:\n{proc.stderr[-2000:]}")
+
+
+def last_record(run: Path) -> dict:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     last = [r for r in records if "loss" in r][-1]
     return {"train_minutes": last["train_minutes"], "steps": last["step"], "final_loss": last["loss"]}
+
+
+def train_diffusion(autoencoder: Path, minutes: float, limit: int, work: Path) -> dict:
+    train = data_root() / "rocstories" / "train.jsonl"
+    print(f"== latent DiT, {minutes} min", flush=True)
+    run_cli(["train-diffusion", "--config", str(ROOT / "configs/diffusion/roc_uncond.yaml"),
+             f"autoencoder={autoencoder}", f"data.source={train}", f"data.limit={limit}",
+             f"training.output_dir={work / 'diffusion'}", "training.overwrite_output_dir=true",
+             f"training.max_minutes={minutes}", "training.eval_every=0", "training.save_every=0"], work / "diffusion.log")
+    return last_record(work / "diffusion")
 
 
 def reused_autoencoder(folder: Path) -> dict:

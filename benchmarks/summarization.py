@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from generation import train_for_minutes  # noqa: E402
+from generation import last_record, run_cli, train_for_minutes  # noqa: E402
 from latentdlm.data.segmentation import SentenceSegmenter  # noqa: E402
 from latentdlm.data.sources import data_root, load_pairs  # noqa: E402
 from latentdlm.evaluation.summarization import rouge_scores  # noqa: E402
@@ -43,19 +42,6 @@ DATASETS = {
 }
 SCALES = [1.0, 1.5, 2.0, 3.0, 5.0]
 MAX_TARGET_TOKENS = 48
-
-
-def run_cli(args: list[str], log: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "latentdlm.cli", *args], capture_output=True, text=True)
-    log.write_text(proc.stdout + proc.stderr)
-    if proc.returncode != 0:
-        raise SystemExit(f"`latentdlm {args[0]}` failed, see {log}:\n{proc.stderr[-2000:]}")
-
-
-def last_record(run: Path) -> dict:
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    last = [r for r in records if "loss" in r][-1]
-    return {"train_minutes": last["train_minutes"], "steps": last["step"], "final_loss": last["loss"]}
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
