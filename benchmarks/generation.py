@@ -1,19 +1,27 @@
-"""Generation benchmark on ROCStories: samplers side by side, and latentdlm vs an autoregressive LM.
+"""Generation benchmark on ROCStories: what makes the latent DiT learn in CPU minutes, samplers side by
+side, and latentdlm against an autoregressive LM of the same size and CPU minutes.
 
-    python benchmarks/generation.py [--autoencoder DIR | --autoencoder-minutes 12] [--diffusion-minutes 8]
+    python benchmarks/generation.py --only PART [--only PART ...]     # parts, each merged into one JSON
 
-1. Trains (or reuses) a segment-mode `tiny` autoencoder on rocstories/train.jsonl, then a latent DiT on
-   the encoded stories (each in its own process, one torch job on the cores at a time).
-2. Samples with DDPM-250, DDIM-50 and DPM-Solver++-20: seconds per paragraph and quality against
-   rocstories/dev.jsonl (MAUVE on MiniLM features, diversity, memorization, distinct-n). The same
-   scores for other dev stories (the human ceiling) and for the autoencoder's reconstructions of them
-   (the ceiling of this decoder) show where quality is lost.
-3. Trains a GPT-2-style causal LM with about the parameter count of autoencoder-decoder side + DiT,
-   on the same stories, with the same tokenizer, for the same CPU minutes as both latentdlm stages
-   together; scores it the same way.
-4. Paragraphs per second for both at batch 1 (latency) and batch 32 (throughput).
+Parts (run in this order; each reuses what the earlier ones saved under --work-dir):
+  autoencoder  the segment-mode `tiny` autoencoder on the training stories (and `--robust-autoencoder`:
+               the same with Gaussian latent noise, for the autoencoder-side arm)
+  ablation     one factor at a time against the preset (same seed, data and DiT minutes): each arm
+               trains a DiT, samples 500 stories with DPM-Solver++-20 and is scored on the VALIDATION
+               stories (held out from training); the best arm (mpnet MAUVE) is the system reported
+  decoding     the decoder's settings (no-repeat n-grams, repetition penalty, top-p, beams) on the best arm
+  final        the TEST stories, once: DDPM-250 vs DPM-Solver++-20 (time, quality), the ceilings
+               (held-out human stories, the autoencoder's own reconstructions)
+  ar           a GPT-2-style causal LM of the same parameter count, same tokenizer, same stories, for
+               the autoencoder + DiT minutes together; scored on the test stories
+  speed        paragraphs/s at batch 1 and 32, latentdlm (DPM-20) and the AR model
+  demo         `latentdlm demo` as a user runs it: its samples' repeated 4-gram rate
 
-Results: benchmarks/results/generation.json and generation.png.
+Quality: MAUVE against 500 reference stories on all-mpnet-base-v2 features (mean of 3 k-means seeds
+with the std), MiniLM MAUVE beside it, and the coherence ratio (mean cosine of consecutive
+sentences' MiniLM embeddings, 0 = stories glued from random real sentences, 1 = real stories).
+Splits: training = rocstories/train.jsonl[:4500]; validation = train.jsonl[4500:5000]; test =
+dev.jsonl[:500], with dev.jsonl[500:1000] as the human ceiling. Results: benchmarks/results/generation.json + .png.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -35,12 +44,37 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from autoencoder import run_mode  # noqa: E402
 
 from latentdlm.data.sources import data_root, load_texts  # noqa: E402
-from latentdlm.evaluation.generation import generation_metrics, sentence_features  # noqa: E402
+from latentdlm.evaluation.generation import (  # noqa: E402
+    coherence_ratio, consecutive_cosine, distinct_n, diversity, glued_random_sentences, mauve_seeds, memorization,
+    repeated_ngram_rate, sentence_features,
+)
 
-SAMPLERS = [("ddpm", 250), ("ddim", 50), ("dpm", 20)]
+RESULTS = ROOT / "benchmarks/results/generation.json"
+TRAIN_LIMIT, NUM_EVAL = 4500, 500
 MAX_TOKENS = 128  # a ROCStories story is ~60 tokens of the 8k BPE
+# one factor at a time against the preset (configs/diffusion/roc_uncond.yaml)
+ARMS = {
+    "preset": [],
+    "lr_1e-3": ["training.learning_rate=1e-3"],
+    "noise_shift_2": ["objective.noise_shift=2"],
+    "min_snr_5": ["objective.snr_gamma=5"],
+    "epsilon": ["objective.prediction_type=epsilon"],
+    "sqrt_schedule": ["objective.beta_schedule=sqrt"],
+    "ema_0.99": ["ema_decay=0.99"],
+    "batch_32": ["training.batch_size=32"],
+    "depth_4": ["denoiser.num_layers=4"],
+    "ae_latent_noise": [],  # the preset DiT on the robust autoencoder
+}
+DECODING = {
+    "greedy": {},
+    "no_repeat_3": {"no_repeat_ngram_size": 3},
+    "repetition_penalty_1.2": {"repetition_penalty": 1.2},
+    "top_p_0.9": {"top_p": 0.9},
+    "beams_4": {"decode_beams": 4},
+}
 
 
+# ---- plumbing -------------------------------------------------------------------------------------
 def run_cli(args: list[str], log: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "latentdlm.cli", *args], capture_output=True, text=True)
     log.write_text(proc.stdout + proc.stderr)
@@ -54,33 +88,157 @@ def last_record(run: Path) -> dict:
     return {"train_minutes": last["train_minutes"], "steps": last["step"], "final_loss": last["loss"]}
 
 
-def train_diffusion(autoencoder: Path, minutes: float, limit: int, work: Path) -> dict:
-    train = data_root() / "rocstories" / "train.jsonl"
-    print(f"== latent DiT, {minutes} min", flush=True)
-    run_cli(["train-diffusion", "--config", str(ROOT / "configs/diffusion/roc_uncond.yaml"),
-             f"autoencoder={autoencoder}", f"data.source={train}", f"data.limit={limit}",
-             f"training.output_dir={work / 'diffusion'}", "training.overwrite_output_dir=true",
-             f"training.max_minutes={minutes}", "training.eval_every=0", "training.save_every=0"], work / "diffusion.log")
-    return last_record(work / "diffusion")
-
-
-def reused_autoencoder(folder: Path) -> dict:
-    """Training time and final eval of an autoencoder trained earlier (the baseline's budget needs it)."""
-    run = folder.resolve().parent
-    try:
-        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        final = json.loads((run / "final_metrics.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SystemExit(f"cannot tell how long {folder} trained (need metrics.jsonl and final_metrics.json beside it): {exc}")
-    last = [r for r in records if "train_minutes" in r][-1]
-    return {"reused": str(folder), "train_minutes": last["train_minutes"], "steps": last["step"],
-            "final_bleu": final["bleu"], "final_exact_match": final["exact_match"]}
-
-
 def timed(fn):
     start = time.perf_counter()
     result = fn()
     return result, time.perf_counter() - start
+
+
+def load_results() -> dict:
+    return json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+
+
+def save_results(results: dict) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    results["summary"] = summary(results)
+    RESULTS.write_text(json.dumps(results, indent=2))
+    plot(results, RESULTS.with_suffix(".png"))
+
+
+class Splits:
+    def __init__(self):
+        rocstories = data_root() / "rocstories"
+        stories = load_texts(str(rocstories / "train.jsonl"))
+        dev = load_texts(str(rocstories / "dev.jsonl"), limit=2 * NUM_EVAL)
+        self.train, self.validation = stories[:TRAIN_LIMIT], stories[TRAIN_LIMIT : TRAIN_LIMIT + NUM_EVAL]
+        self.test, self.human = dev[:NUM_EVAL], dev[NUM_EVAL:]
+
+
+class Scorer:
+    """Scores texts against one reference set: MAUVE (mpnet, MiniLM), coherence ratio, repetition."""
+
+    def __init__(self, references: list[str], training_texts: list[str]):
+        from latentdlm.data.segmentation import SegmentationConfig, SentenceSegmenter
+
+        segmenter = SentenceSegmenter(SegmentationConfig(mode="sentences", max_segments=None))
+        self.split = lambda text: segmenter.split(text)  # noqa: E731
+        self.training_texts = training_texts
+        self.features = {"mpnet": sentence_features(references, "mpnet"), "minilm": sentence_features(references)}
+        self.real_cosine = consecutive_cosine(references, self.split)
+        self.random_cosine = consecutive_cosine(glued_random_sentences(references, self.split, len(references)), self.split)
+
+    def __call__(self, texts: list[str]) -> dict:
+        mpnet = mauve_seeds(self.features["mpnet"], sentence_features(texts, "mpnet"))
+        minilm = mauve_seeds(self.features["minilm"], sentence_features(texts))
+        cosine = consecutive_cosine(texts, self.split)
+        return {
+            "mauve_mpnet": mpnet["mean"], "mauve_mpnet_std": mpnet["std"],
+            "mauve_minilm": minilm["mean"], "mauve_minilm_std": minilm["std"],
+            "coherence_ratio": coherence_ratio(cosine, self.random_cosine, self.real_cosine),
+            "diversity": diversity(texts), "repeated_4gram_rate": repeated_ngram_rate(texts),
+            "memorization": memorization(texts, self.training_texts),
+            "distinct_2": distinct_n(texts, 2), "mean_words": sum(len(t.split()) for t in texts) / len(texts),
+        }
+
+
+def examples(texts: list[str], count: int = 3) -> list[str]:
+    return texts[:count]
+
+
+# ---- parts -----------------------------------------------------------------------------------------
+def part_autoencoder(args, results: dict, splits: Splits) -> None:
+    """Train the autoencoder(s), or describe the ones an earlier run of this part left in --work-dir."""
+    work = Path(args.work_dir)
+    variants = [("autoencoder", work, [])]
+    if args.robust_autoencoder:
+        variants.append(("autoencoder_robust", work / "robust", ["objective.latent_noise=0.3"]))
+    for key, folder, extra in variants:
+        if not (folder / "segment" / "autoencoder").exists():
+            run_mode("segment", args.autoencoder_minutes, folder, eval_every=0, max_eval=100,
+                     extra=[f"data.limit={TRAIN_LIMIT}", *extra])
+        final = json.loads((folder / "segment" / "final_metrics.json").read_text())
+        results[key] = {"overrides": extra, **last_record(folder / "segment"), "final_bleu_dev": final["bleu"],
+                        "final_exact_match_dev": final["exact_match"], "latent_gap": final.get("latent_gap")}
+
+
+def autoencoder_dir(args, arm: str) -> Path:
+    work = Path(args.work_dir)
+    return (work / "robust" / "segment" if arm == "ae_latent_noise" else work / "segment") / "autoencoder"
+
+
+def train_arm(args, arm: str, overrides: list[str]) -> Path:
+    """A DiT for `arm` under work/arms/<arm>; the latent cache of an earlier arm on the same autoencoder is reused."""
+    work = Path(args.work_dir)
+    run, autoencoder = work / "arms" / arm, autoencoder_dir(args, arm)
+    run.mkdir(parents=True, exist_ok=True)
+    # the latents of an earlier arm on the same autoencoder (training checks the cache key and re-encodes if stale)
+    donor = next((p.parent for p in (work / "arms").glob("*/latents.json")
+                  if p.parent != run and autoencoder_dir(args, p.parent.name) == autoencoder), None)
+    if donor is not None:
+        for name in ("latents.safetensors", "latents.json"):
+            shutil.copy(donor / name, run / name)
+    print(f"== arm {arm}: DiT {args.diffusion_minutes} min {overrides}", flush=True)
+    run_cli(["train-diffusion", "--config", str(ROOT / "configs/diffusion/roc_uncond.yaml"),
+             f"autoencoder={autoencoder}", f"data.source={data_root() / 'rocstories' / 'train.jsonl'}",
+             f"data.limit={TRAIN_LIMIT}", f"training.output_dir={run}", "training.overwrite_output_dir=true",
+             f"training.max_minutes={args.diffusion_minutes}", "training.eval_every=0", "training.save_every=0", *overrides],
+            run.with_suffix(".log"))
+    return run
+
+
+def sample(pipeline_dir: Path, count: int, steps: int = 20, scheduler: str = "dpm", **decoding) -> tuple[list[str], float]:
+    from latentdlm.pipelines.latent_text import LatentDiffusionTextPipeline
+
+    pipe = LatentDiffusionTextPipeline.from_pretrained(pipeline_dir)
+    output, seconds = timed(lambda: pipe(num_samples=count, num_inference_steps=steps, scheduler=scheduler, seed=0,
+                                         batch_size=64, **decoding))
+    return output.texts, seconds / count
+
+
+def part_ablation(args, results: dict, splits: Splits) -> None:
+    score = Scorer(splits.validation, splits.train)
+    ablation = results.setdefault("ablation", {"split": "validation (train.jsonl[4500:5000])", "arms": {}})
+    for arm in args.arms:
+        run = train_arm(args, arm, ARMS[arm])
+        texts, _ = sample(run / "pipeline", NUM_EVAL)
+        ablation["arms"][arm] = {"overrides": ARMS[arm], **last_record(run), **score(texts), "examples": examples(texts)}
+        print(json.dumps({arm: {k: v for k, v in ablation["arms"][arm].items() if k != "examples"}}), flush=True)
+        save_results(results)
+    ablation["best"] = max(ablation["arms"], key=lambda a: ablation["arms"][a]["mauve_mpnet"])
+
+
+def part_decoding(args, results: dict, splits: Splits) -> None:
+    score = Scorer(splits.validation, splits.train)
+    best = results["ablation"]["best"]
+    rows = results.setdefault("decoding", {"arm": best, "split": "validation", "settings": {}})
+    for name, settings in DECODING.items():
+        texts, _ = sample(Path(args.work_dir) / "arms" / best / "pipeline", NUM_EVAL, **settings)
+        rows["settings"][name] = {"settings": settings, **score(texts), "examples": examples(texts)}
+        print(json.dumps({name: {k: v for k, v in rows["settings"][name].items() if k != "examples"}}), flush=True)
+        save_results(results)
+    rows["best"] = max(rows["settings"], key=lambda n: rows["settings"][n]["mauve_mpnet"])
+
+
+def chosen(args, results: dict) -> tuple[Path, dict]:
+    best = results["ablation"]["best"]
+    decoding = results.get("decoding", {}).get("settings", {}).get(results.get("decoding", {}).get("best"), {})
+    return Path(args.work_dir) / "arms" / best / "pipeline", decoding.get("settings", {})
+
+
+def part_final(args, results: dict, splits: Splits) -> None:
+    from latentdlm.pipelines.latent_text import LatentDiffusionTextPipeline
+
+    score = Scorer(splits.test, splits.train)
+    pipeline_dir, decoding = chosen(args, results)
+    final = {"split": "test (dev.jsonl[:500])", "arm": results["ablation"]["best"], "decoding": decoding, "samplers": {}}
+    recons = LatentDiffusionTextPipeline.from_pretrained(pipeline_dir).autoencoder.reconstruct(splits.human)
+    final["ceilings"] = {"human": score(splits.human), "autoencoder_reconstructions": score(recons)}
+    print(json.dumps(final["ceilings"]), flush=True)
+    for name, steps in (("ddpm", 250), ("dpm", 20)):
+        texts, seconds = sample(pipeline_dir, NUM_EVAL, steps, name, **decoding)
+        final["samplers"][f"{name}-{steps}"] = {"seconds_per_paragraph": seconds, **score(texts), "examples": examples(texts)}
+        print(json.dumps({name: {k: v for k, v in final["samplers"][f"{name}-{steps}"].items() if k != "examples"}}), flush=True)
+    results["final"] = final
 
 
 # ---- the autoregressive baseline --------------------------------------------------------------
@@ -149,11 +307,38 @@ def baseline_generate(model, tokenizer, count: int, batch_size: int, seed: int) 
     for start in range(0, count, batch_size):
         size = min(batch_size, count - start)
         prompt = torch.full((size, 1), tokenizer.bos_token_id)
-        out = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True, top_p=0.95,
+        out = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True, top_p=0.95, top_k=0,
                              max_new_tokens=MAX_TOKENS - 1, pad_token_id=tokenizer.pad_token_id,
                              eos_token_id=tokenizer.eos_token_id)
         texts += [t.strip() for t in tokenizer.batch_decode(out[:, 1:], skip_special_tokens=True)]
     return texts
+
+
+def baseline_path(args) -> Path:
+    return Path(args.work_dir) / "ar-baseline"
+
+
+def part_ar(args, results: dict, splits: Splits) -> None:
+    from latentdlm.pipelines.latent_text import LatentDiffusionTextPipeline
+
+    pipeline_dir, _ = chosen(args, results)
+    pipe = LatentDiffusionTextPipeline.from_pretrained(pipeline_dir)
+    decoder_side = sum(p.numel() for m in (pipe.autoencoder.decoder, pipe.autoencoder.to_memory) for p in m.parameters())
+    denoiser = sum(p.numel() for p in pipe.denoiser.parameters())
+    tokenizer = pipe.autoencoder.decoder_tokenizer
+    baseline = build_baseline(tokenizer, decoder_side + denoiser)
+    arm = results["ablation"]["arms"][results["ablation"]["best"]]
+    budget = results["autoencoder"]["train_minutes"] + arm["train_minutes"]
+    print(f"== AR baseline: {sum(p.numel() for p in baseline.parameters()) / 1e6:.1f} M parameters "
+          f"(latentdlm decoder side + DiT: {(decoder_side + denoiser) / 1e6:.1f} M), {budget:.1f} min", flush=True)
+    trained = train_baseline(baseline, tokenizer, splits.train, budget)
+    baseline.save_pretrained(baseline_path(args))
+    texts = baseline_generate(baseline, tokenizer, NUM_EVAL, 32, seed=0)
+    results["ar"] = {
+        "parameters": sum(p.numel() for p in baseline.parameters()), "latentdlm_parameters": decoder_side + denoiser,
+        "layers": baseline.config.n_layer, "latentdlm_minutes": budget, **trained,
+        "split": "test", **Scorer(splits.test, splits.train)(texts), "examples": examples(texts),
+    }
 
 
 def speed(generate, batch_size: int, repeats: int) -> float:
@@ -163,124 +348,135 @@ def speed(generate, batch_size: int, repeats: int) -> float:
     return batch_size * repeats / seconds
 
 
+def part_speed(args, results: dict, splits: Splits) -> None:
+    from transformers import GPT2LMHeadModel
+
+    from latentdlm.pipelines.latent_text import LatentDiffusionTextPipeline
+
+    pipeline_dir, decoding = chosen(args, results)
+    pipe = LatentDiffusionTextPipeline.from_pretrained(pipeline_dir)
+    baseline = GPT2LMHeadModel.from_pretrained(baseline_path(args)).eval()
+    tokenizer = pipe.autoencoder.decoder_tokenizer
+    ours = lambda size, seed: pipe(num_samples=size, num_inference_steps=20, scheduler="dpm", seed=seed,  # noqa: E731
+                                   show_progress=False, **decoding)
+    theirs = lambda size, seed: baseline_generate(baseline, tokenizer, size, size, seed)  # noqa: E731
+    results["speed"] = {name: {"batch_1": speed(fn, 1, 12), "batch_32": speed(fn, 32, 3)}
+                        for name, fn in (("latentdlm", ours), ("ar", theirs))}
+
+
+def part_demo(args, results: dict, splits: Splits) -> None:
+    from latentdlm.pipelines.latent_text import LatentDiffusionTextPipeline
+
+    out = Path(args.work_dir) / "demo"
+    (_, seconds) = timed(lambda: run_cli(["demo", "--output-dir", str(out), "--overwrite"], Path(args.work_dir) / "demo.log"))
+    pipe = LatentDiffusionTextPipeline.from_pretrained(out / "diffusion-run" / "pipeline")
+    printed = pipe(num_samples=8, num_inference_steps=20, seed=0, show_progress=False).texts  # what the demo printed
+    more = pipe(num_samples=64, num_inference_steps=20, seed=1, show_progress=False).texts
+    results["demo"] = {"minutes": seconds / 60, "printed_samples": printed,
+                       "repeated_4gram_rate_printed": repeated_ngram_rate(printed),
+                       "repeated_4gram_rate_64": repeated_ngram_rate(more)}
+
+
 # ---- the report --------------------------------------------------------------------------------
+def summary(results: dict) -> dict:
+    """The issue's keys (None until the part that measures them has run)."""
+    final, ar, speed_, demo = results.get("final"), results.get("ar"), results.get("speed"), results.get("demo")
+    out = dict.fromkeys([
+        "dpm20_mauve_gap", "dpm20_speedup", "mauve_latentdlm", "mauve_ar", "mauve_ratio_vs_ar",
+        "mauve_samples_over_reconstructions", "coherence_ratio_latentdlm", "coherence_ratio_ar",
+        "speedup_batch1", "speedup_batch32", "demo_repeated_4gram_rate",
+    ])
+    if final:
+        ddpm, dpm = final["samplers"]["ddpm-250"], final["samplers"]["dpm-20"]
+        out["dpm20_mauve_gap"] = ddpm["mauve_mpnet"] - dpm["mauve_mpnet"]
+        out["dpm20_speedup"] = ddpm["seconds_per_paragraph"] / dpm["seconds_per_paragraph"]
+        out["mauve_latentdlm"] = dpm["mauve_mpnet"]
+        out["mauve_samples_over_reconstructions"] = dpm["mauve_mpnet"] / final["ceilings"]["autoencoder_reconstructions"]["mauve_mpnet"]
+        out["coherence_ratio_latentdlm"] = dpm["coherence_ratio"]
+    if ar:
+        out["mauve_ar"], out["coherence_ratio_ar"] = ar["mauve_mpnet"], ar["coherence_ratio"]
+        if final:
+            out["mauve_ratio_vs_ar"] = out["mauve_latentdlm"] / ar["mauve_mpnet"]
+    if speed_:
+        out["speedup_batch1"] = speed_["latentdlm"]["batch_1"] / speed_["ar"]["batch_1"]
+        out["speedup_batch32"] = speed_["latentdlm"]["batch_32"] / speed_["ar"]["batch_32"]
+    if demo:
+        out["demo_repeated_4gram_rate"] = demo["repeated_4gram_rate_64"]
+    return out
+
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    rows = results["samplers"]
-    names = [f"{r['scheduler']}-{r['steps']}" for r in rows]
-    axes[0].bar(names, [r["seconds_per_paragraph"] for r in rows], color="tab:blue")
-    axes[0].set(ylabel="seconds per paragraph (batch 32)", title="Samplers: time", yscale="log")
-    ceilings = results["ceilings"]
-    axes[1].bar(names + ["AR baseline", "AE recon.", "human"],
-                [r["mauve"] for r in rows] + [results["baseline"]["mauve"], ceilings["autoencoder_reconstructions"]["mauve"],
-                                              ceilings["human"]["mauve"]],
-                color=["tab:blue"] * len(rows) + ["tab:orange", "tab:gray", "black"])
-    axes[1].set(ylabel="MAUVE vs ROCStories dev (MiniLM)", title="Quality", ylim=(0, 1))
-    axes[1].tick_params(axis="x", labelrotation=30)
-    labels, x = ["batch 1", "batch 32"], range(2)
-    ours = [results["speed"]["latentdlm"][k] for k in ("batch_1", "batch_32")]
-    theirs = [results["speed"]["baseline"][k] for k in ("batch_1", "batch_32")]
-    axes[2].bar([i - 0.2 for i in x], ours, width=0.4, label="latentdlm (DPM-20)")
-    axes[2].bar([i + 0.2 for i in x], theirs, width=0.4, label="AR baseline")
-    axes[2].set_xticks(list(x), labels)
-    axes[2].set(ylabel="paragraphs / second", title="Speed", yscale="log")
-    axes[2].legend()
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+    arms = results.get("ablation", {}).get("arms", {})
+    if arms:
+        names = list(arms)
+        axes[0].bar(names, [arms[n]["mauve_mpnet"] for n in names], yerr=[arms[n]["mauve_mpnet_std"] for n in names],
+                    color="tab:blue", label="MAUVE (mpnet)")
+        axes[0].plot(names, [arms[n]["coherence_ratio"] for n in names], "o", color="tab:red", label="coherence ratio")
+        axes[0].set(title="Ablation (validation, one factor at a time)", ylim=(0, 1))
+        axes[0].tick_params(axis="x", labelrotation=40)
+        axes[0].legend(fontsize=8)
+    final = results.get("final")
+    if final:
+        bars = {**{k: v for k, v in final["samplers"].items()}, "AE recon.": final["ceilings"]["autoencoder_reconstructions"],
+                "human": final["ceilings"]["human"]}
+        if results.get("ar"):
+            bars["AR baseline"] = results["ar"]
+        axes[1].bar(list(bars), [b["mauve_mpnet"] for b in bars.values()], yerr=[b["mauve_mpnet_std"] for b in bars.values()],
+                    color="tab:gray")
+        axes[1].plot(list(bars), [b["coherence_ratio"] for b in bars.values()], "o", color="tab:red")
+        axes[1].set(title="Test: MAUVE (mpnet, bars) and coherence (dots)", ylim=(0, 1.05))
+        axes[1].tick_params(axis="x", labelrotation=30)
+    speed_ = results.get("speed")
+    if speed_:
+        x = range(2)
+        axes[2].bar([i - 0.2 for i in x], [speed_["latentdlm"][k] for k in ("batch_1", "batch_32")], width=0.4, label="latentdlm DPM-20")
+        axes[2].bar([i + 0.2 for i in x], [speed_["ar"][k] for k in ("batch_1", "batch_32")], width=0.4, label="AR baseline")
+        axes[2].set_xticks(list(x), ["batch 1", "batch 32"])
+        axes[2].set(ylabel="paragraphs / second", title="Speed", yscale="log")
+        axes[2].legend()
     for ax in axes:
         ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+PARTS = {"autoencoder": part_autoencoder, "ablation": part_ablation, "decoding": part_decoding, "final": part_final,
+         "ar": part_ar, "speed": part_speed, "demo": part_demo}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--autoencoder", help="reuse a trained segment-mode autoencoder folder")
-    parser.add_argument("--autoencoder-minutes", type=float, default=12)
-    parser.add_argument("--diffusion-minutes", type=float, default=8)
-    parser.add_argument("--limit", type=int, default=20000, help="training stories encoded for the DiT and the baseline")
-    parser.add_argument("--num-samples", type=int, default=200, help="paragraphs per system, and dev references")
-    parser.add_argument("--speed-repeats", type=int, default=3)
-    parser.add_argument("--work-dir", default=str(ROOT / "runs/benchmark-generation"))
+    parser.add_argument("--only", action="append", choices=list(PARTS), help="run these parts (repeatable; default: all)")
+    parser.add_argument("--arms", default=",".join(ARMS), help="ablation arms, comma-separated: " + ", ".join(ARMS))
+    parser.add_argument("--autoencoder-minutes", type=float, default=10)
+    parser.add_argument("--robust-autoencoder", action="store_true", help="also train the latent-noise autoencoder")
+    parser.add_argument("--diffusion-minutes", type=float, default=4)
+    parser.add_argument("--work-dir", default=str(ROOT / "runs/bench-gen"))
     args = parser.parse_args()
-    work = Path(args.work_dir)
-    work.mkdir(parents=True, exist_ok=True)
+    args.arms = [a for a in args.arms.split(",") if a]
+    unknown = [a for a in args.arms if a not in ARMS]
+    if unknown:
+        parser.error(f"unknown arm(s) {unknown}; choose from {list(ARMS)}")
     torch.set_num_threads(2)
-    results = {"machine": "2 CPU cores", "data": "rocstories/train.jsonl -> rocstories/dev.jsonl", "num_samples": args.num_samples}
-
-    if args.autoencoder:
-        autoencoder = Path(args.autoencoder)
-        results["autoencoder"] = reused_autoencoder(autoencoder)
-    else:
-        summary = run_mode("segment", args.autoencoder_minutes, work, eval_every=0, max_eval=100, extra=[])
-        results["autoencoder"] = {k: summary[k] for k in ("train_minutes", "steps", "final_bleu", "final_exact_match")}
-        autoencoder = work / "segment" / "autoencoder"
-    results["diffusion"] = train_diffusion(autoencoder, args.diffusion_minutes, args.limit, work)
-
-    from latentdlm.pipelines.latent_text import LatentDiffusionTextPipeline
-
-    pipe = LatentDiffusionTextPipeline.from_pretrained(work / "diffusion" / "pipeline")
-    train_texts = load_texts(str(data_root() / "rocstories" / "train.jsonl"), limit=args.limit)
-    dev = load_texts(str(data_root() / "rocstories" / "dev.jsonl"), limit=2 * args.num_samples)
-    references, held_out = dev[: args.num_samples], dev[args.num_samples :]
-    reference_features = sentence_features(references)
-
-    def score(texts):
-        return generation_metrics(texts, references, train_texts, reference_features)
-
-    # where quality is lost: other human stories (the ceiling) and the autoencoder's reconstructions of
-    # them (the best the DiT can reach through this decoder)
-    results["ceilings"] = {"human": score(held_out), "autoencoder_reconstructions": score(pipe.autoencoder.reconstruct(held_out))}
-    print(json.dumps(results["ceilings"]), flush=True)
-
-    results["samplers"], samples = [], {}
-    for name, steps in SAMPLERS:
-        print(f"== sampling: {name} {steps} steps", flush=True)
-        output, seconds = timed(lambda: pipe(num_samples=args.num_samples, num_inference_steps=steps, scheduler=name, seed=0))
-        samples[f"{name}-{steps}"] = output.texts[:5]
-        results["samplers"].append({"scheduler": name, "steps": steps, "seconds_per_paragraph": seconds / args.num_samples,
-                                    **score(output.texts)})
-        print(json.dumps(results["samplers"][-1]), flush=True)
-
-    decoder_side = sum(p.numel() for m in (pipe.autoencoder.decoder, pipe.autoencoder.to_memory) for p in m.parameters())
-    denoiser = sum(p.numel() for p in pipe.denoiser.parameters())
-    tokenizer = pipe.autoencoder.decoder_tokenizer
-    baseline = build_baseline(tokenizer, decoder_side + denoiser)
-    budget = results["autoencoder"].get("train_minutes", 0) + results["diffusion"]["train_minutes"]
-    print(f"== AR baseline: {sum(p.numel() for p in baseline.parameters()) / 1e6:.1f} M parameters "
-          f"(latentdlm decoder side + DiT: {(decoder_side + denoiser) / 1e6:.1f} M), {budget:.1f} min", flush=True)
-    results["baseline"] = {
-        "parameters": sum(p.numel() for p in baseline.parameters()), "latentdlm_parameters": decoder_side + denoiser,
-        "layers": baseline.config.n_layer, **train_baseline(baseline, tokenizer, train_texts, budget),
-    }
-    baseline_texts = baseline_generate(baseline, tokenizer, args.num_samples, 32, seed=0)
-    samples["baseline"] = baseline_texts[:5]
-    results["baseline"].update(score(baseline_texts))
-
-    print("== speed at batch 1 and 32", flush=True)
-    ours = lambda size, seed: pipe(num_samples=size, num_inference_steps=20, scheduler="dpm", seed=seed, show_progress=False)  # noqa: E731
-    theirs = lambda size, seed: baseline_generate(baseline, tokenizer, size, size, seed)  # noqa: E731
-    results["speed"] = {
-        name: {"batch_1": speed(fn, 1, args.speed_repeats * 4), "batch_32": speed(fn, 32, args.speed_repeats)}
-        for name, fn in (("latentdlm", ours), ("baseline", theirs))
-    }
-    results["examples"] = samples
-    ddpm, dpm = results["samplers"][0], results["samplers"][-1]
-    results["targets"] = {
-        "dpm20_mauve_within_0.02_of_ddpm250": abs(ddpm["mauve"] - dpm["mauve"]) <= 0.02,
-        "dpm20_speedup_over_ddpm250": ddpm["seconds_per_paragraph"] / dpm["seconds_per_paragraph"],
-        "mauve_at_least_baseline": dpm["mauve"] >= results["baseline"]["mauve"],
-        "batch_1_speedup": results["speed"]["latentdlm"]["batch_1"] / results["speed"]["baseline"]["batch_1"],
-        "batch_32_speedup": results["speed"]["latentdlm"]["batch_32"] / results["speed"]["baseline"]["batch_32"],
-    }
-    out = ROOT / "benchmarks/results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "generation.json").write_text(json.dumps(results, indent=2))
-    plot(results, out / "generation.png")
-    print(json.dumps(results["targets"], indent=2))
+    torch.set_flush_denormal(True)
+    splits = Splits()
+    results = load_results()
+    results["setup"] = {"machine": "2 CPU cores", "training": "rocstories/train.jsonl[:4500]", "validation": "train.jsonl[4500:5000]",
+                        "test": "dev.jsonl[:500]", "human_ceiling": "dev.jsonl[500:1000]", "samples": NUM_EVAL,
+                        "mauve": "mean of k-means seeds 0,1,2 (std beside it); mpnet = all-mpnet-base-v2, minilm = all-MiniLM-L6-v2",
+                        "diffusion_minutes_per_arm": args.diffusion_minutes}
+    for name in args.only or list(PARTS):
+        print(f"==== part {name}", flush=True)
+        PARTS[name](args, results, splits)
+        save_results(results)
+    print(json.dumps(results["summary"], indent=2))
 
 
 if __name__ == "__main__":

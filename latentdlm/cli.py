@@ -40,6 +40,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     from latentdlm.data.sources import load_texts
     from latentdlm.evaluation.reconstruction import reconstruction_metrics
 
+    _check_output(args.output)
     if args.text is not None:
         if not args.text.strip():
             raise LatentDLMError("--text is empty")
@@ -69,11 +70,13 @@ def cmd_train_diffusion(args: argparse.Namespace) -> None:
 def cmd_generate(args: argparse.Namespace) -> None:
     from latentdlm.pipelines.latent_text import LatentDiffusionTextPipeline
 
+    _check_output(args.output)
     pipe = LatentDiffusionTextPipeline.from_pretrained(args.model)
     output = pipe(
         num_samples=args.num_samples, num_inference_steps=args.steps, scheduler=args.scheduler, seed=args.seed,
         class_labels=args.class_label, conditions=args.condition, guidance_scale=args.guidance_scale,
         guidance_rescale=args.guidance_rescale, num_segments=args.num_segments, batch_size=args.batch_size,
+        **_decoding(args),
     )
     if args.output:
         _write_jsonl(args.output, [{"text": text, "class_label": args.class_label, "condition": args.condition}
@@ -89,6 +92,7 @@ def cmd_summarize(args: argparse.Namespace) -> None:
     from latentdlm.pipelines.latent_text import LatentDiffusionTextPipeline
     from latentdlm.summarize import summarize
 
+    _check_output(args.output)
     if args.text is not None:
         documents, references = [args.text], None
     else:
@@ -99,7 +103,7 @@ def cmd_summarize(args: argparse.Namespace) -> None:
     pipe = LatentDiffusionTextPipeline.from_pretrained(args.model)
     summaries = summarize(
         pipe, documents, args.num_candidates, args.steps, args.guidance_scale, args.guidance_rescale,
-        args.scheduler, args.seed, args.batch_size,
+        args.scheduler, args.seed, args.batch_size, **_decoding(args),
     )
     if args.output:
         records = [{"document": document, "summary": summary} for document, summary in zip(documents, summaries)]
@@ -114,11 +118,43 @@ def cmd_summarize(args: argparse.Namespace) -> None:
         print("ROUGE (F1, stemmed): " + "  ".join(f"{name} {value:.2f}" for name, value in scores.items()))
 
 
+def _check_output(path: str | None) -> None:
+    """Refuse an --output that cannot be written before any work is done."""
+    if not path:
+        return
+    target = Path(path)
+    parent = target.parent
+    if target.is_dir():
+        raise LatentDLMError(f"--output {path} is a directory; give a file name, e.g. {target / 'out.jsonl'}")
+    if not parent.exists():
+        raise LatentDLMError(f"--output {path}: the directory {parent} does not exist")
+    if not parent.is_dir():
+        raise LatentDLMError(f"--output {path}: {parent} is not a directory")
+    if not os.access(target if target.exists() else parent, os.W_OK):
+        raise LatentDLMError(f"--output {path}: no permission to write {'it' if target.exists() else f'in {parent}'}")
+
+
 def _write_jsonl(path: str, records: list[dict], what: str) -> None:
-    with Path(path).open("w") as f:
-        for record in records:
-            f.write(json.dumps(record) + "\n")
+    try:
+        with Path(path).open("w") as f:
+            for record in records:
+                f.write(json.dumps(record) + "\n")
+    except OSError as exc:
+        raise LatentDLMError(f"could not write --output {path}: {exc.strerror or exc}") from None
     print(f"wrote {len(records)} {what} to {path}")
+
+
+def _decoding(args: argparse.Namespace) -> dict:
+    return dict(decode_beams=args.decode_beams, no_repeat_ngram_size=args.no_repeat_ngram_size,
+                repetition_penalty=args.repetition_penalty, top_p=args.top_p)
+
+
+def _add_decoding_flags(p: argparse.ArgumentParser) -> None:
+    """The decoder's settings (default: the pipeline's, saved from the training config's sampling.*)."""
+    p.add_argument("--decode-beams", type=int, help="beam search width for decoding text (default: the pipeline's, normally 1 = greedy)")
+    p.add_argument("--no-repeat-ngram-size", type=int, help="never repeat an n-gram of this size in a decoded segment (0 = off)")
+    p.add_argument("--repetition-penalty", type=float, help="penalise tokens already generated (1 = none, >1 = less repetition)")
+    p.add_argument("--top-p", type=float, help="nucleus sampling for decoding, 0 < p <= 1 (default: none; repeatable with --seed)")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -166,13 +202,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=20, help="number of sampling steps")
     p.add_argument("--scheduler", choices=["ddpm", "ddim", "dpm"], help="swap the sampler (default: the pipeline's)")
     p.add_argument("--seed", type=int, help="for repeatable samples")
-    p.add_argument("--class-label", help="a class name or index (class-conditional models)")
+    p.add_argument("--class-label", help="class-conditional models: a class name (e.g. Sports), or else an index 0..n-1 "
+                   "into the model's classes; a name wins over an index (same rule as class_labels in Python)")
     p.add_argument("--condition", help="a source text (text-conditioned models: summary, story, ... of this text)")
     p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (1 = none)")
-    p.add_argument("--guidance-rescale", type=float, default=0.0)
+    p.add_argument("--guidance-rescale", type=float, default=0.0, help="0..1, with guidance only (Lin et al.; 0 = none)")
     p.add_argument("--num-segments", type=int, help="number of sentence segments (segment-mode models)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--output", help="write {text, class_label, condition} lines to this jsonl file instead of printing")
+    _add_decoding_flags(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("summarize", help="generate a target (summary, story, ...) for each source text (also: scripts/summarize.py)")
@@ -185,13 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="only the first N rows of --input")
     p.add_argument("--output", help="write {document, summary, reference} lines to this jsonl file instead of printing")
     p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (1 = none)")
-    p.add_argument("--guidance-rescale", type=float, default=0.0)
+    p.add_argument("--guidance-rescale", type=float, default=0.0, help="0..1, with guidance only (Lin et al.; 0 = none)")
     p.add_argument("--steps", type=int, default=20, help="number of sampling steps")
     p.add_argument("--scheduler", choices=["ddpm", "ddim", "dpm"], help="swap the sampler (default: the pipeline's)")
     p.add_argument("--num-candidates", type=int, default=1,
                    help="samples per source; with 3 or more the minimum-Bayes-risk one (highest mean ROUGE-L to the others) is kept")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32, help="samples per sampling batch (candidates included)")
+    _add_decoding_flags(p)
     p.set_defaults(func=cmd_summarize)
 
     p = sub.add_parser("demo", help="the embedded default: train the tiny autoencoder and DiT on the bundled corpus, then generate")

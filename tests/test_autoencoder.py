@@ -46,7 +46,11 @@ def test_each_decoder_adapter_trains_and_decodes(decoder):
     ids = model.decoder.generate(model.to_memory(encoded.latents[0]), max_new_tokens=3, min_new_tokens=3, pad_token_id=0)
     assert ids.shape == (4, 3)  # one row per segment, start token not included
     texts = model.decode(encoded, max_new_tokens=3)
-    assert len(texts) == 1 and isinstance(texts[0], str)
+    tokenizer = model.decoder_tokenizer
+    greedy = model.decoder.generate(model.to_memory(encoded.latents[0]), max_new_tokens=3, do_sample=False, num_beams=1,
+                                    pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id, eos_token_id=model.decoder_tokenizer.eos_token_id)
+    pieces = [t.strip() for t in model.decoder_tokenizer.batch_decode(greedy, skip_special_tokens=True)]
+    assert texts == [" ".join(p for p in pieces if p)]  # every segment decoded, rejoined in order
 
 
 @pytest.mark.parametrize("encoder", ["bart", "t5"])
@@ -134,7 +138,8 @@ def test_objective_terms_and_kl_annealing():
     assert set(early) >= {"nll", "kl", "kl_penalty", "adversarial", "contrastive", "loss"}
     assert early["kl_penalty"].item() == 0.0  # beta starts at 0
     late = autoencoder_loss(model, batch, cfg, step=10)
-    assert late["kl_penalty"].item() == pytest.approx(0.1 * late["kl"].item(), rel=1e-5)
+    tokens_per_unit = (batch["labels"] != -100).sum().item() / batch["labels"].shape[0]
+    assert late["kl_penalty"].item() == pytest.approx(0.1 * late["kl"].item() / tokens_per_unit, rel=1e-5)
     late["loss"].backward()
 
 
@@ -142,7 +147,8 @@ def test_free_bits_floor_the_penalty():
     model = tiny_model().train()
     batch = one_batch(model, TEXTS[:4])
     terms = autoencoder_loss(model, batch, ObjectiveConfig(kl_weight=1.0, kl_anneal_steps=0, free_bits=100.0), step=5)
-    assert terms["kl_penalty"].item() == pytest.approx(100.0 * 4 * 8)
+    tokens_per_unit = (batch["labels"] != -100).sum().item() / batch["labels"].shape[0]
+    assert terms["kl_penalty"].item() == pytest.approx(100.0 * 4 * 8 / tokens_per_unit, rel=1e-5)  # nats per dim per unit
 
 
 def test_long_units_are_truncated_with_a_count():
@@ -203,3 +209,145 @@ def test_package_paths_resolve_inside_installed_packages():
     assert resolve_model_path("facebook/bart-base") == "facebook/bart-base"
     with pytest.raises(LatentDLMError, match="not installed"):
         resolve_model_path("package:no_such_package_xyz/model")
+
+
+# ---- frozen parts stay in eval mode -------------------------------------------------------------
+def test_frozen_parts_stay_in_eval_mode_under_train():
+    from helpers import TINY_DECODERS
+
+    from latentdlm.autoencoder.objective import AutoencoderObjective
+
+    part = type(tiny_train_config().model.encoder)
+    leaky_encoder = {**TINY_ENCODER, "hidden_dropout_prob": 0.5, "attention_probs_dropout_prob": 0.5}
+    leaky_decoder = {**TINY_DECODERS["bart"], "dropout": 0.5, "attention_dropout": 0.5, "activation_dropout": 0.5}
+    model = tiny_model(encoder=part(kind="hf", config=leaky_encoder, freeze=True),
+                       decoder=part(kind="seq2seq", config=leaky_decoder, freeze=True))
+    AutoencoderObjective(model, ObjectiveConfig()).train()  # the outer module, as the training loop does
+    assert model.training and model.compressor.training and model.to_memory.training  # trainable parts train
+    for frozen in (model.encoder, model.decoder):
+        assert all(not m.training for m in frozen.model.modules())
+    batch = one_batch(model, [STORY])
+    states = [model.encoder(batch["input_ids"], batch["attention_mask"]) for _ in range(2)]
+    assert torch.equal(states[0], states[1])
+    memory = model.to_memory(model.posterior(batch["input_ids"], batch["attention_mask"]).mean)
+    logits = [model.decoder(memory, batch["decoder_input_ids"], batch["decoder_attention_mask"]) for _ in range(2)]
+    assert torch.equal(logits[0], logits[1])
+    model.eval().train()  # and again after a round trip
+    assert not model.encoder.model.training and not model.decoder.model.training
+
+    trainable = tiny_model(encoder=part(kind="hf", config=leaky_encoder)).train()
+    assert trainable.encoder.model.training  # an unfrozen part still trains (dropout on)
+    a, b = (trainable.encoder(batch["input_ids"], batch["attention_mask"]) for _ in range(2))
+    assert not torch.equal(a, b)
+
+
+# ---- decoder inputs and targets as each pretrained decoder was trained ---------------------------
+SENTENCE = "The Fox was hungry."
+# (model config ids, tokenizer post-processor) of tokenizers that behave like the real ones, on the
+# in-memory BPE's ids: <pad>=0, <s>=1, </s>=2
+DECODER_STYLES = {
+    "bart": ("seq2seq", {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "decoder_start_token_id": 2}, "<s> $A </s>"),
+    "t5": ("seq2seq", {"eos_token_id": 2, "pad_token_id": 0, "decoder_start_token_id": 0}, "$A </s>"),
+    "llama": ("causal", {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}, "<s> $A"),
+    "gpt2": ("causal", {"bos_token_id": 2, "eos_token_id": 2, "pad_token_id": 2}, "$A"),  # bos = eos, nothing added
+}
+
+
+def styled_pretrained_decoder(tmp_path, style):
+    """A local 'pretrained' decoder folder: random weights, the real model's special ids, and a tokenizer
+    that adds special tokens the way the real one does."""
+    from helpers import TINY_DECODERS
+    from tokenizers import processors
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    kind, ids, template = DECODER_STYLES[style]
+    tokenizer = tiny_model().decoder_tokenizer
+    specials = [(t, tokenizer.convert_tokens_to_ids(t)) for t in ("<s>", "</s>") if t in template]
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(single=template, special_tokens=specials)
+    if style == "t5":
+        tokenizer.bos_token = None
+    auto = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
+    config = AutoConfig.for_model(**{**TINY_DECODERS[style], **ids, "vocab_size": len(tokenizer)})
+    auto.from_config(config).save_pretrained(tmp_path / style)
+    tokenizer.save_pretrained(tmp_path / style)
+    part = type(tiny_train_config().model.encoder)
+    return tiny_model(style, decoder=part(kind=kind, name_or_path=str(tmp_path / style)))
+
+
+@pytest.mark.parametrize("style", ["bart", "t5", "llama", "gpt2"])
+def test_decoder_sees_the_start_sequence_it_was_trained_with(tmp_path, style):
+    model = styled_pretrained_decoder(tmp_path, style)
+    x = model.decoder_tokenizer(SENTENCE, add_special_tokens=False)["input_ids"]
+    assert model.decoder_tokenizer(SENTENCE)["input_ids"] != x or style == "gpt2"  # the tokenizer adds its specials
+    batch = one_batch(model, [SENTENCE])
+    expected = {  # (decoder inputs, labels)
+        "bart": ([2, 1] + x, [1] + x + [2]),  # </s> <s> x  ->  <s> x </s>
+        "t5": ([0] + x, x + [2]),  # <pad> x  ->  x </s>
+        "llama": ([1] + x, x + [2]),  # <s> x  ->  x </s>
+        "gpt2": ([2] + x, x + [2]),  # <|endoftext|> x  ->  x <|endoftext|>
+    }[style]
+    assert batch["decoder_input_ids"][0].tolist() == expected[0]
+    assert batch["labels"][0].tolist() == expected[1]
+    # generation starts where training did; a produced leading <s> is dropped when decoding to text
+    encoded = model.encode([SENTENCE])
+    ids = model.decoder.generate(model.to_memory(encoded.latents[0]), max_new_tokens=3, min_new_tokens=3, pad_token_id=0)
+    assert ids.shape == (1, 3)
+    assert "<s>" not in model.decode(encoded, max_new_tokens=3, min_new_tokens=3)[0]
+
+
+def test_from_scratch_tokenizer_keeps_start_then_text():
+    """The in-memory BPE adds <s> ... </s>; a random decoder starts with <s>, so targets are x </s>."""
+    for decoder in ("bart", "gpt2"):
+        model = tiny_model(decoder)
+        x = model.decoder_tokenizer(SENTENCE, add_special_tokens=False)["input_ids"]
+        batch = one_batch(model, [SENTENCE])
+        assert batch["decoder_input_ids"][0].tolist() == [1] + x
+        assert batch["labels"][0].tolist() == x + [2]
+
+
+# ---- the KL term is a per-token ELBO -------------------------------------------------------------
+def _loss_on(num_units, tokens_per_unit, kl_per_unit, cfg):
+    """autoencoder_loss on a stub model: uniform decoder (NLL = log V per token), posterior with a known KL."""
+    from types import SimpleNamespace
+
+    from latentdlm.autoencoder.bottleneck import Posterior
+
+    k, d, vocab = 2, 4, 50
+    mean = torch.full((num_units, k, d), math.sqrt(2 * kl_per_unit / (k * d)))  # KL = 0.5 * mean^2 per dim
+    stub = SimpleNamespace(
+        encoder_tokenizer=None, decoder_tokenizer=None,
+        posterior=lambda ids, mask: Posterior(mean, torch.zeros_like(mean)),
+        decoder_logits=lambda latents, ids, mask: torch.zeros(*ids.shape, vocab) + 0 * latents.sum(),
+    )
+    shape = (num_units, tokens_per_unit)
+    batch = {"input_ids": torch.ones(shape, dtype=torch.long), "attention_mask": torch.ones(shape, dtype=torch.long),
+             "decoder_input_ids": torch.ones(shape, dtype=torch.long), "decoder_attention_mask": torch.ones(shape, dtype=torch.long),
+             "labels": torch.ones(shape, dtype=torch.long)}
+    return autoencoder_loss(stub, batch, cfg, step=10), math.log(vocab)
+
+
+def test_kl_weight_means_the_same_for_long_and_short_units():
+    """Same per-token statistics (NLL and KL per token), units of different lengths: same loss. One
+    20-token paragraph with 8 nats of KL vs two 10-token segments with 4 nats each."""
+    cfg = ObjectiveConfig(kl_weight=0.5, kl_anneal_steps=0)
+    paragraph, log_v = _loss_on(num_units=1, tokens_per_unit=20, kl_per_unit=8.0, cfg=cfg)
+    segments, _ = _loss_on(num_units=2, tokens_per_unit=10, kl_per_unit=4.0, cfg=cfg)
+    for terms in (paragraph, segments):
+        assert terms["nll"].item() == pytest.approx(log_v, rel=1e-5)
+        # (sum_tokens NLL + beta * sum_units KL) / sum_tokens
+        assert terms["kl_penalty"].item() == pytest.approx(0.5 * 8.0 / 20, rel=1e-5)
+        assert terms["loss"].item() == pytest.approx((20 * log_v + 0.5 * 8.0) / 20, rel=1e-5)
+    # the same 4 nats per unit on units twice as long weigh half as much per token
+    long_units, _ = _loss_on(num_units=2, tokens_per_unit=20, kl_per_unit=4.0, cfg=cfg)
+    assert long_units["kl_penalty"].item() == pytest.approx(segments["kl_penalty"].item() / 2, rel=1e-5)
+    # free bits stay nats per latent dimension per unit: a floor of 2 nats x 8 dims = 16 nats per unit
+    floored, _ = _loss_on(num_units=2, tokens_per_unit=10, kl_per_unit=4.0, cfg=ObjectiveConfig(kl_weight=0.5, kl_anneal_steps=0, free_bits=2.0))
+    assert floored["kl_penalty"].item() == pytest.approx(0.5 * 16.0 / 10, rel=1e-5)
+
+
+def test_logged_kl_is_nats_per_unit():
+    terms, _ = _loss_on(num_units=2, tokens_per_unit=10, kl_per_unit=4.0, cfg=ObjectiveConfig(kl_weight=0.5))
+    assert terms["kl"].item() == pytest.approx(4.0, rel=1e-5)  # reported as is, not divided by tokens
+    model = tiny_model().train()
+    real = autoencoder_loss(model, one_batch(model, TEXTS[:2]), ObjectiveConfig(), step=1)
+    assert "kl" in real and real["kl"].item() > 0

@@ -268,3 +268,26 @@ def test_minimum_bayes_risk_keeps_the_consensus_not_the_outlier():
                   "The fox could not reach the sour grapes.", "A fox could not get the grapes."]
     assert minimum_bayes_risk(candidates) == 1  # agrees most with the other two fox sentences
     assert minimum_bayes_risk(candidates[:2]) == 0  # too few to vote: the first sample
+
+
+def test_summarize_passes_the_decoding_settings_through(tmp_path):
+    from latentdlm.cli import build_parser
+    from latentdlm.summarize import summarize
+
+    class Pipe:
+        condition_encoder = object()
+        calls = []
+
+        def __call__(self, **kwargs):
+            self.calls.append(kwargs)
+            return type("Out", (), {"texts": ["a summary"] * kwargs["num_samples"]})()
+
+    pipe = Pipe()
+    assert summarize(pipe, ["A fox."], decode_beams=3, no_repeat_ngram_size=2, repetition_penalty=1.3, top_p=0.8) == ["a summary"]
+    assert {k: pipe.calls[-1][k] for k in ("decode_beams", "no_repeat_ngram_size", "repetition_penalty", "top_p")} == \
+        {"decode_beams": 3, "no_repeat_ngram_size": 2, "repetition_penalty": 1.3, "top_p": 0.8}
+    summarize(pipe, ["A fox."])
+    assert pipe.calls[-1]["top_p"] is None and pipe.calls[-1]["decode_beams"] is None  # None: the pipeline's defaults
+    args = build_parser().parse_args(["summarize", "--model", "m", "--text", "t", "--decode-beams", "2",
+                                      "--no-repeat-ngram-size", "3", "--repetition-penalty", "1.1", "--top-p", "0.9"])
+    assert (args.decode_beams, args.no_repeat_ngram_size, args.repetition_penalty, args.top_p) == (2, 3, 1.1, 0.9)

@@ -6,7 +6,7 @@ from diffusers.training_utils import EMAModel
 
 from latentdlm.diffusion.denoiser import LatentDiT
 from latentdlm.diffusion.objective import DiffusionObjectiveConfig, diffusion_loss, predicted_x0
-from latentdlm.diffusion.sampling import guided_output, sample_latents
+from latentdlm.diffusion.sampling import guide, sample_latents, with_null_half
 from latentdlm.diffusion.schedulers import SCHEDULERS, make_scheduler, training_scheduler
 from latentdlm.errors import LatentDLMError
 
@@ -66,7 +66,7 @@ def test_save_load_round_trip_is_exact(tmp_path):
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
     assert loaded.config.class_names == ["a", "b"] and loaded.config.patch_size == 2
-    assert torch.allclose(loaded.segment_count_freq, torch.tensor([0.25, 0.5, 0.25]))
+    assert torch.allclose(loaded.segment_count_freq, torch.tensor([[0.25, 0.5, 0.25]] * 3))  # no labels: every row alike
     x, t = inputs()
     labels = torch.tensor([0, 2])
     assert torch.equal(model(x, t, class_labels=labels), loaded(x, t, class_labels=labels))
@@ -117,11 +117,27 @@ def test_guidance_scale_one_is_the_conditional_prediction_and_zero_the_null_one(
         conditions = {"condition_states": torch.randn(2, 5, 6), "condition_mask": torch.tensor([[1] * 5, [1, 1, 0, 0, 0]], dtype=torch.bool)}
         null = {}
     conditional = model(x, t, mask, **conditions)
-    assert torch.allclose(guided_output(model, x, t, mask, None, conditions, 1.0), conditional, atol=1e-5)
-    assert torch.allclose(guided_output(model, x, t, mask, None, conditions, 0.0), model(x, t, mask, **null), atol=1e-5)
     unconditional = model(x, t, mask, **null)
+    cond, uncond = model(x.repeat(2, 1, 1), t.repeat(2), mask.repeat(2, 1), **with_null_half(model, conditions, 2)).chunk(2)
+    assert torch.allclose(cond, conditional, atol=1e-5) and torch.allclose(uncond, unconditional, atol=1e-5)
+    assert torch.allclose(guide(cond, uncond, 1.0, 0.0, mask), conditional, atol=1e-5)
+    assert torch.allclose(guide(cond, uncond, 0.0, 0.0, mask), unconditional, atol=1e-5)
     expected = unconditional + 3.0 * (conditional - unconditional)
-    assert torch.allclose(guided_output(model, x, t, mask, None, conditions, 3.0), expected, atol=1e-4)
+    assert torch.allclose(guide(cond, uncond, 3.0, 0.0, mask), expected, atol=1e-4)
+
+
+def test_guidance_rescale_ignores_padded_segments():
+    torch.manual_seed(0)
+    cond, null = torch.randn(2, 3 * K, D), torch.randn(2, 3 * K, D)
+    mask = torch.zeros(2, 3 * K, dtype=torch.bool)
+    mask[:, : 2 * K] = True  # the third segment is padding
+    wild_cond, wild_null = cond.clone(), null.clone()
+    wild_cond[:, 2 * K :], wild_null[:, 2 * K :] = 100.0, -100.0
+    plain = guide(cond, null, 3.0, 0.7, mask)[:, : 2 * K]
+    assert torch.allclose(guide(wild_cond, wild_null, 3.0, 0.7, mask)[:, : 2 * K], plain, atol=1e-5)
+    # fully rescaled, the real latents of the guided output have the conditional prediction's std
+    full = guide(cond, null, 3.0, 1.0, mask)[:, : 2 * K]
+    assert torch.allclose(full.reshape(2, -1).std(dim=1), cond[:, : 2 * K].reshape(2, -1).std(dim=1), atol=1e-4)
 
 
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
@@ -152,10 +168,11 @@ class Recorder(torch.nn.Module):
     def __init__(self, model):
         super().__init__()
         self.module = model
-        self.self_conditions, self.outputs = [], []
+        self.self_conditions, self.outputs, self.inputs = [], [], []
 
-    def forward(self, *args, self_condition=None, **kwargs):
-        out = self.module(*args, self_condition=self_condition, **kwargs)
+    def forward(self, sample, *args, self_condition=None, **kwargs):
+        out = self.module(sample, *args, self_condition=self_condition, **kwargs)
+        self.inputs.append(sample)
         self.self_conditions.append(self_condition)
         self.outputs.append(out.detach())
         return out
@@ -247,3 +264,131 @@ def test_class_labels_by_name_or_index_and_clear_errors():
         model.class_index(5)
     with pytest.raises(LatentDLMError, match="without class labels"):
         tiny_dit().class_index("World")
+
+
+# ---- samplers: timestep spacing and an oracle denoiser -------------------------------------------
+STEP_COUNTS = [10, 20, 50, 250]
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
+@pytest.mark.parametrize("sampler", list(SCHEDULERS))
+def test_every_sampler_starts_at_the_last_training_timestep(sampler, prediction):
+    base = training_scheduler(prediction)
+    first = base.config.num_train_timesteps - 1
+    if sampler == "dpm" and prediction == "epsilon":
+        # the documented cosine clip for epsilon models: the first timestep with lambda >= -5.1
+        alpha_bar = base.alphas_cumprod
+        lam = 0.5 * torch.log(alpha_bar / (1 - alpha_bar))
+        first = int((lam >= -5.1).nonzero().max())
+    for steps in STEP_COUNTS:
+        scheduler = make_scheduler(sampler, base)
+        scheduler.set_timesteps(steps)
+        timesteps = scheduler.timesteps.tolist()
+        assert timesteps[0] == first, (sampler, steps, timesteps[:3])
+        assert len(timesteps) == steps and timesteps == sorted(timesteps, reverse=True)
+        assert timesteps[-1] <= base.config.num_train_timesteps / steps  # the last step ends near clean data
+
+
+class Oracle(torch.nn.Module):
+    """A perfect denoiser for one fixed target: returns the true epsilon / v / x0 of its input."""
+
+    def __init__(self, target: torch.Tensor, scheduler):
+        super().__init__()
+        self.target, self.alpha_bar = target, scheduler.alphas_cumprod
+        self.kind = scheduler.config.prediction_type
+        self.config = type("Config", (), {"latent_dim": target.shape[-1], "self_conditioning": False})()
+        self.device = torch.device("cpu")
+
+    def forward(self, sample, timesteps, latent_mask=None, self_condition=None, **_):
+        alpha_bar = self.alpha_bar[timesteps.long()].reshape(-1, 1, 1).double()
+        a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+        x0 = self.target.double()
+        eps = (sample.double() - a * x0) / s
+        out = {"epsilon": eps, "v_prediction": a * eps - s * x0, "sample": x0}[self.kind]
+        return out.to(sample.dtype)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
+@pytest.mark.parametrize("sampler", list(SCHEDULERS))
+def test_an_oracle_denoiser_drives_every_sampler_to_its_target(sampler, prediction):
+    torch.manual_seed(0)
+    target = torch.randn(3, 2 * K, D)
+    base = training_scheduler(prediction)
+    oracle = Oracle(target, base)
+    mask = torch.ones(3, 2 * K, dtype=torch.bool)
+    for steps in STEP_COUNTS:
+        latents = sample_latents(oracle, make_scheduler(sampler, base), mask, steps, torch.Generator().manual_seed(1))
+        error = (latents - target).abs().max().item()
+        assert error < 1e-2, (sampler, prediction, steps, error)
+
+
+@pytest.mark.parametrize("kind", ["class", "text"])
+def test_guided_sampling_feeds_each_branch_its_own_self_condition(kind):
+    model = randomize_output(tiny_dit(class_names=["a", "b"]) if kind == "class" else tiny_dit(condition_dim=6))
+    torch.nn.init.normal_(model.proj_in.weight, std=0.5)  # make the self-condition input matter
+    recorder = Recorder(model)
+    recorder.config, recorder.device = model.config, model.device
+    recorder.null_class, recorder.null_conditions = model.null_class, model.null_conditions
+    scheduler = make_scheduler("ddim", training_scheduler("v_prediction"))
+    mask = torch.ones(2, K, dtype=torch.bool)
+    conditions = ({"class_labels": torch.tensor([0, 1])} if kind == "class" else
+                  {"condition_states": torch.randn(2, 3, 6), "condition_mask": torch.ones(2, 3, dtype=torch.bool)})
+    sample_latents(recorder, scheduler, mask, 3, torch.Generator().manual_seed(0), conditions, guidance_scale=4.0)
+    assert len(recorder.outputs) == 3  # one doubled call per step
+    assert recorder.self_conditions[0].abs().sum() == 0
+    # step 2 gets, per branch, the x0 implied by that branch's own output at step 1
+    first_output = recorder.outputs[0]
+    t0 = scheduler.timesteps[0].expand(4)
+    cond_x0, null_x0 = recorder.self_conditions[1].chunk(2)
+    assert not torch.allclose(cond_x0, null_x0, atol=1e-4), "the two branches share one self-condition"
+    # the conditional half is the conditional branch's estimate (x_t is the same for both halves)
+    expected = predicted_x0(scheduler, first_output, recorder.inputs[0], t0)
+    assert torch.allclose(recorder.self_conditions[1], expected, atol=1e-5)
+
+
+def test_a_class_label_reads_the_same_from_the_cli_and_python_names_first_then_an_index():
+    """The CLI passes strings, Python callers may pass ints: one rule for both (a name, else an index 0..n-1)."""
+    raw = tiny_dit(class_names=["1", "2", "3", "4"])  # e.g. AG News trained without data.label_names
+    assert raw.class_index(1) == raw.class_index("1") == 0  # "1" is a name: the first class
+    assert raw.class_index(0) == raw.class_index("0") == 0  # not a name: index 0
+    assert raw.class_index(3) == raw.class_index("3") == 2
+    with pytest.raises(LatentDLMError, match="out of range"):
+        raw.class_index(7)
+    named = tiny_dit(class_names=["World", "Sports", "Business", "Sci/Tech"])
+    assert named.class_index("Sports") == named.class_index(1) == named.class_index("1") == 1
+    with pytest.raises(LatentDLMError, match="class index -1 out of range"):
+        named.class_index("-1")
+    with pytest.raises(LatentDLMError, match="unknown class label 'Cooking'.*World, Sports"):
+        named.class_index("Cooking")
+
+
+def test_the_length_head_learns_the_number_of_segments_from_the_condition():
+    """Text conditions: a head on the pooled source states predicts how many segments the target has."""
+    torch.manual_seed(0)
+    model = tiny_dit(condition_dim=6)
+    counts = torch.randint(1, S + 1, (48,))
+    states = torch.randn(48, 4, 6) * 0.1
+    states[:, :, 0] += counts[:, None].float()  # the source tells the length
+    mask = torch.ones(48, 4, dtype=torch.bool)
+    latent_mask = (torch.arange(S)[None] < counts[:, None]).repeat_interleave(K, dim=1)
+    batch = {"latents": torch.randn(48, S * K, D), "latent_mask": latent_mask, "condition_states": states, "condition_mask": mask}
+    scheduler, cfg = training_scheduler("v_prediction"), DiffusionObjectiveConfig()
+    optimizer = torch.optim.AdamW(model.length_head.parameters(), lr=1e-2)
+    for _ in range(150):
+        terms = diffusion_loss(model, scheduler, batch, cfg)
+        optimizer.zero_grad()
+        terms["length_loss"].backward()
+        optimizer.step()
+    probs = model.segment_count_probs(condition_states=states, condition_mask=mask)
+    assert probs.shape == (48, S) and torch.allclose(probs.sum(dim=1), torch.ones(48))
+    assert (probs.argmax(dim=1) + 1 == counts).float().mean() > 0.9
+
+
+def test_segment_counts_per_class_and_overall():
+    model = tiny_dit(class_names=["short", "long"])
+    counts, labels = torch.tensor([1, 1, 2, 3, 3, 3]), torch.tensor([0, 0, 0, 1, 1, 1])
+    model.set_latent_statistics(torch.randn(13, K, D), counts, labels)
+    assert torch.allclose(model.segment_count_probs(torch.tensor([0, 1])), torch.tensor([[2 / 3, 1 / 3, 0], [0, 0, 1.0]]))
+    null = torch.tensor([model.null_class])
+    assert torch.allclose(model.segment_count_probs(null), torch.tensor([[2 / 6, 1 / 6, 3 / 6]]))
+    assert torch.allclose(model.segment_count_probs(batch_size=2), torch.tensor([[2 / 6, 1 / 6, 3 / 6]] * 2))

@@ -45,7 +45,10 @@ def test_training_saves_one_pipeline_folder_with_samples_and_curves(pipeline_dir
     assert (out / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((out / "latents.json").read_text())["texts"] == 64
     pipe = LatentDiffusionTextPipeline.from_pretrained(pipeline_dir)
-    assert pipe.denoiser.latent_std.abs().sum() > 0  # statistics of the training latents travel with the model
+    # statistics of the training latents (the cached ones) travel with the model
+    units = load_file(str(out / "latents.safetensors"))["units"].reshape(-1, pipe.denoiser.config.latent_dim).double()
+    assert torch.allclose(pipe.denoiser.latent_std.double(), units.std(0), rtol=1e-4)
+    assert torch.allclose(pipe.denoiser.latent_mean.double(), units.mean(0), atol=1e-5)
 
 
 def test_pipeline_round_trip_is_exact(pipeline_dir, tmp_path):
@@ -83,17 +86,29 @@ def test_generate_command_prints_and_writes(pipeline_dir, tmp_path, capsys, sche
     printed = capsys.readouterr().out
     assert main(args + ["--output", str(tmp_path / "out.jsonl")]) == 0
     rows = records(tmp_path, "out.jsonl")
-    assert len(rows) == 3 and all(isinstance(r["text"], str) for r in rows)
-    assert all(r["text"] in printed for r in rows if r["text"])  # same seed, same texts
+    assert printed.split("\n\n")[:3] == [r["text"] for r in rows]  # same seed, same texts, in order
+    direct = LatentDiffusionTextPipeline.from_pretrained(pipeline_dir)(
+        num_samples=3, num_inference_steps=3, seed=1, scheduler=scheduler, show_progress=False).texts
+    assert [r["text"] for r in rows] == direct  # the CLI is the Python API
 
 
 def test_length_control_fixes_the_number_of_segments(pipeline_dir):
     pipe = LatentDiffusionTextPipeline.from_pretrained(pipeline_dir)
     out = pipe(num_samples=4, num_inference_steps=2, seed=0, num_segments=2, return_latents=True, show_progress=False)
     assert out.segment_mask.sum(dim=1).tolist() == [2, 2, 2, 2]
-    batched = pipe(num_samples=4, num_inference_steps=2, seed=0, num_segments=2, batch_size=4, show_progress=False)
-    in_twos = pipe(num_samples=4, num_inference_steps=2, seed=0, num_segments=2, batch_size=2, show_progress=False)
-    assert len(batched.texts) == len(in_twos.texts) == 4
+
+
+@pytest.mark.parametrize("scheduler", ["ddpm", "dpm"])
+def test_a_sample_does_not_depend_on_the_batch_it_is_drawn_in(pipeline_dir, scheduler):
+    """One generator per sample: the same seed gives the same latents (and segment counts) at any batch size."""
+    pipe = LatentDiffusionTextPipeline.from_pretrained(pipeline_dir)
+    kwargs = dict(num_samples=5, num_inference_steps=3, seed=7, scheduler=scheduler, return_latents=True, show_progress=False)
+    whole, in_twos = pipe(batch_size=5, **kwargs), pipe(batch_size=2, **kwargs)
+    assert torch.equal(whole.segment_mask, in_twos.segment_mask)
+    assert torch.allclose(whole.latents, in_twos.latents, atol=1e-5)
+    assert whole.texts == in_twos.texts
+    other = pipe(batch_size=5, **{**kwargs, "seed": 8})
+    assert not torch.allclose(other.latents[:, :1], whole.latents[:, :1])
 
 
 @pytest.mark.parametrize(
@@ -206,6 +221,22 @@ def test_class_conditional_training_and_guided_generation(autoencoder, tmp_path,
     err = capsys.readouterr().err
     assert "unknown class label 'poem'" in err and "fable, novel" in err
 
+    # the number of segments is learned per class: each row is that class's histogram of the training texts
+    cache = load_file(str(out / "latents.safetensors"))
+    freq = pipe.denoiser.segment_count_freq
+    for label in (0, 1):
+        counts = cache["counts"][cache["labels"] == label]
+        hist = torch.bincount(counts - 1, minlength=freq.shape[1]).double()
+        assert torch.allclose(freq[label].double(), hist / hist.sum(), atol=1e-6)
+    assert not torch.allclose(freq[0], freq[1])  # fables and Austen paragraphs differ in length
+    # ... and sampling draws from the row of the asked class (one-hot rows make it certain)
+    pipe.denoiser.segment_count_freq.zero_()
+    pipe.denoiser.segment_count_freq[0, 1] = pipe.denoiser.segment_count_freq[1, 3] = pipe.denoiser.segment_count_freq[2, 0] = 1
+    out_ = pipe(num_samples=4, num_inference_steps=1, class_labels=["fable", "novel", "fable", "novel"], seed=0,
+                return_latents=True, show_progress=False)
+    assert out_.segment_mask.sum(dim=1).tolist() == [2, 4, 2, 4]
+    assert pipe(num_samples=2, num_inference_steps=1, seed=0, return_latents=True, show_progress=False).segment_mask.sum(1).tolist() == [1, 1]
+
 
 def test_two_process_cpu_ddp_through_accelerate_launch(autoencoder, tmp_path):
     out = tmp_path / "ddp"
@@ -214,6 +245,8 @@ def test_two_process_cpu_ddp_through_accelerate_launch(autoencoder, tmp_path):
     assert info["world_size"] == 2
     model_0, model_1, ema_0, ema_1 = info["rank_weight_checksums"]
     assert model_0 == model_1 and ema_0 == ema_1  # all-reduced gradients, EMA stepped alike on every rank
+    first_0, first_1 = info["rank_first_timestep_mean"]
+    assert first_0 != first_1  # each rank draws its own timesteps (and noise) for its own half of the batch
     assert LatentDiffusionTextPipeline.from_pretrained(out / "pipeline").denoiser.config.num_latents == 4
 
 
@@ -282,3 +315,162 @@ def test_sentence_features_come_from_the_offline_minilm():
     assert features.shape == (3, 384)
     same, other = features[0] @ features[1], features[0] @ features[2]
     assert same == pytest.approx(1.0, abs=1e-4) and other < 0.5
+
+
+# ---- label names, bad generate input, the output path and the decoder's settings ---------------------
+def _raw_labeled_csv(path: Path) -> Path:
+    """Like AG News: raw labels 1 and 2, their names kept elsewhere."""
+    rows = [(t, 1) for t in load_texts("bundled:aesop", limit=24)] + [(t, 2) for t in load_texts("bundled:austen", limit=24)]
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["label", "content"])
+        writer.writerows([(label, text) for text, label in rows])
+    return path
+
+
+def test_label_names_turn_raw_labels_into_class_names(autoencoder, tmp_path, capsys):
+    data = _raw_labeled_csv(tmp_path / "raw.csv")
+    common = [f"data.source={data}", "data.column=content", "data.label_column=label", "data.limit=null"]
+    out = tmp_path / "named"
+    assert train(autoencoder, out, *common, "data.label_names={1: Fable, 2: Novel}") == 0
+    pipe = LatentDiffusionTextPipeline.from_pretrained(out / "pipeline")
+    assert pipe.denoiser.config.class_names == ["Fable", "Novel"]
+    assert {r["class_label"] for r in records(out, "samples.jsonl")} == {"Fable", "Novel"}
+    target = tmp_path / "novels.jsonl"
+    assert main(["generate", "--model", str(out / "pipeline"), "--class-label", "Novel", "--num-samples", "2",
+                 "--steps", "2", "--output", str(target)]) == 0
+    assert [r["class_label"] for r in records(tmp_path, "novels.jsonl")] == ["Novel", "Novel"]
+    # guidance rescale without guidance does nothing: refused, on a conditional model too
+    capsys.readouterr()
+    assert main(["generate", "--model", str(out / "pipeline"), "--class-label", "Novel", "--steps", "2",
+                 "--guidance-rescale", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "guidance rescale only applies with guidance" in err and "Traceback" not in err
+    # a raw label that label_names does not name: one clear error, before any training
+    assert train(autoencoder, tmp_path / "bad", *common, "data.label_names={1: Fable}") == 2
+    err = capsys.readouterr().err
+    assert "label '2'" in err and "data.label_names" in err and "Traceback" not in err
+    assert not (tmp_path / "bad" / "pipeline").exists()
+
+
+def test_the_class_presets_name_their_labels():
+    agnews = load_config(DiffusionTrainConfig, ROOT / "configs/diffusion/agnews_class.yaml")
+    assert agnews.data.label_names == {"1": "World", "2": "Sports", "3": "Business", "4": "Sci/Tech"}
+    sst2 = load_config(DiffusionTrainConfig, ROOT / "configs/diffusion/sst2_class.yaml")
+    assert sst2.data.label_names == {"0": "negative", "1": "positive"}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--steps", "5000"], "at most 1000"),
+        (["--guidance-rescale", "1.5"], "guidance rescale must be within 0..1"),
+        (["--guidance-rescale", "-0.1"], "guidance rescale must be within 0..1"),
+        (["--guidance-rescale", "0.5"], "guidance rescale needs a conditional model"),
+        (["--decode-beams", "0"], "decode beams must be at least 1"),
+        (["--no-repeat-ngram-size", "-1"], "no-repeat n-gram size must be at least 0"),
+        (["--repetition-penalty", "0"], "repetition penalty must be above 0"),
+        (["--top-p", "0"], "top-p must be within (0, 1]"),
+        (["--top-p", "1.5"], "top-p must be within (0, 1]"),
+    ],
+)
+def test_generate_refuses_bad_steps_rescale_and_decoding(pipeline_dir, capsys, args, message):
+    assert main(["generate", "--model", str(pipeline_dir), "--steps", "2", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
+
+
+@pytest.mark.parametrize("command", ["generate", "summarize"])
+@pytest.mark.parametrize("where", ["missing_dir", "a_directory", "under_a_file"])
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(pipeline_dir, tmp_path, capsys, monkeypatch, command, where):
+    def no_work(*args, **kwargs):
+        raise AssertionError("sampled before checking the output path")
+
+    monkeypatch.setattr(LatentDiffusionTextPipeline, "__call__", no_work)
+    (tmp_path / "file.txt").write_text("x")
+    output = {"missing_dir": tmp_path / "no" / "such" / "dir" / "out.jsonl", "a_directory": tmp_path,
+              "under_a_file": tmp_path / "file.txt" / "out.jsonl"}[where]
+    args = [command, "--model", str(pipeline_dir), "--steps", "2", "--output", str(output)]
+    if command == "summarize":
+        args += ["--text", "A fox."]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--output" in err and "Traceback" not in err, err
+
+
+def _spy_on_generate(pipe, monkeypatch) -> list:
+    calls = []
+    decoder = pipe.autoencoder.decoder
+    original = decoder.generate
+
+    def spy(memory, max_new_tokens, **kwargs):
+        ids = original(memory, max_new_tokens, **kwargs)
+        calls.append((kwargs, ids))
+        return ids
+
+    monkeypatch.setattr(decoder, "generate", spy)
+    return calls
+
+
+def _repeats(ids: torch.Tensor, special: set) -> int:
+    """Rows of `ids` with a repeated (non-special) token."""
+    rows = [[t for t in row.tolist() if t not in special] for row in ids]
+    return sum(len(row) != len(set(row)) for row in rows)
+
+
+def test_decoding_settings_reach_the_decoder(pipeline_dir, monkeypatch):
+    pipe = LatentDiffusionTextPipeline.from_pretrained(pipeline_dir)
+    calls = _spy_on_generate(pipe, monkeypatch)
+    tokenizer = pipe.autoencoder.decoder_tokenizer
+    special = set(tokenizer.all_special_ids)
+    run = dict(num_samples=6, num_inference_steps=2, seed=0, show_progress=False)
+    greedy = pipe(**run).texts
+    assert calls[-1][0]["num_beams"] == 1 and calls[-1][0]["do_sample"] is False
+    assert _repeats(calls[-1][1], special) > 0  # a tiny barely-trained decoder loops: the setting has work to do
+    blocked = pipe(**run, no_repeat_ngram_size=1).texts
+    assert calls[-1][0]["no_repeat_ngram_size"] == 1
+    assert _repeats(calls[-1][1], special) == 0 and blocked != greedy
+    pipe(**run, decode_beams=2, repetition_penalty=1.3)
+    assert calls[-1][0]["num_beams"] == 2 and calls[-1][0]["repetition_penalty"] == 1.3
+    sampled = pipe(**run, top_p=0.9).texts
+    assert calls[-1][0]["do_sample"] is True and calls[-1][0]["top_p"] == 0.9
+    assert pipe(**run, top_p=0.9).texts == sampled  # the pipeline's seed makes top-p sampling repeatable
+    state = torch.get_rng_state()
+    pipe(**run, top_p=0.9)
+    assert torch.equal(state, torch.get_rng_state())  # ... without touching the global RNG
+    for bad, message in [(dict(decode_beams=0), "decode beams"), (dict(repetition_penalty=-1.0), "repetition penalty"),
+                         (dict(top_p=0.0), "top-p"), (dict(no_repeat_ngram_size=-2), "n-gram size")]:
+        with pytest.raises(LatentDLMError, match=message):
+            pipe(**run, **bad)
+
+
+def test_decoding_defaults_round_trip_and_calls_override_them(pipeline_dir, tmp_path, monkeypatch):
+    pipe = LatentDiffusionTextPipeline.from_pretrained(pipeline_dir)
+    assert pipe.decoding == {"decode_beams": 1, "no_repeat_ngram_size": 0, "repetition_penalty": 1.0, "top_p": None}
+    pipe.decoding = {**pipe.decoding, "no_repeat_ngram_size": 2, "repetition_penalty": 1.2}
+    pipe.save_pretrained(tmp_path / "copy")
+    assert json.loads((tmp_path / "copy" / "model_index.json").read_text())["decoding"]["no_repeat_ngram_size"] == 2
+    again = LatentDiffusionTextPipeline.from_pretrained(tmp_path / "copy")
+    assert again.decoding == pipe.decoding
+    calls = _spy_on_generate(again, monkeypatch)
+    again(num_samples=2, num_inference_steps=2, seed=0, show_progress=False)
+    assert calls[-1][0]["no_repeat_ngram_size"] == 2 and calls[-1][0]["repetition_penalty"] == 1.2
+    again(num_samples=2, num_inference_steps=2, seed=0, show_progress=False, no_repeat_ngram_size=0)
+    assert calls[-1][0]["no_repeat_ngram_size"] == 0 and calls[-1][0]["repetition_penalty"] == 1.2
+
+
+def test_training_writes_the_sampling_decoding_settings_into_the_pipeline(autoencoder, tmp_path):
+    out = tmp_path / "decoding"
+    assert train(autoencoder, out, "sampling.no_repeat_ngram_size=3", "sampling.top_p=0.95") == 0
+    pipe = LatentDiffusionTextPipeline.from_pretrained(out / "pipeline")
+    assert pipe.decoding["no_repeat_ngram_size"] == 3 and pipe.decoding["top_p"] == 0.95
+
+
+def test_generate_command_takes_the_decoding_flags(pipeline_dir, capsys):
+    assert main(["generate", "--model", str(pipeline_dir), "--num-samples", "2", "--steps", "2", "--seed", "0",
+                 "--decode-beams", "2", "--no-repeat-ngram-size", "2", "--repetition-penalty", "1.2", "--top-p", "0.9"]) == 0
+    first = capsys.readouterr().out
+    assert main(["generate", "--model", str(pipeline_dir), "--num-samples", "2", "--steps", "2", "--seed", "0",
+                 "--decode-beams", "2", "--no-repeat-ngram-size", "2", "--repetition-penalty", "1.2", "--top-p", "0.9"]) == 0
+    assert capsys.readouterr().out == first

@@ -108,7 +108,8 @@ def test_reconstruct_text_and_file(trained, tmp_path, capsys):
     assert main(["reconstruct", "--autoencoder", str(trained), "--input", str(data), "--column", "body", "--output", str(out)]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["text"] for r in rows] == ["A Fox saw a Crow.", "The Crow dropped the cheese."]
-    assert all(isinstance(r["reconstruction"], str) for r in rows)
+    expected = ParagraphAutoencoder.from_pretrained(trained).reconstruct([r["text"] for r in rows])
+    assert [r["reconstruction"] for r in rows] == expected  # what the Python API gives for the same texts
 
 
 @pytest.mark.parametrize(
@@ -146,3 +147,40 @@ def test_two_process_cpu_ddp_through_accelerate_launch(tmp_path):
     first, second = info["rank_weight_checksums"]
     assert first == second  # gradients were all-reduced: both ranks hold identical weights
     assert ParagraphAutoencoder.from_pretrained(out / "autoencoder").config.num_latents == 4
+
+
+@pytest.mark.parametrize("where", ["missing_dir", "a_directory"])
+def test_reconstruct_output_that_cannot_be_written_is_refused_before_any_work(trained, tmp_path, capsys, monkeypatch, where):
+    def no_work(*args, **kwargs):
+        raise AssertionError("reconstructed before checking the output path")
+
+    monkeypatch.setattr(ParagraphAutoencoder, "reconstruct", no_work)
+    output = tmp_path / "no" / "dir" / "out.jsonl" if where == "missing_dir" else tmp_path
+    assert main(["reconstruct", "--autoencoder", str(trained), "--text", "A fox.", "--output", str(output)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--output" in err and "Traceback" not in err, err
+
+
+def test_a_run_cut_by_max_minutes_shows_progress_against_its_minutes(tmp_path, monkeypatch):
+    """Not '0/100000 steps, 9:00:00 left': the bar counts training minutes when the time budget ends the run."""
+    import latentdlm.training.loop as loop
+
+    bars = []
+
+    class Recording(loop.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    monkeypatch.setattr(loop, "tqdm", Recording)
+    out = tmp_path / "timed"
+    assert train(out, "training.max_steps=100000", "training.max_minutes=0.03", "training.save_every=0") == 0
+    bar = bars[0]
+    assert bar.unit == "min" and bar.total == pytest.approx(0.03)
+    assert bar.n == pytest.approx(0.03, abs=0.02)  # the run ends when its minutes are spent
+    assert "step" in bar.postfix and "100000" in bar.postfix
+    assert "100000" not in str(bar.total)
+    # max_steps ends the run first: the usual step bar
+    bars.clear()
+    assert train(tmp_path / "stepped", "training.max_steps=3", "training.max_minutes=30") == 0
+    assert bars[0].unit != "min" and bars[0].total == 3 and bars[0].n == 3

@@ -100,17 +100,30 @@ class ParagraphAutoencoder(nn.Module):
         return self.decoder(self.to_memory(latents), input_ids, attention_mask)
 
     def tokenize(self, units: Sequence[str]) -> TokenizedUnits:
+        """Encoder ids, and decoder targets as the decoder was pretrained to produce them: what its
+        tokenizer gives with its own special tokens (BART `<s> x </s>`, T5 `x </s>`, Llama `<s> x`,
+        GPT-2 `x`), minus a leading token that duplicates the decoder's start token (`collate` puts
+        that in front), always ending with eos."""
         limit = self.config.max_length
         enc = self.encoder_tokenizer(list(units), truncation=True, max_length=limit)["input_ids"]
-        plain = self.decoder_tokenizer(list(units), add_special_tokens=False, verbose=False)["input_ids"]
-        eos = self.decoder_tokenizer.eos_token_id
-        truncated = sum(len(ids) > limit - 1 for ids in plain)
+        full = self.decoder_tokenizer(list(units), verbose=False)["input_ids"]
+        eos, start = self.decoder_tokenizer.eos_token_id, self.decoder.start_token_id
+        bodies = []
+        for ids in full:
+            ids = list(ids)
+            if ids and ids[0] == start:
+                ids = ids[1:]
+            if ids and ids[-1] == eos:
+                ids = ids[:-1]
+            bodies.append(ids)
+        truncated = sum(len(ids) > limit - 1 for ids in bodies)
         if truncated:
-            warnings.warn(f"{truncated} of {len(plain)} texts are longer than max_length={limit} tokens and were truncated")
-        return TokenizedUnits(enc, [ids[: limit - 1] + [eos] for ids in plain], truncated)
+            warnings.warn(f"{truncated} of {len(bodies)} texts are longer than max_length={limit} tokens and were truncated")
+        return TokenizedUnits(enc, [ids[: limit - 1] + [eos] for ids in bodies], truncated)
 
     def collate(self, encoder_ids: Sequence[list[int]], decoder_ids: Sequence[list[int]]) -> dict[str, torch.Tensor]:
-        """Pad a batch to its own longest unit (dynamic padding)."""
+        """Pad a batch to its own longest unit (dynamic padding). Decoder inputs are the targets
+        shifted right behind the decoder's start token: BART `</s> <s> x`, T5 `<pad> x`, causal `<bos> x`."""
         enc_pad = _pad_id(self.encoder_tokenizer)
         dec_pad = _pad_id(self.decoder_tokenizer)
         start = self.decoder.start_token_id

@@ -1,7 +1,8 @@
 """The autoencoder's training objective with its anti-collapse and robustness terms.
 
 reconstruction NLL
-+ beta(t) * KL with free bits (VAE; beta annealed linearly from 0)
++ beta(t) * KL with free bits (VAE; beta annealed linearly from 0), as a per-token ELBO:
+  (sum over tokens of NLL + beta * sum over units of KL) / number of tokens
 + decoder word dropout (Bowman et al.): decoder inputs replaced by <unk>/<mask> so it must read z
 + Gaussian latent noise, PLANNER's token substitution noise on the encoder input
 + SLD's adversarial latent perturbation and contrastive loss between two noised views.
@@ -20,9 +21,14 @@ from latentdlm.autoencoder.model import ParagraphAutoencoder
 
 @dataclass
 class ObjectiveConfig:
-    kl_weight: float = 1e-4  # beta (PLANNER uses 1e-5)
+    # beta weighs each unit's KL (a unit: a sentence segment in segment mode, else the paragraph)
+    # against the summed token NLL: the beta of a per-token beta-VAE ELBO,
+    #   loss = (sum_tokens NLL + beta * sum_units KL) / num_tokens,
+    # so it means the same in segment and paragraph mode. Against the mean token NLL the effective
+    # weight is beta / (tokens per unit): ~15 tokens for a sentence, ~60+ for a paragraph.
+    kl_weight: float = 2e-3  # ~ the former 1e-4 against the mean NLL, for sentence segments of ~12-28 tokens
     kl_anneal_steps: int = 1000  # beta rises linearly from 0 over these steps
-    free_bits: float = 0.0  # nats per latent dimension below which KL is not penalised
+    free_bits: float = 0.0  # nats per latent dimension per unit below which KL is not penalised
     word_dropout: float = 0.0  # probability of hiding each decoder input token
     latent_noise: float = 0.0  # std of Gaussian noise added to latents
     token_noise: float = 0.0  # probability of substituting each encoder input token (PLANNER 0.3)
@@ -77,11 +83,13 @@ def autoencoder_loss(model: ParagraphAutoencoder, batch: dict[str, torch.Tensor]
     nll = _reconstruction_nll(model.decoder_logits(latents, dec_in, dec_mask), batch["labels"])
     terms = {"nll": nll}
 
-    kl_dims = posterior.kl_per_dim()
-    terms["kl"] = kl_dims.sum()
+    kl_dims = posterior.kl_per_dim()  # (k, d), mean over the batch's units
+    terms["kl"] = kl_dims.sum()  # nats per unit (logged)
     if posterior.logvar is not None and cfg.kl_weight > 0:
         beta = cfg.kl_weight * min(1.0, step / cfg.kl_anneal_steps) if cfg.kl_anneal_steps > 0 else cfg.kl_weight
-        terms["kl_penalty"] = beta * kl_dims.clamp(min=cfg.free_bits).sum()
+        # per-token ELBO: sum_units KL / sum_tokens = (KL per unit) / (mean tokens per unit)
+        tokens_per_unit = (batch["labels"] != -100).sum().clamp(min=1) / batch["labels"].shape[0]
+        terms["kl_penalty"] = beta * kl_dims.clamp(min=cfg.free_bits).sum() / tokens_per_unit
 
     if cfg.adversarial_weight > 0 and cfg.adversarial_eps > 0:
         (grad,) = torch.autograd.grad(nll, latents, retain_graph=True)

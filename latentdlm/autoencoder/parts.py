@@ -71,7 +71,20 @@ def _frozen(module: nn.Module, freeze: bool) -> nn.Module:
     return module
 
 
-class TextEncoder(nn.Module):
+class _Part(nn.Module):
+    """A wrapped HF model (`self.model`) that may be frozen: a frozen model is a fixed function, so it
+    stays in eval mode (no dropout) whatever an outer `.train()` asks."""
+
+    frozen: bool = False
+
+    def train(self, mode: bool = True) -> "_Part":
+        super().train(mode)
+        if self.frozen:
+            self.model.eval()
+        return self
+
+
+class TextEncoder(_Part):
     """Token ids -> contextual states (B, L, hidden). Wraps any HF encoder or encoder half."""
 
     def __init__(self, part: PartConfig, hf_config: Optional[dict] = None):
@@ -87,6 +100,9 @@ class TextEncoder(nn.Module):
         if getattr(model, "pooler", None) is not None:  # BERT-style pooler: unused, and DDP rejects unused weights
             model.pooler = None
         self.model = _frozen(model, part.freeze)
+        self.frozen = part.freeze
+        if self.frozen:
+            self.model.eval()
         self.hf_config = _config_dict(model)
         self.hidden_size = _hidden_size(model.config)
 
@@ -118,7 +134,7 @@ def _hidden_size(config) -> int:
     raise LatentDLMError(f"cannot tell the hidden size of a '{config.model_type}' model")
 
 
-class TextDecoder(nn.Module):
+class TextDecoder(_Part):
     """Decoder conditioned on a memory (B, m, hidden): cross-attention (seq2seq) or a prefix (causal)."""
 
     def __init__(self, part: PartConfig, hf_config: Optional[dict] = None):
@@ -130,6 +146,9 @@ class TextDecoder(nn.Module):
         if part.kind == "seq2seq":
             _drop_encoder(model)
         self.model = _frozen(model, part.freeze)
+        self.frozen = part.freeze
+        if self.frozen:
+            self.model.eval()
         self.hf_config = _config_dict(model)
         self.hidden_size = _hidden_size(model.config)
 
@@ -159,7 +178,9 @@ class TextDecoder(nn.Module):
 
     @torch.no_grad()
     def generate(self, memory: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:
-        """Token ids (B, T) generated from the memory (no start token, padded after eos)."""
+        """Token ids (B, T) generated from the memory (no start token, padded after eos). A BART-style
+        decoder first produces the `<s>` it was trained to begin with; decoding skips it as a special token.
+        A causal decoder starts from BOS after the latent prefix, as in training (`collate`)."""
         if self.kind == "seq2seq":
             ids = self.model.generate(
                 encoder_outputs=BaseModelOutput(last_hidden_state=memory),

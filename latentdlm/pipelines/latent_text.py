@@ -30,6 +30,27 @@ from latentdlm.io import atomic_directory
 
 INDEX_NAME = "model_index.json"
 PARTS = ("autoencoder", "denoiser", "scheduler")
+# the decoder's settings: beam width (1: greedy), no-repeat n-gram size (0: off), repetition penalty
+# (1: off), top-p (None: no sampling); a pipeline's own defaults live in model_index.json ("decoding")
+DECODING_DEFAULTS = {"decode_beams": 1, "no_repeat_ngram_size": 0, "repetition_penalty": 1.0, "top_p": None}
+
+
+def check_decoding(settings: dict) -> dict:
+    """`settings` (keys of DECODING_DEFAULTS, all optional) checked; a clear error for a bad value or key."""
+    unknown = sorted(set(settings) - set(DECODING_DEFAULTS))
+    if unknown:
+        raise LatentDLMError(f"unknown decoding setting(s) {', '.join(unknown)}; known: {', '.join(DECODING_DEFAULTS)}")
+    beams, ngram = settings.get("decode_beams", 1), settings.get("no_repeat_ngram_size", 0)
+    penalty, top_p = settings.get("repetition_penalty", 1.0), settings.get("top_p")
+    if isinstance(beams, bool) or not isinstance(beams, int) or beams < 1:
+        raise LatentDLMError(f"decode beams must be at least 1, got {beams}")
+    if isinstance(ngram, bool) or not isinstance(ngram, int) or ngram < 0:
+        raise LatentDLMError(f"no-repeat n-gram size must be at least 0 (0: off), got {ngram}")
+    if not isinstance(penalty, (int, float)) or not penalty > 0:
+        raise LatentDLMError(f"repetition penalty must be above 0 (1: none), got {penalty}")
+    if top_p is not None and (not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+        raise LatentDLMError(f"top-p must be within (0, 1], got {top_p}")
+    return dict(settings)
 
 
 @dataclass
@@ -41,10 +62,12 @@ class LatentTextOutput(BaseOutput):
 
 class LatentDiffusionTextPipeline(DiffusionPipeline):
     def __init__(self, autoencoder: ParagraphAutoencoder, denoiser: LatentDiT, scheduler,
-                 condition_encoder: Optional[ConditionEncoder] = None):
+                 condition_encoder: Optional[ConditionEncoder] = None, decoding: Optional[dict] = None):
         super().__init__()
         check_compatible(autoencoder, denoiser, condition_encoder)
         self.register_modules(autoencoder=autoencoder, denoiser=denoiser, scheduler=scheduler, condition_encoder=condition_encoder)
+        # the decoder's default settings (DECODING_DEFAULTS' keys): saved in model_index.json; call arguments override them
+        self.decoding = check_decoding({**DECODING_DEFAULTS, **(decoding or {})})
 
     @torch.no_grad()
     def __call__(
@@ -62,60 +85,87 @@ class LatentDiffusionTextPipeline(DiffusionPipeline):
         batch_size: int = 32,
         return_latents: bool = False,
         show_progress: bool = True,
+        decode_beams: Optional[int] = None,
+        no_repeat_ngram_size: Optional[int] = None,
+        repetition_penalty: Optional[float] = None,
+        top_p: Optional[float] = None,
     ) -> LatentTextOutput:
         """Sample `num_samples` texts. `scheduler` swaps the sampler by name (ddpm, ddim, dpm);
         `class_labels` is one label for all samples or one per sample (names or indices); `conditions`
         is one source text for all samples or one per sample (text-conditioned models; without them a
         conditional model samples from its null condition); `num_segments` fixes the number of sentence
-        segments (segment-mode models; default: drawn from the training distribution)."""
+        segments (segment-mode models; default: drawn from the training distribution). The decoder's
+        settings `decode_beams` (1: greedy), `no_repeat_ngram_size` (0: off), `repetition_penalty` (1: off)
+        and `top_p` (nucleus sampling when set, repeatable through `seed`/`generator`) default to
+        `self.decoding`, the pipeline's saved defaults, when None."""
         conditions = self._check_conditions(conditions, num_samples)
-        labels = self._check_call(num_samples, num_inference_steps, batch_size, class_labels, conditions, guidance_scale, num_segments)
-        sampler = make_scheduler(scheduler, self.scheduler) if scheduler else self.scheduler
-        if generator is None:
-            generator = torch.Generator(device=self.device).manual_seed(seed if seed is not None else torch.seed() % 2**63)
+        decoding = {**self.decoding, **{key: value for key, value in dict(
+            decode_beams=decode_beams, no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty,
+            top_p=top_p).items() if value is not None}}
+        labels = self._check_call(num_samples, num_inference_steps, batch_size, class_labels, conditions, guidance_scale, num_segments,
+                                  guidance_rescale=guidance_rescale, decoding=decoding)
+        # the pipeline's sampler, or another by name, always with this library's settings (trailing spacing)
+        sampler = make_scheduler(scheduler or self.sampler_name, self.scheduler)
+        generators = self._generators(num_samples, seed, generator)
         k = self.denoiser.config.num_latents
-        texts, all_latents, masks = [], [], []
         chunks = range(0, num_samples, batch_size)
+        # conditions and segment counts first: every chunk samples at the width of the longest text of
+        # the whole request, so a sample's random draws never depend on the chunk it falls in
+        chunk_conditions, counts = [], []
+        for start in chunks:
+            kwargs = {}
+            if labels is not None:
+                kwargs["class_labels"] = labels[start : start + batch_size]
+            if conditions is not None:
+                kwargs.update(self.condition_encoder.encode(conditions[start : start + batch_size], warn=False))
+            chunk_conditions.append(kwargs)
+            counts.append(self._segment_counts(generators[start : start + batch_size], num_segments, kwargs))
+        counts = torch.cat(counts)
+        width = int(counts.max())
+        texts, all_latents = [], []
         with tqdm(total=len(chunks) * num_inference_steps, desc="sampling", disable=not show_progress) as bar:
             def progress(steps):
                 for t in steps:
                     yield t
                     bar.update(1)
 
-            for start in chunks:
+            for start, condition_kwargs in zip(chunks, chunk_conditions):
                 size = min(batch_size, num_samples - start)
-                counts = self._segment_counts(size, num_segments, generator)
-                segment_mask = torch.arange(int(counts.max()), device=self.device)[None] < counts[:, None]
-                condition_kwargs = {}
-                if labels is not None:
-                    condition_kwargs["class_labels"] = labels[start : start + size]
-                if conditions is not None:
-                    condition_kwargs.update(self.condition_encoder.encode(conditions[start : start + size], warn=False))
+                chunk_counts = counts[start : start + size]
+                segment_mask = torch.arange(width, device=self.device)[None] < chunk_counts[:, None]
                 latents = sample_latents(
-                    self.denoiser, sampler, segment_mask.repeat_interleave(k, dim=1), num_inference_steps, generator,
-                    condition_kwargs, guidance_scale, guidance_rescale, progress,
+                    self.denoiser, sampler, segment_mask.repeat_interleave(k, dim=1), num_inference_steps,
+                    generators[start : start + size], condition_kwargs, guidance_scale, guidance_rescale, progress,
                 )
                 latents = self.denoiser.denormalize(latents).reshape(size, -1, k, self.denoiser.config.latent_dim)
                 # every segment of the chunk in one decoder batch: one generate loop, not several
-                texts += self.autoencoder.decode(EncodedText(latents, segment_mask), batch_size=int(counts.sum()))
+                texts += self._decode(EncodedText(latents, segment_mask), int(chunk_counts.sum()), decoding, generators[start])
                 if return_latents:
                     all_latents.append(latents.cpu())
-                    masks.append(segment_mask.cpu())
         if not return_latents:
             return LatentTextOutput(texts)
-        width = max(m.shape[1] for m in masks)
-        return LatentTextOutput(
-            texts,
-            torch.cat([torch.nn.functional.pad(x, (0, 0, 0, 0, 0, width - x.shape[1])) for x in all_latents]),
-            torch.cat([torch.nn.functional.pad(m, (0, width - m.shape[1])) for m in masks]),
-        )
+        return LatentTextOutput(texts, torch.cat(all_latents), torch.arange(width)[None] < counts.cpu()[:, None])
 
-    def _check_call(self, num_samples, steps, batch_size, class_labels, conditions, guidance_scale, num_segments) -> Optional[torch.Tensor]:
+    def _check_call(self, num_samples, steps, batch_size, class_labels, conditions, guidance_scale, num_segments,
+                    guidance_rescale: float = 0.0, decoding: Optional[dict] = None) -> Optional[torch.Tensor]:
         for name, value in (("number of samples", num_samples), ("number of inference steps", steps), ("batch size", batch_size)):
             if value < 1:
                 raise LatentDLMError(f"the {name} must be at least 1, got {value}")
+        trained_steps = self.scheduler.config.num_train_timesteps  # every sampler keeps the training schedule
+        if steps > trained_steps:
+            raise LatentDLMError(f"the number of inference steps must be at most {trained_steps} (the model's training "
+                                 f"timesteps), got {steps}")
         denoiser = self.denoiser
-        if guidance_scale != 1.0 and not (denoiser.config.class_names or denoiser.config.condition_dim):
+        conditional = bool(denoiser.config.class_names or denoiser.config.condition_dim)
+        if not 0.0 <= guidance_rescale <= 1.0:
+            raise LatentDLMError(f"guidance rescale must be within 0..1, got {guidance_rescale}")
+        if guidance_rescale and not conditional:
+            raise LatentDLMError("guidance rescale needs a conditional model; this one is unconditional (drop --guidance-rescale)")
+        if guidance_rescale and guidance_scale == 1.0:
+            raise LatentDLMError("guidance rescale only applies with guidance: set a guidance scale other than 1, "
+                                 "or drop --guidance-rescale")
+        check_decoding(decoding or {})
+        if guidance_scale != 1.0 and not conditional:
             raise LatentDLMError("guidance needs a conditional model; this one is unconditional (use guidance scale 1)")
         if guidance_scale != 1.0 and denoiser.config.condition_dropout == 0:
             raise LatentDLMError("guidance needs a trained null condition, but this model was trained without condition "
@@ -132,6 +182,20 @@ class LatentDiffusionTextPipeline(DiffusionPipeline):
             raise LatentDLMError(f"{len(class_labels)} class labels for {num_samples} samples")
         return torch.tensor([denoiser.class_index(label) for label in class_labels], device=self.device)
 
+    def _decode(self, encoded: EncodedText, batch_size: int, decoding: dict, generator: torch.Generator) -> list[str]:
+        """The decoder with the call's settings; top-p sampling draws from a seed taken from `generator`
+        (repeatable with the pipeline's seed) on a forked global RNG (which `generate` samples from)."""
+        kwargs = dict(num_beams=decoding["decode_beams"], no_repeat_ngram_size=decoding["no_repeat_ngram_size"],
+                      repetition_penalty=decoding["repetition_penalty"], do_sample=decoding["top_p"] is not None)
+        if not kwargs["do_sample"]:
+            return self.autoencoder.decode(encoded, batch_size=batch_size, **kwargs)
+        kwargs.update(top_p=decoding["top_p"], top_k=0)  # nucleus sampling only, without generate's default top-k 50
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            return self.autoencoder.decode(encoded, batch_size=batch_size, **kwargs)
+
     def _check_conditions(self, conditions: Optional[Sequence[str] | str], num_samples: int) -> Optional[list[str]]:
         if conditions is None:
             return None
@@ -143,11 +207,23 @@ class LatentDiffusionTextPipeline(DiffusionPipeline):
         self.condition_encoder.tokenize(conditions)  # empty sources fail, long ones warn once, before sampling
         return conditions
 
-    def _segment_counts(self, size: int, fixed: Optional[int], generator: torch.Generator) -> torch.Tensor:
+    def _generators(self, num_samples: int, seed: Optional[int], generator: Optional[torch.Generator]) -> list[torch.Generator]:
+        """One generator per sample, seeded from `seed` (or drawn from `generator`): sample i of a seed is
+        the same whatever the batch size."""
+        if generator is None:
+            generator = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % 2**63)
+        seeds = torch.randint(0, 2**62, (num_samples,), generator=generator, device=generator.device)
+        return [torch.Generator(device=self.device).manual_seed(int(s)) for s in seeds]
+
+    def _segment_counts(self, generators: list[torch.Generator], fixed: Optional[int], conditions: dict) -> torch.Tensor:
+        """Segments per sample: `fixed`, else drawn from the length distribution given the sample's class
+        or source text (the denoiser's per-class frequencies or length head)."""
         if fixed is not None:
-            return torch.full((size,), fixed, device=self.device)
-        freq = self.denoiser.segment_count_freq.to(self.device)
-        return torch.multinomial(freq, size, replacement=True, generator=generator) + 1
+            return torch.full((len(generators),), fixed, device=self.device)
+        probs = self.denoiser.segment_count_probs(
+            conditions.get("class_labels"), conditions.get("condition_states"), conditions.get("condition_mask"), len(generators),
+        ).to(self.device)
+        return torch.stack([torch.multinomial(p, 1, generator=g)[0] for p, g in zip(probs, generators)]) + 1
 
     # ---- one folder --------------------------------------------------------------------------
     def save_pretrained(self, save_directory: str | Path, **_) -> None:
@@ -161,6 +237,7 @@ class LatentDiffusionTextPipeline(DiffusionPipeline):
                 "_class_name": type(self).__name__, "latentdlm_version": __version__,
                 "autoencoder": ["latentdlm", "ParagraphAutoencoder"], "denoiser": ["latentdlm", "LatentDiT"],
                 "scheduler": ["diffusers", type(self.scheduler).__name__],
+                "decoding": self.decoding,
             }
             if self.condition_encoder is not None:
                 self.condition_encoder.save_pretrained(tmp / "condition_encoder")
@@ -185,7 +262,11 @@ class LatentDiffusionTextPipeline(DiffusionPipeline):
         scheduler_config = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
         scheduler = scheduler_cls[scheduler_config["_class_name"]].from_pretrained(path / "scheduler")
         condition_encoder = ConditionEncoder.from_pretrained(path / "condition_encoder") if "condition_encoder" in index else None
-        return cls(ParagraphAutoencoder.from_pretrained(path / "autoencoder"), denoiser, scheduler, condition_encoder)
+        try:
+            decoding = check_decoding(index.get("decoding") or {})  # older folders have none: the defaults
+        except LatentDLMError as exc:
+            raise LatentDLMError(f"{path / INDEX_NAME}: {exc}") from None
+        return cls(ParagraphAutoencoder.from_pretrained(path / "autoencoder"), denoiser, scheduler, condition_encoder, decoding)
 
     @property
     def sampler_name(self) -> str:

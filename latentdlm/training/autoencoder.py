@@ -120,6 +120,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, resume: bool = False, cpu: bo
     loader = make_dataloader(model, train_texts, cfg.training.batch_size, cfg.training.seed, cfg.training.num_workers)
     optimizer, scheduler = make_optimizer(cfg.training, objective, accelerator.num_processes)
     objective, optimizer, loader, scheduler = accelerator.prepare(objective, optimizer, loader, scheduler)
+    set_seed(cfg.training.seed, device_specific=True)  # each rank its own VAE samples, dropout and noise
     if cfg.training.log_with:
         accelerator.init_trackers("latentdlm-autoencoder")
 

@@ -11,7 +11,7 @@ import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from accelerate.utils import set_seed
@@ -30,7 +30,7 @@ from latentdlm.diffusion.schedulers import make_scheduler, training_scheduler
 from latentdlm.errors import LatentDLMError
 from latentdlm.evaluation.generation import distinct_n
 from latentdlm.evaluation.plots import plot_training_curves
-from latentdlm.pipelines.latent_text import LatentDiffusionTextPipeline
+from latentdlm.pipelines.latent_text import DECODING_DEFAULTS, LatentDiffusionTextPipeline, check_decoding
 from latentdlm.training.config import TrainingConfig
 from latentdlm.training.loop import (
     clear_previous_run, finish_training, make_accelerator, make_optimizer, prepare_output_dir, rank_checksums, run_training,
@@ -46,8 +46,15 @@ class DiffusionDataConfig:
     column: Optional[str] = None
     label_column: Optional[str] = None  # class-conditional training: the label column ("first_word": SST-2 txt)
     condition_column: Optional[str] = None  # text-conditional training: the source column (`column` is the target)
+    # raw label -> class name, e.g. {1: World, 2: Sports} for AG News: the model's classes (and --class-label)
+    # are then the names; every raw label in the data must be named
+    label_names: Optional[dict[Any, str]] = None
     split: str = "train"
     limit: Optional[int] = None
+
+    def __post_init__(self):
+        if self.label_names is not None:  # YAML reads {1: World} with int keys, {"1": World} with str keys: one form
+            self.label_names = {str(raw).strip(): str(name) for raw, name in self.label_names.items()}
 
 
 @dataclass
@@ -67,6 +74,14 @@ class SamplingConfig:
     guidance_scale: float = 1.0
     guidance_rescale: float = 0.0
     num_samples: int = 4  # printed at each evaluation and at the end
+    # the decoder's settings, saved as the pipeline's defaults (model_index.json "decoding"; calls override them)
+    decode_beams: int = 1  # 1: greedy
+    no_repeat_ngram_size: int = 0  # 0: off
+    repetition_penalty: float = 1.0  # 1: off
+    top_p: Optional[float] = None  # nucleus sampling when set
+
+    def decoding(self) -> dict:
+        return {key: getattr(self, key) for key in DECODING_DEFAULTS}
 
 
 @dataclass
@@ -85,7 +100,8 @@ class DiffusionTrainConfig:
 # ---- the latent cache ----------------------------------------------------------------------------
 def _cache_key(cfg: DiffusionTrainConfig) -> str:
     """Changes whenever the autoencoder weights or the data settings change."""
-    digest = hashlib.sha256(json.dumps(cfg.data.__dict__, sort_keys=True).encode())
+    settings = {k: v for k, v in cfg.data.__dict__.items() if not (k == "label_names" and v is None)}  # older caches stay valid
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     with open(Path(cfg.autoencoder) / "model.safetensors", "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
             digest.update(block)
@@ -121,9 +137,11 @@ def load_or_encode(cfg: DiffusionTrainConfig, autoencoder: ParagraphAutoencoder,
             names = sources = None
             if data_cfg.label_column and data_cfg.condition_column:
                 raise LatentDLMError("data.label_column and data.condition_column: condition on a class or on a text, not both")
+            if data_cfg.label_names is not None and not data_cfg.label_column:
+                raise LatentDLMError("data.label_names names the classes of data.label_column, which is not set")
             if data_cfg.label_column:
                 pairs = load_labeled_texts(data_cfg.source, data_cfg.column, data_cfg.label_column, data_cfg.split, data_cfg.limit)
-                texts, names = [t for t, _ in pairs], [label for _, label in pairs]
+                texts, names = [t for t, _ in pairs], name_labels([label for _, label in pairs], data_cfg.label_names)
             elif data_cfg.condition_column:
                 pairs = load_pairs(data_cfg.source, data_cfg.condition_column, data_cfg.column, data_cfg.split, data_cfg.limit)
                 sources, texts = [s for s, _ in pairs], [t for _, t in pairs]
@@ -131,7 +149,8 @@ def load_or_encode(cfg: DiffusionTrainConfig, autoencoder: ParagraphAutoencoder,
                 texts = load_texts(data_cfg.source, data_cfg.column, data_cfg.split, data_cfg.limit)
             units, counts = encode_corpus(autoencoder, texts, cfg.encode_batch_size)
             tensors = {"units": units.contiguous(), "counts": counts}
-            class_names = sorted(set(names), key=_natural) if names else None
+            raw_of = {name: raw for raw, name in (data_cfg.label_names or {}).items()}  # classes in the raw labels' order
+            class_names = sorted(set(names), key=lambda n: _natural(raw_of.get(n, n))) if names else None
             if names:
                 tensors["labels"] = torch.tensor([class_names.index(n) for n in names])
             save_file(tensors, str(path))
@@ -145,6 +164,34 @@ def load_or_encode(cfg: DiffusionTrainConfig, autoencoder: ParagraphAutoencoder,
 
 def _natural(label: str):
     return (0, int(label), "") if label.lstrip("-").isdigit() else (1, 0, label)
+
+
+def name_labels(labels: list[str], label_names: Optional[dict[str, str]]) -> list[str]:
+    """The raw labels of the data as class names through `data.label_names` (unchanged without it).
+    A raw label it does not name, or two raw labels with one name, is an error."""
+    if label_names is None:
+        return labels
+    unnamed = sorted({label for label in labels if label.strip() not in label_names}, key=_natural)
+    if unnamed:
+        raise LatentDLMError(
+            f"label{'s' if len(unnamed) > 1 else ''} {', '.join(repr(u) for u in unnamed[:10])} in the data "
+            f"{'have' if len(unnamed) > 1 else 'has'} no name in data.label_names (which names "
+            f"{', '.join(repr(k) for k in label_names) or 'nothing'}): add {'them' if len(unnamed) > 1 else 'it'}"
+        )
+    used = {label.strip() for label in labels}
+    by_name: dict[str, list[str]] = {}
+    for raw, name in label_names.items():
+        if raw in used:
+            by_name.setdefault(name, []).append(raw)
+    shared = {name: raws for name, raws in by_name.items() if len(raws) > 1}
+    if shared:
+        name, raws = next(iter(shared.items()))
+        raise LatentDLMError(f"data.label_names gives the labels {', '.join(map(repr, raws))} one name '{name}'")
+    absent = [raw for raw in label_names if raw not in used]
+    if absent:
+        warnings.warn(f"data.label_names names label(s) {', '.join(map(repr, absent))} that the data does not have: "
+                      "the model will not know those classes")
+    return [label_names[label.strip()] for label in labels]
 
 
 class LatentDataset(torch.utils.data.Dataset):
@@ -197,7 +244,7 @@ def build_denoiser(cfg: DiffusionTrainConfig, autoencoder: ParagraphAutoencoder,
         class_names=data["class_names"], condition_dim=condition_dim,
         condition_dropout=cfg.objective.condition_dropout if conditional else None,
     )
-    denoiser.set_latent_statistics(data["units"], data["counts"])
+    denoiser.set_latent_statistics(data["units"], data["counts"], data.get("labels"))
     return denoiser
 
 
@@ -205,9 +252,17 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: bool = False, cpu: bool =
     """Train and save `<output_dir>/pipeline`; returns that folder."""
     accelerator = make_accelerator(cfg.training, cpu=cpu)
     out = prepare_output_dir(cfg.training, resume, FINAL_NAME)
-    set_seed(cfg.training.seed)
-    train_scheduler = training_scheduler(cfg.objective.prediction_type, cfg.objective.beta_schedule, cfg.objective.num_train_timesteps)
+    set_seed(cfg.training.seed)  # the same on every rank while the models are built
+    objective = cfg.objective
+    train_scheduler = training_scheduler(objective.prediction_type, objective.beta_schedule, objective.num_train_timesteps,
+                                         objective.noise_shift)
     make_scheduler(cfg.sampling.scheduler, train_scheduler)  # an unknown name fails now, not after training
+    check_decoding(cfg.sampling.decoding())  # and so does a bad decoding setting
+    if not 1 <= cfg.sampling.num_inference_steps <= cfg.objective.num_train_timesteps:
+        raise LatentDLMError(f"sampling.num_inference_steps must be within 1..{cfg.objective.num_train_timesteps} "
+                             f"(objective.num_train_timesteps), got {cfg.sampling.num_inference_steps}")
+    if not 0 <= cfg.sampling.guidance_rescale <= 1:
+        raise LatentDLMError(f"sampling.guidance_rescale must be within 0..1, got {cfg.sampling.guidance_rescale}")
     autoencoder = ParagraphAutoencoder.from_pretrained(cfg.autoencoder).to(accelerator.device)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -237,23 +292,26 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: bool = False, cpu: bool =
     model, optimizer, loader, scheduler = accelerator.prepare(trainee, optimizer, loader, scheduler)
     ema.to(accelerator.device)
     accelerator.register_for_checkpointing(ema)
+    # from here on every rank draws its own noise, timesteps and dropout (the data order is seeded apart)
+    set_seed(cfg.training.seed, device_specific=True)
     if cfg.training.log_with:
         accelerator.init_trackers("latentdlm-diffusion")
 
     def pipeline() -> LatentDiffusionTextPipeline:
         sampler = make_scheduler(cfg.sampling.scheduler, train_scheduler)
-        return LatentDiffusionTextPipeline(autoencoder, denoiser, sampler, condition_encoder)
+        return LatentDiffusionTextPipeline(autoencoder, denoiser, sampler, condition_encoder, cfg.sampling.decoding())
 
     def samples(step: int, show: bool) -> list[str]:
         trainee.eval()
         count = cfg.sampling.num_samples
         labels = _round_robin(data["class_names"], count)
         sources = data["sources"][:count] if data["sources"] else None  # training sources: is the condition used?
+        guided = bool(labels or sources) and cfg.sampling.guidance_scale != 1.0
         texts = pipeline()(
             num_samples=len(sources) if sources else count, num_inference_steps=cfg.sampling.num_inference_steps,
             seed=step, class_labels=labels, conditions=sources,
-            guidance_scale=cfg.sampling.guidance_scale if labels or sources else 1.0,
-            guidance_rescale=cfg.sampling.guidance_rescale, show_progress=False,
+            guidance_scale=cfg.sampling.guidance_scale if guided else 1.0,
+            guidance_rescale=cfg.sampling.guidance_rescale if guided else 0.0, show_progress=False,
         ).texts
         with (out / "samples.jsonl").open("a") as f:
             for i, text in enumerate(texts):
@@ -277,18 +335,27 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: bool = False, cpu: bool =
         ema.restore(params)
         return {"eval/distinct_2": distinct_n(texts, 2)}
 
+    first_timesteps = []  # this rank's first batch of timesteps: run_info shows that the ranks draw apart
+
+    def loss_fn(module, batch, step):
+        terms = diffusion_loss(module, train_scheduler, batch, objective) if condition_encoder is None else module(batch)
+        timesteps = terms.pop("timesteps")
+        if not first_timesteps:
+            first_timesteps.append(timesteps.float().mean().reshape(1))
+        return terms
+
     step = run_training(
-        accelerator, cfg.training, model, optimizer, scheduler, loader,
-        loss_fn=(lambda module, batch, step: diffusion_loss(module, train_scheduler, batch, cfg.objective))
-        if condition_encoder is None else (lambda module, batch, step: module(batch)),
+        accelerator, cfg.training, model, optimizer, scheduler, loader, loss_fn=loss_fn,
         evaluate=evaluate, resume=resume, description="diffusion",
         after_step=lambda step: ema.step(_trainable(accelerator.unwrap_model(model))),
     )
     checksums = rank_checksums(accelerator, model) + rank_checksums(accelerator, _ShadowParams(ema))
+    drawn = accelerator.gather(first_timesteps[0] if first_timesteps else torch.full((1,), -1.0, device=accelerator.device))
     final = out / FINAL_NAME
     if accelerator.is_main_process:
         ema.copy_to(_trainable(accelerator.unwrap_model(model)))
-        info = {"world_size": accelerator.num_processes, "final_step": step, "rank_weight_checksums": checksums}
+        info = {"world_size": accelerator.num_processes, "final_step": step, "rank_weight_checksums": checksums,
+                "rank_first_timestep_mean": drawn.tolist()}
         (out / "run_info.json").write_text(json.dumps(info, indent=2))
         pipeline().save_pretrained(final)
         tqdm.write(f"samples after {step} steps:")

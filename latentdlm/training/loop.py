@@ -40,7 +40,8 @@ def make_accelerator(cfg: TrainingConfig, cpu: bool = False) -> Accelerator:
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         log_with=cfg.log_with,
         project_config=ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=str(Path(cfg.output_dir) / "logs")),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # the data order follows the training seed alone, never the per-rank random state
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
     )
 
 
@@ -142,12 +143,12 @@ def run_training(
         step = int(checkpoint.name.split("-")[1])
         accelerator.print(f"resumed from {checkpoint} at step {step}")
     epoch, skip = divmod(step * cfg.gradient_accumulation_steps, len(dataloader))
-    progress = tqdm(
-        total=cfg.max_steps, initial=step, desc=description, disable=not accelerator.is_local_main_process,
-        mininterval=1 if sys.stderr.isatty() else 30,  # logs and pipes get a line every 30 s, not a flood
-    )
     window: dict[str, list[torch.Tensor]] = defaultdict(list)
     clock = TrainingClock()
+    progress = BudgetProgress(
+        cfg, clock, step, desc=description, disable=not accelerator.is_local_main_process,
+        mininterval=1 if sys.stderr.isatty() else 30,  # logs and pipes get a line every 30 s, not a flood
+    )
     last_saved = step
     done = step >= cfg.max_steps
     while not done:
@@ -169,14 +170,14 @@ def run_training(
             if not accelerator.sync_gradients:
                 continue
             step += 1
-            progress.update(1)
+            progress.update(step)
             if after_step is not None:
                 after_step(step)
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 means = {k: accelerator.gather(torch.stack(v).mean().reshape(1)).mean().item() for k, v in sorted(window.items())}
                 means["lr"] = scheduler.get_last_lr()[0]
                 window.clear()
-                progress.set_postfix(loss=f"{means['loss']:.3f}", **_time_left(cfg, clock))
+                progress.set_loss(means["loss"])
                 log.write(step, means, clock.minutes())
             if evaluate is not None and cfg.eval_every and step % cfg.eval_every == 0:
                 with clock.paused():
@@ -229,9 +230,66 @@ class TrainingClock:
             self.excluded += time.monotonic() - start
 
 
-def _time_left(cfg: TrainingConfig, clock: "TrainingClock") -> dict:
-    """For the progress bar of a run cut by max_minutes: its step total is not what ends it."""
-    return {"min_left": f"{max(0.0, cfg.max_minutes - clock.minutes()):.1f}"} if cfg.max_minutes else {}
+class BudgetProgress:
+    """The run's tqdm bar, against the limit that ends the run.
+
+    A run cut by `max_minutes` long before `max_steps` would show "0/100000, 9:00:00 left" on a step bar;
+    its bar counts training minutes instead (total: the budget; the step count in the postfix). While
+    `max_steps` would be reached first (projected from the steps per training minute so far), the
+    bar counts steps. The bar starts in minutes when there is a budget, and switches as the projection
+    says."""
+
+    def __init__(self, cfg: TrainingConfig, clock: TrainingClock, step: int, **tqdm_kwargs):
+        self.cfg, self.clock, self.first, self.step = cfg, clock, step, step
+        self.loss: Optional[str] = None
+        self.by_time = cfg.max_minutes is not None and step < cfg.max_steps
+        self.bar = tqdm(**self._layout(), initial=self._position(), **tqdm_kwargs)
+
+    def _layout(self) -> dict:
+        if self.by_time:
+            return {"total": self.cfg.max_minutes, "unit": "min",
+                    "bar_format": "{l_bar}{bar}| {n:.2f}/{total:g} min of training [{elapsed}<{remaining}{postfix}]"}
+        return {"total": self.cfg.max_steps, "unit": "it", "bar_format": None}
+
+    def _position(self) -> float:
+        return min(self.clock.minutes(), self.cfg.max_minutes) if self.by_time else self.step
+
+    def _time_binds(self) -> bool:
+        done, minutes = self.step - self.first, self.clock.minutes()
+        if self.cfg.max_minutes is None or done == 0:
+            return self.by_time
+        needed = minutes / done * (self.cfg.max_steps - self.step)  # minutes to reach max_steps at this pace
+        left = self.cfg.max_minutes - minutes
+        return needed > 0.8 * left if self.by_time else needed > 1.25 * left  # no flip-flopping near a tie
+
+    def _switch(self) -> None:
+        self.by_time = not self.by_time
+        layout, bar = self._layout(), self.bar
+        bar.unit, bar.bar_format, bar.initial = layout["unit"], layout["bar_format"], 0
+        bar.reset(total=layout["total"])  # a fresh rate estimate for the new unit
+        bar.n = bar.last_print_n = bar.initial = self._position()
+        bar.set_postfix(self._postfix())
+
+    def _postfix(self) -> dict:
+        items = {"step": f"{self.step}/{self.cfg.max_steps}"} if self.by_time else {}
+        return {**items, **({"loss": self.loss} if self.loss is not None else {})}
+
+    def update(self, step: int) -> None:
+        self.step = step
+        if self._time_binds() != self.by_time:
+            self._switch()
+        self.bar.set_postfix(self._postfix(), refresh=False)
+        if self.by_time:
+            self.bar.update(max(0.0, min(self.clock.minutes(), self.cfg.max_minutes) - self.bar.n))
+        else:
+            self.bar.update(step - self.bar.n)
+
+    def set_loss(self, loss: float) -> None:
+        self.loss = f"{loss:.3f}"
+        self.bar.set_postfix(self._postfix())
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _out_of_time(accelerator: Accelerator, cfg: TrainingConfig, clock: TrainingClock) -> bool:
