@@ -59,18 +59,18 @@ ARMS = {
     "noise_shift_2": ["objective.noise_shift=2"],
     "min_snr_5": ["objective.snr_gamma=5"],
     "epsilon": ["objective.prediction_type=epsilon"],
-    "sqrt_schedule": ["objective.beta_schedule=sqrt"],
     "ema_0.99": ["ema_decay=0.99"],
+    "no_self_conditioning": ["denoiser.self_conditioning=false"],  # one forward pass per step instead of two
+    "ae_latent_noise": [],  # the preset DiT on the robust autoencoder
+    # run on request (--arms): not in the default set
+    "sqrt_schedule": ["objective.beta_schedule=sqrt"],
     "batch_32": ["training.batch_size=32"],
     "depth_4": ["denoiser.num_layers=4"],
-    "ae_latent_noise": [],  # the preset DiT on the robust autoencoder
 }
-DECODING = {
-    "greedy": {},
+DEFAULT_ARMS = ["preset", "lr_1e-3", "batch_32", "noise_shift_2", "ae_latent_noise"]  # what one CPU session affords; the rest: --arms
+DECODING = {  # greedy (the default) is the ablation arm's own score
     "no_repeat_3": {"no_repeat_ngram_size": 3},
-    "repetition_penalty_1.2": {"repetition_penalty": 1.2},
     "top_p_0.9": {"top_p": 0.9},
-    "beams_4": {"decode_beams": 4},
 }
 
 
@@ -83,9 +83,10 @@ def run_cli(args: list[str], log: Path) -> None:
 
 
 def last_record(run: Path) -> dict:
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    last = [r for r in records if "loss" in r][-1]
-    return {"train_minutes": last["train_minutes"], "steps": last["step"], "final_loss": last["loss"]}
+    """Steps, final loss and training minutes of a run, summed over its resumed parts (each restarts the clock)."""
+    records = [r for r in (json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    minutes = sum(a["train_minutes"] for a, b in zip(records, records[1:]) if b["train_minutes"] < a["train_minutes"])
+    return {"train_minutes": minutes + records[-1]["train_minutes"], "steps": records[-1]["step"], "final_loss": records[-1]["loss"]}
 
 
 def timed(fn):
@@ -147,15 +148,26 @@ def examples(texts: list[str], count: int = 3) -> list[str]:
 
 # ---- parts -----------------------------------------------------------------------------------------
 def part_autoencoder(args, results: dict, splits: Splits) -> None:
-    """Train the autoencoder(s), or describe the ones an earlier run of this part left in --work-dir."""
+    """Train the autoencoder for --autoencoder-minutes, then continue it for --extend-minutes as it is and,
+    with --robust-autoencoder, a copy of it with Gaussian latent noise (the autoencoder-side arm: both
+    variants share the first part and train equally long). Folders left by an earlier run are described."""
     work = Path(args.work_dir)
+    base = work / "segment"
+    if not (base / "autoencoder").exists():
+        run_mode("segment", args.autoencoder_minutes, work, eval_every=0, max_eval=100, extra=[f"data.limit={TRAIN_LIMIT}"])
     variants = [("autoencoder", work, [])]
     if args.robust_autoencoder:
         variants.append(("autoencoder_robust", work / "robust", ["objective.latent_noise=0.3"]))
+    for _, folder, _ in variants:  # every variant starts from the same first part
+        if folder / "segment" != base and not (folder / "segment").exists():
+            shutil.copytree(base, folder / "segment")
     for key, folder, extra in variants:
-        if not (folder / "segment" / "autoencoder").exists():
-            run_mode("segment", args.autoencoder_minutes, folder, eval_every=0, max_eval=100,
-                     extra=[f"data.limit={TRAIN_LIMIT}", *extra])
+        run = folder / "segment"
+        if args.extend_minutes and not (run / "extended").exists():
+            run_cli(["train-autoencoder", "--config", str(base / "train_config.yaml"), "--resume",
+                     f"training.output_dir={run}", f"training.max_minutes={args.extend_minutes}", *extra],
+                    folder / "extend.log")
+            (run / "extended").write_text(str(args.extend_minutes))
         final = json.loads((folder / "segment" / "final_metrics.json").read_text())
         results[key] = {"overrides": extra, **last_record(folder / "segment"), "final_bleu_dev": final["bleu"],
                         "final_exact_match_dev": final["exact_match"], "latent_gap": final.get("latent_gap")}
@@ -199,6 +211,9 @@ def part_ablation(args, results: dict, splits: Splits) -> None:
     score = Scorer(splits.validation, splits.train)
     ablation = results.setdefault("ablation", {"split": "validation (train.jsonl[4500:5000])", "arms": {}})
     for arm in args.arms:
+        if arm in ablation["arms"] and not args.rerun:
+            print(f"== arm {arm}: measured earlier (--rerun to measure again)", flush=True)
+            continue
         run = train_arm(args, arm, ARMS[arm])
         texts, _ = sample(run / "pipeline", NUM_EVAL)
         ablation["arms"][arm] = {"overrides": ARMS[arm], **last_record(run), **score(texts), "examples": examples(texts)}
@@ -211,6 +226,7 @@ def part_decoding(args, results: dict, splits: Splits) -> None:
     score = Scorer(splits.validation, splits.train)
     best = results["ablation"]["best"]
     rows = results.setdefault("decoding", {"arm": best, "split": "validation", "settings": {}})
+    rows["settings"]["greedy"] = {"settings": {}, **results["ablation"]["arms"][best]}
     for name, settings in DECODING.items():
         texts, _ = sample(Path(args.work_dir) / "arms" / best / "pipeline", NUM_EVAL, **settings)
         rows["settings"][name] = {"settings": settings, **score(texts), "examples": examples(texts)}
@@ -454,10 +470,12 @@ PARTS = {"autoencoder": part_autoencoder, "ablation": part_ablation, "decoding":
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", action="append", choices=list(PARTS), help="run these parts (repeatable; default: all)")
-    parser.add_argument("--arms", default=",".join(ARMS), help="ablation arms, comma-separated: " + ", ".join(ARMS))
+    parser.add_argument("--arms", default=",".join(DEFAULT_ARMS), help="ablation arms, comma-separated: " + ", ".join(ARMS))
     parser.add_argument("--autoencoder-minutes", type=float, default=10)
-    parser.add_argument("--robust-autoencoder", action="store_true", help="also train the latent-noise autoencoder")
+    parser.add_argument("--extend-minutes", type=float, default=0, help="continue the autoencoder(s) for these minutes")
+    parser.add_argument("--robust-autoencoder", action="store_true", help="also continue a copy with latent noise")
     parser.add_argument("--diffusion-minutes", type=float, default=4)
+    parser.add_argument("--rerun", action="store_true", help="ablation: train and score arms measured earlier again")
     parser.add_argument("--work-dir", default=str(ROOT / "runs/bench-gen"))
     args = parser.parse_args()
     args.arms = [a for a in args.arms.split(",") if a]

@@ -9,6 +9,7 @@ import pytest
 import torch
 from helpers import launch_two_cpu_processes, tiny_condition_overrides, tiny_diffusion_overrides
 from rouge_score import rouge_scorer
+from safetensors.torch import load_file
 
 from latentdlm.cli import main
 from latentdlm.data.tokenization import train_bpe_tokenizer
@@ -229,6 +230,19 @@ def test_the_default_frozen_minilm_condition_trains_end_to_end(autoencoder, tmp_
     assert pipe.condition_encoder.config.freeze and pipe.denoiser.config.condition_dim == 384
     fresh = ConditionEncoder.build(ConditionConfig(), None)
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), pipe.condition_encoder.state_dict().values()))
+
+    # the frozen encoder's token states were computed once and cached (float16), like the latents
+    cache = load_file(str(out / "conditions.safetensors"))
+    sources = json.loads((out / "latents.json").read_text())["sources"]
+    assert len(cache["lengths"]) == len(sources)
+    first = fresh.encode(sources[:1])
+    expected = first["condition_states"][0][first["condition_mask"][0]]
+    assert cache["lengths"][0] == len(expected)
+    torch.testing.assert_close(cache["states"][: len(expected)].float(), expected, atol=2e-3, rtol=2e-3)
+    written = (out / "conditions.safetensors").stat().st_mtime_ns
+    assert main(["train-diffusion", "--config", DM_COND, *tiny_diffusion_overrides(autoencoder, out), *overrides,
+                 "training.max_steps=2", "training.overwrite_output_dir=true"]) == 0
+    assert (out / "conditions.safetensors").stat().st_mtime_ns == written  # reused, not encoded again
 
 
 def test_class_and_text_conditions_together_are_refused(autoencoder, tmp_path, capsys):

@@ -17,7 +17,10 @@ from latentdlm.cli import main
 from latentdlm.config import load_config, save_config
 from latentdlm.data.sources import load_labeled_texts, load_texts
 from latentdlm.errors import LatentDLMError
-from latentdlm.evaluation.generation import distinct_n, diversity, mauve_score, memorization, repetition
+from latentdlm.evaluation.generation import (
+    coherence_ratio, consecutive_cosine, distinct_n, diversity, glued_random_sentences, mauve_score, mauve_seeds,
+    memorization, repeated_ngram_rate, repetition,
+)
 from latentdlm.pipelines.latent_text import LatentDiffusionTextPipeline
 from latentdlm.training.autoencoder import AutoencoderTrainConfig
 from latentdlm.training.diffusion import DiffusionTrainConfig
@@ -295,6 +298,39 @@ def test_generation_metrics_on_hand_computed_cases():
     assert diversity(["a b c d e"]) == 1.0 and diversity(["a b a b a b a b"]) < 0.1
     assert memorization(["the cat sat on the mat"], ["yes the cat sat on a mat"]) == pytest.approx(1 / 3)
     assert memorization([""], ["anything at all here"]) == 0.0
+
+
+def test_repeated_ngram_rate_and_coherence_on_hand_computed_cases():
+    # "i am sure" x3: 6 four-grams, 3 of them repeat an earlier one; "a b c d e": 2, none repeat
+    assert repeated_ngram_rate(["i am sure i am sure i am sure", "a b c d e"]) == pytest.approx(3 / 8)
+    assert repeated_ngram_rate(["too short"]) == 0.0
+    assert coherence_ratio(0.3, random_cosine=0.3, real_cosine=0.5) == 0.0
+    assert coherence_ratio(0.5, random_cosine=0.3, real_cosine=0.5) == 1.0
+    assert coherence_ratio(0.4, random_cosine=0.3, real_cosine=0.5) == pytest.approx(0.5)
+    split = lambda text: [s.strip() + "." for s in text.split(".") if s.strip()]  # noqa: E731
+    stories = ["A b. C d. E f.", "G h. I j."]
+    glued = glued_random_sentences(stories, split, 4, seed=0)
+    assert [len(split(g)) for g in glued] == [3, 2, 3, 2]  # as long as the real stories, in turn
+    sentences = {s for story in stories for s in split(story)}
+    assert all(set(split(g)) <= sentences for g in glued)
+
+
+def test_consecutive_sentences_of_a_story_are_closer_than_random_ones():
+    stories = ["My dog loves the park. Every morning my dog runs in the park. The dog is happy in the park.",
+               "The stock market fell today. Investors sold their shares in the market. Prices fell on the market."]
+    split = lambda text: [s.strip() + "." for s in text.split(".") if s.strip()]  # noqa: E731
+    mixed = ["My dog loves the park. Investors sold their shares in the market. The dog is happy in the park.",
+             "The stock market fell today. Every morning my dog runs in the park. Prices fell on the market."]
+    assert consecutive_cosine(stories, split) > consecutive_cosine(mixed, split) + 0.2
+
+
+def test_mauve_over_seeds_reports_mean_and_spread():
+    rng = np.random.default_rng(0)
+    p = rng.normal(size=(200, 8))
+    result = mauve_seeds(p, rng.normal(size=(200, 8)))
+    assert len(result["runs"]) == 3 and result["mean"] == pytest.approx(np.mean(result["runs"]))
+    assert result["std"] == pytest.approx(np.std(result["runs"])) and result["mean"] > 0.8
+    assert mauve_seeds(p, rng.normal(size=(200, 8)) + 3.0)["mean"] < 0.2
 
 
 def test_mauve_tells_matching_from_shifted_features():

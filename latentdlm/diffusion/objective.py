@@ -108,20 +108,15 @@ def diffusion_loss(
 
 
 class ConditionedObjective(torch.nn.Module):
-    """A text-conditioned run as one module (one DDP wrapper): the condition encoder turns the batch's
-    source tokens into states, then the DiT's loss. A frozen encoder runs without gradients."""
+    """A text-conditioned run with a trainable condition encoder as one module (one DDP wrapper): the
+    encoder turns the batch's source tokens into states, then the DiT's loss. (A frozen encoder's states
+    are cached before training; it runs here without gradients.)"""
 
     def __init__(self, denoiser: LatentDiT, condition_encoder: torch.nn.Module, scheduler: DDPMScheduler,
                  cfg: DiffusionObjectiveConfig):
         super().__init__()
         self.denoiser, self.condition_encoder = denoiser, condition_encoder
         self.scheduler, self.cfg = scheduler, cfg
-
-    def train(self, mode: bool = True) -> "ConditionedObjective":
-        super().train(mode)
-        if self.condition_encoder.config.freeze:
-            self.condition_encoder.eval()  # a frozen encoder is a fixed function: no dropout
-        return self
 
     def forward(self, batch: dict, generator: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:
         batch = dict(batch)

@@ -6,6 +6,7 @@ trains on the cached latents with EMA weights kept on every rank. The result is 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import warnings
@@ -38,6 +39,7 @@ from latentdlm.training.loop import (
 
 FINAL_NAME = "pipeline"
 CACHE_NAME = "latents.safetensors"
+CONDITION_CACHE_NAME = "conditions.safetensors"
 
 
 @dataclass
@@ -194,11 +196,34 @@ def name_labels(labels: list[str], label_names: Optional[dict[str, str]]) -> lis
     return [label_names[label.strip()] for label in labels]
 
 
+def load_or_encode_conditions(cfg: DiffusionTrainConfig, encoder: ConditionEncoder, sources: list[str], out: Path,
+                               is_main: bool, wait) -> list[torch.Tensor]:
+    """A frozen condition encoder is a fixed function: every source's token states (L_i, C), computed once
+    by the main process (float16 on disk) and reused while the latents and the condition settings stay."""
+    path, meta = out / CONDITION_CACHE_NAME, out / "conditions.json"
+    key = hashlib.sha256((json.loads((out / "latents.json").read_text())["key"]
+                          + json.dumps(dataclasses.asdict(cfg.condition), sort_keys=True)).encode()).hexdigest()
+    if is_main and not (path.exists() and meta.exists() and json.loads(meta.read_text()).get("key") == key):
+        states, lengths = [], []
+        chunk = cfg.encode_batch_size
+        for start in tqdm(range(0, len(sources), chunk), desc="encoding the source texts", unit="chunk"):
+            encoded = encoder.encode(sources[start : start + chunk], warn=False)
+            for row, keep in zip(encoded["condition_states"], encoded["condition_mask"]):
+                states.append(row[keep].half().cpu())
+                lengths.append(int(keep.sum()))
+        save_file({"states": torch.cat(states).contiguous(), "lengths": torch.tensor(lengths)}, str(path))
+        meta.write_text(json.dumps({"key": key}))
+    wait()
+    cache = load_file(str(path))
+    return list(torch.split(cache["states"], cache["lengths"].tolist()))
+
+
 class LatentDataset(torch.utils.data.Dataset):
-    """Text i -> its normalised segment latents (S_i, k, d), its label and its source text."""
+    """Text i -> its normalised segment latents (S_i, k, d), its label and its condition: the source text
+    (a trainable condition encoder reads it each step) or its cached token states (a frozen one)."""
 
     def __init__(self, units: torch.Tensor, counts: torch.Tensor, labels: Optional[torch.Tensor],
-                 sources: Optional[list[str]] = None):
+                 sources: Optional[list[str] | list[torch.Tensor]] = None):
         self.units, self.labels, self.sources = units, labels, sources
         self.offsets = torch.cumsum(counts, 0) - counts
 
@@ -213,8 +238,8 @@ class LatentDataset(torch.utils.data.Dataset):
 
 
 def collate_latents(items: list, condition_encoder: Optional[ConditionEncoder] = None) -> dict[str, torch.Tensor]:
-    """Pad to the batch's largest segment count: latents (B, S*k, d), latent_mask (B, S*k); class labels,
-    or the source texts' tokens when a condition encoder is given."""
+    """Pad to the batch's largest segment count: latents (B, S*k, d), latent_mask (B, S*k); class labels;
+    cached condition states (padded, with their mask), or the source texts' tokens for `condition_encoder`."""
     width = max(x.shape[0] for x, _, _ in items)
     k, d = items[0][0].shape[1:]
     latents = torch.zeros(len(items), width, k, d)
@@ -225,7 +250,11 @@ def collate_latents(items: list, condition_encoder: Optional[ConditionEncoder] =
     batch = {"latents": latents.reshape(len(items), width * k, d), "latent_mask": mask.repeat_interleave(k, dim=1)}
     if items[0][1] is not None:
         batch["class_labels"] = torch.stack([label for _, label, _ in items])
-    if condition_encoder is not None:
+    if isinstance(items[0][2], torch.Tensor):
+        states = [source for _, _, source in items]
+        batch["condition_states"] = torch.nn.utils.rnn.pad_sequence(states, batch_first=True).float()
+        batch["condition_mask"] = torch.arange(batch["condition_states"].shape[1])[None] < torch.tensor([len(s) for s in states])[:, None]
+    elif condition_encoder is not None:
         tokens = condition_encoder.tokenize([source for _, _, source in items], warn=False)
         batch["condition_input_ids"], batch["condition_attention_mask"] = tokens["input_ids"], tokens["attention_mask"]
     return batch
@@ -280,13 +309,19 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: bool = False, cpu: bool =
     denoiser = build_denoiser(cfg, autoencoder, data, None if condition_encoder is None else condition_encoder.hidden_size)
     accelerator.print(f"denoiser: {sum(p.numel() for p in denoiser.parameters()) / 1e6:.1f} M parameters over "
                       f"{len(data['counts'])} texts ({len(data['units'])} segments)")
-    dataset = LatentDataset(denoiser.normalize(data["units"]), data["counts"], data.get("labels"), data["sources"])
+    conditions = data["sources"]
+    if condition_encoder is not None and condition_encoder.config.freeze:
+        conditions = load_or_encode_conditions(cfg, condition_encoder.to(accelerator.device), data["sources"], out,
+                                               accelerator.is_main_process, accelerator.wait_for_everyone)
+    dataset = LatentDataset(denoiser.normalize(data["units"]), data["counts"], data.get("labels"), conditions)
     loader = DataLoader(dataset, batch_size=cfg.training.batch_size, shuffle=True, drop_last=True,
                         collate_fn=lambda items: collate_latents(items, condition_encoder),
                         generator=torch.Generator().manual_seed(cfg.training.seed))
 
     # a text-conditioned run trains the DiT and (unless frozen) its condition encoder as one module
-    trainee = denoiser if condition_encoder is None else ConditionedObjective(denoiser, condition_encoder, train_scheduler, cfg.objective)
+    # a trainable condition encoder trains with the DiT as one module; a frozen one was cached above
+    reads_sources = condition_encoder is not None and not condition_encoder.config.freeze
+    trainee = ConditionedObjective(denoiser, condition_encoder, train_scheduler, cfg.objective) if reads_sources else denoiser
     ema = EMAModel(_trainable(trainee), decay=cfg.ema_decay)
     optimizer, scheduler = make_optimizer(cfg.training, trainee, accelerator.num_processes)
     model, optimizer, loader, scheduler = accelerator.prepare(trainee, optimizer, loader, scheduler)
@@ -338,7 +373,7 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: bool = False, cpu: bool =
     first_timesteps = []  # this rank's first batch of timesteps: run_info shows that the ranks draw apart
 
     def loss_fn(module, batch, step):
-        terms = diffusion_loss(module, train_scheduler, batch, objective) if condition_encoder is None else module(batch)
+        terms = module(batch) if reads_sources else diffusion_loss(module, train_scheduler, batch, objective)
         timesteps = terms.pop("timesteps")
         if not first_timesteps:
             first_timesteps.append(timesteps.float().mean().reshape(1))
