@@ -122,6 +122,15 @@ def test_a_sample_does_not_depend_on_the_batch_it_is_drawn_in(pipeline_dir, sche
         (["--guidance-scale", "3"], "guidance needs a conditional model"),
         (["--class-label", "World"], "trained without class labels"),
         (["--num-segments", "99"], "number of segments must be within"),
+        (["--steps", "5000"], "at most 1000"),
+        (["--guidance-rescale", "1.5"], "guidance rescale must be within 0..1"),
+        (["--guidance-rescale", "-0.1"], "guidance rescale must be within 0..1"),
+        (["--guidance-rescale", "0.5"], "guidance rescale needs a conditional model"),
+        (["--decode-beams", "0"], "decode beams must be at least 1"),
+        (["--no-repeat-ngram-size", "-1"], "no-repeat n-gram size must be at least 0"),
+        (["--repetition-penalty", "0"], "repetition penalty must be above 0"),
+        (["--top-p", "0"], "top-p must be within (0, 1]"),
+        (["--top-p", "1.5"], "top-p must be within (0, 1]"),
     ],
 )
 def test_generate_bad_input(pipeline_dir, capsys, args, message):
@@ -396,24 +405,6 @@ def test_the_class_presets_name_their_labels():
     assert sst2.data.label_names == {"0": "negative", "1": "positive"}
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--steps", "5000"], "at most 1000"),
-        (["--guidance-rescale", "1.5"], "guidance rescale must be within 0..1"),
-        (["--guidance-rescale", "-0.1"], "guidance rescale must be within 0..1"),
-        (["--guidance-rescale", "0.5"], "guidance rescale needs a conditional model"),
-        (["--decode-beams", "0"], "decode beams must be at least 1"),
-        (["--no-repeat-ngram-size", "-1"], "no-repeat n-gram size must be at least 0"),
-        (["--repetition-penalty", "0"], "repetition penalty must be above 0"),
-        (["--top-p", "0"], "top-p must be within (0, 1]"),
-        (["--top-p", "1.5"], "top-p must be within (0, 1]"),
-    ],
-)
-def test_generate_refuses_bad_steps_rescale_and_decoding(pipeline_dir, capsys, args, message):
-    assert main(["generate", "--model", str(pipeline_dir), "--steps", "2", *args]) == 2
-    err = capsys.readouterr().err
-    assert message in err and "Traceback" not in err, err
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
 
 

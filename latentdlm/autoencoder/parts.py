@@ -66,8 +66,8 @@ def _load(auto_cls, part: PartConfig, hf_config: Optional[dict]):
 
 
 def _frozen(module: nn.Module, freeze: bool) -> nn.Module:
-    if freeze:
-        module.requires_grad_(False)
+    if freeze:  # a fixed function: no gradients, no dropout (`_Part.train` keeps it so)
+        module.requires_grad_(False).eval()
     return module
 
 
@@ -101,8 +101,6 @@ class TextEncoder(_Part):
             model.pooler = None
         self.model = _frozen(model, part.freeze)
         self.frozen = part.freeze
-        if self.frozen:
-            self.model.eval()
         self.hf_config = _config_dict(model)
         self.hidden_size = _hidden_size(model.config)
 
@@ -147,8 +145,6 @@ class TextDecoder(_Part):
             _drop_encoder(model)
         self.model = _frozen(model, part.freeze)
         self.frozen = part.freeze
-        if self.frozen:
-            self.model.eval()
         self.hf_config = _config_dict(model)
         self.hidden_size = _hidden_size(model.config)
 
