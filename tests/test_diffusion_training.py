@@ -136,7 +136,8 @@ def test_a_sample_does_not_depend_on_the_batch_it_is_drawn_in(pipeline_dir, sche
 def test_generate_bad_input(pipeline_dir, capsys, args, message):
     assert main(["generate", "--model", str(pipeline_dir), "--steps", "2", *args]) == 2
     err = capsys.readouterr().err
-    assert message in err and "Traceback" not in err
+    assert message in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
 
 
 def test_a_pipeline_folder_with_a_missing_part(pipeline_dir, tmp_path, capsys):
@@ -403,9 +404,6 @@ def test_the_class_presets_name_their_labels():
     assert agnews.data.label_names == {"1": "World", "2": "Sports", "3": "Business", "4": "Sci/Tech"}
     sst2 = load_config(DiffusionTrainConfig, ROOT / "configs/diffusion/sst2_class.yaml")
     assert sst2.data.label_names == {"0": "negative", "1": "positive"}
-
-
-    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
 
 
 @pytest.mark.parametrize("command", ["generate", "summarize"])
