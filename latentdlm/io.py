@@ -9,6 +9,11 @@ from pathlib import Path
 from typing import Iterator
 
 
+def cache_dir() -> Path:
+    """Where converted models and unpacked features are kept: $LATENTDLM_CACHE or ~/.cache/latentdlm."""
+    return Path(os.environ.get("LATENTDLM_CACHE") or Path.home() / ".cache" / "latentdlm")
+
+
 @contextmanager
 def atomic_directory(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; on success it replaces `path` in one rename."""

@@ -6,7 +6,9 @@ from latentdlm.config import load_config
 from latentdlm.errors import LatentDLMError
 from latentdlm.training.autoencoder import AutoencoderTrainConfig
 
-PRESETS = sorted((Path(__file__).resolve().parents[1] / "configs" / "autoencoder").glob("*.yaml"))
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+PRESETS = sorted((CONFIGS / "autoencoder").glob("*.yaml"))
+DIFFUSION_PRESETS = sorted((CONFIGS / "diffusion").rglob("*.yaml"))
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
@@ -17,7 +19,29 @@ def test_every_autoencoder_preset_loads(preset):
 
 
 def test_expected_presets_exist():
-    assert {p.stem for p in PRESETS} >= {"tiny", "minilm_smollm2", "ld4lg_bart_base", "planner_bert_gpt2", "sld_flan_t5_base"}
+    assert {p.stem for p in PRESETS} >= {"tiny", "minilm_smollm2", "minilm_smollm2_concept", "ld4lg_bart_base", "planner_bert_gpt2",
+                                         "sld_flan_t5_base"}
+    flagship = {p.stem for p in (CONFIGS / "diffusion" / "flagship").glob("*.yaml")}
+    assert flagship == {f"{design}_{task}" for design in ("concept", "perceiver") for task in ("roc_uncond", "roc_title2story", "debian", "xsum")}
+
+
+@pytest.mark.parametrize("preset", DIFFUSION_PRESETS, ids=lambda p: str(p.relative_to(CONFIGS / "diffusion")))
+def test_every_diffusion_preset_loads(preset):
+    from latentdlm.training.diffusion import DiffusionTrainConfig
+
+    cfg = load_config(DiffusionTrainConfig, preset)
+    assert cfg.denoiser.num_layers > 0 and cfg.autoencoder and cfg.training.output_dir
+    if cfg.data.condition_column:  # text-conditioned presets name their condition encoder
+        assert cfg.condition.name_or_path or cfg.condition.config
+
+
+def test_flagship_presets_match_their_latent_design():
+    concept = load_config(AutoencoderTrainConfig, CONFIGS / "autoencoder" / "minilm_smollm2_concept.yaml")
+    perceiver = load_config(AutoencoderTrainConfig, CONFIGS / "autoencoder" / "minilm_smollm2.yaml")
+    assert (concept.model.latent_type, concept.model.num_latents, concept.model.latent_dim) == ("pooled", 1, 384)
+    assert perceiver.model.latent_type == "perceiver" and perceiver.model.num_latents % 4 == 0
+    for cfg in (concept, perceiver):
+        assert cfg.model.encoder.freeze and cfg.model.decoder.freeze and cfg.model.decoder.lora.r == 16
 
 
 def test_yaml_then_overrides_take_precedence(tmp_path):

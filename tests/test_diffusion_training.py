@@ -283,13 +283,14 @@ def test_demo_runs_end_to_end_and_writes_a_report(autoencoder, tmp_path, monkeyp
     ]:
         presets[name] = tmp_path / f"{name}.yaml"
         save_config(load_config(cls, path, overrides), presets[name])
-    monkeypatch.setattr(latentdlm.demo, "PRESETS", presets)
+    monkeypatch.setitem(latentdlm.demo.PRESETS, "tiny", {**presets, "minutes": 3.0})
     out = tmp_path / "demo"
-    args = ["demo", "--output-dir", str(out), "--autoencoder-minutes", "1", "--diffusion-minutes", "1", "--num-samples", "3"]
+    args = ["demo", "--preset", "tiny", "--output-dir", str(out), "--autoencoder-minutes", "1", "--diffusion-minutes", "1",
+            "--num-samples", "3"]
     assert main(args) == 0
     printed = capsys.readouterr().out
     report = (out / "report.md").read_text()
-    assert "## 1. Paragraph autoencoder" in report and "Diversity" in report
+    assert "## 1. Autoencoder" in report and "Diversity" in report and "Preset `tiny`" in report
     assert all(f"\n{i}. " in report for i in (1, 2, 3))  # the three samples
     for image in ("autoencoder-run/training_curves.png", "diffusion-run/training_curves.png"):
         assert image in report and (out / image).exists()

@@ -9,6 +9,16 @@ from latentdlm.data.segmentation import SegmentationConfig
 
 
 @dataclass
+class LoraSettings:
+    """Low-rank adapters (peft) on a frozen pretrained part: only these and the latent adapter train."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: Any = "all-linear"  # peft's name for every linear layer but the output head
+
+
+@dataclass
 class PartConfig:
     """An encoder or decoder: pretrained from `name_or_path`, or random from `config`.
 
@@ -21,6 +31,7 @@ class PartConfig:
     config: dict[str, Any] = field(default_factory=dict)
     gguf_file: Optional[str] = None  # a GGUF file inside name_or_path (dequantised to float32)
     freeze: bool = False
+    lora: Optional[LoraSettings] = None  # with freeze: true, adapt the frozen weights through LoRA
 
 
 @dataclass
@@ -37,8 +48,13 @@ class AutoencoderConfig:
     encoder: PartConfig = field(default_factory=PartConfig)
     decoder: PartConfig = field(default_factory=lambda: PartConfig(kind="seq2seq"))
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    # perceiver: token states -> Perceiver -> k x d latents per unit (LD4LG/SLD; reconstructs wording)
+    # pooled: the encoder's mean-pooled, L2-normalised sentence embedding (x sqrt(d)) is the unit's one
+    #   latent (k = 1, d = encoder width), as in the Large Concept Model; no compressor, only the decoder trains
+    latent_type: str = "perceiver"
     num_latents: int = 16  # k
     latent_dim: int = 64  # d
+    memory_length: Optional[int] = None  # decoder memory vectors per unit (default k); pooled latents expand to it
     compressor_dim: int = 256
     compressor_layers: int = 2
     compressor_heads: int = 4

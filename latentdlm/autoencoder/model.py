@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file, save_model
 from torch import nn
+from tqdm.auto import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from latentdlm import __version__
@@ -33,6 +35,7 @@ from latentdlm.io import atomic_directory
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 MODEL_TYPE = "latentdlm-paragraph-autoencoder"
+LATENT_TYPES = ("perceiver", "pooled")
 
 
 @dataclass
@@ -62,18 +65,32 @@ class ParagraphAutoencoder(nn.Module):
         self.encoder_tokenizer = encoder_tokenizer
         self.decoder_tokenizer = decoder_tokenizer
         self.encoder = TextEncoder(config.encoder, encoder_hf_config)
-        self.compressor = PerceiverResampler(
-            self.encoder.hidden_size, config.compressor_dim, config.num_latents,
-            config.compressor_layers, config.compressor_heads, config.dropout,
-        )
-        self.bottleneck = Bottleneck(config.compressor_dim, config.latent_dim, config.regularization)
+        if config.latent_type == "perceiver":
+            self.compressor = PerceiverResampler(
+                self.encoder.hidden_size, config.compressor_dim, config.num_latents,
+                config.compressor_layers, config.compressor_heads, config.dropout,
+            )
+            self.bottleneck = Bottleneck(config.compressor_dim, config.latent_dim, config.regularization)
+        else:
+            self._check_pooled()
         self.decoder = TextDecoder(config.decoder, decoder_hf_config)
         self.to_memory = LatentToMemory(
             config.latent_dim, self.decoder.hidden_size, config.num_latents,
-            config.memory_layers, config.memory_heads, config.dropout,
+            config.memory_layers, config.memory_heads, config.dropout, config.memory_length,
         )
         self.segmenter = SentenceSegmenter(config.segmentation)
         self._check_vocab()
+
+    def _check_pooled(self) -> None:
+        config = self.config
+        if config.latent_type not in LATENT_TYPES:
+            raise LatentDLMError(f"unknown latent_type '{config.latent_type}': choose one of {', '.join(LATENT_TYPES)}")
+        width = self.encoder.hidden_size
+        if config.num_latents != 1 or config.latent_dim != width or config.regularization != "none":
+            raise LatentDLMError(
+                f"latent_type: pooled makes the encoder's {width}-d sentence embedding the latent: set num_latents: 1, "
+                f"latent_dim: {width}, regularization: none (got {config.num_latents}, {config.latent_dim}, {config.regularization})"
+            )
 
     def _check_vocab(self) -> None:
         for name, tokenizer, part in (("encoder", self.encoder_tokenizer, self.encoder), ("decoder", self.decoder_tokenizer, self.decoder)):
@@ -94,6 +111,8 @@ class ParagraphAutoencoder(nn.Module):
     # ---- token level -------------------------------------------------------------------------
     def posterior(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Posterior:
         states = self.encoder(input_ids, attention_mask)
+        if self.config.latent_type == "pooled":
+            return Posterior(pooled_embedding(states, attention_mask).unsqueeze(1), None)
         return self.bottleneck(self.compressor(states, attention_mask))
 
     def decoder_logits(self, latents: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -121,14 +140,15 @@ class ParagraphAutoencoder(nn.Module):
             warnings.warn(f"{truncated} of {len(bodies)} texts are longer than max_length={limit} tokens and were truncated")
         return TokenizedUnits(enc, [ids[: limit - 1] + [eos] for ids in bodies], truncated)
 
-    def collate(self, encoder_ids: Sequence[list[int]], decoder_ids: Sequence[list[int]]) -> dict[str, torch.Tensor]:
+    def collate(self, encoder_ids: Optional[Sequence[list[int]]], decoder_ids: Sequence[list[int]]) -> dict[str, torch.Tensor]:
         """Pad a batch to its own longest unit (dynamic padding). Decoder inputs are the targets
-        shifted right behind the decoder's start token: BART `</s> <s> x`, T5 `<pad> x`, causal `<bos> x`."""
-        enc_pad = _pad_id(self.encoder_tokenizer)
+        shifted right behind the decoder's start token: BART `</s> <s> x`, T5 `<pad> x`, causal `<bos> x`.
+        Without `encoder_ids` (latents given from a cache) the batch holds the decoder side only."""
         dec_pad = _pad_id(self.decoder_tokenizer)
         start = self.decoder.start_token_id
         batch = {}
-        batch["input_ids"], batch["attention_mask"] = _pad(encoder_ids, enc_pad)
+        if encoder_ids is not None:
+            batch["input_ids"], batch["attention_mask"] = _pad(encoder_ids, _pad_id(self.encoder_tokenizer))
         batch["decoder_input_ids"], batch["decoder_attention_mask"] = _pad([[start] + ids[:-1] for ids in decoder_ids], dec_pad)
         batch["labels"], _ = _pad(decoder_ids, -100)
         return batch
@@ -143,16 +163,22 @@ class ParagraphAutoencoder(nn.Module):
         return units
 
     @torch.no_grad()
-    def encode(self, texts: Sequence[str], batch_size: int = 64, sample: bool = False) -> EncodedText:
-        """Texts -> latents (B, S, k, d) with a (B, S) segment mask. `sample` draws from a VAE posterior."""
-        per_text = self.split_units(texts)
-        flat = [u for units in per_text for u in units]
-        tokens = self.tokenize(flat)
-        latents = torch.empty(len(flat), *self.latent_shape, device=self.device)
-        for idx in _length_sorted_batches([len(x) for x in tokens.encoder_ids], batch_size):
+    def unit_latents(self, units: Sequence[str], batch_size: int = 64, sample: bool = False, progress: bool = False) -> torch.Tensor:
+        """Units (segments or paragraphs) -> latents (N, k, d), encoded in length-sorted batches."""
+        tokens = self.tokenize(units)
+        latents = torch.empty(len(units), *self.latent_shape, device=self.device)
+        batches = _length_sorted_batches([len(x) for x in tokens.encoder_ids], batch_size)
+        for idx in tqdm(batches, desc="encoding", unit="batch", disable=not progress):
             ids, mask = _pad([tokens.encoder_ids[i] for i in idx], _pad_id(self.encoder_tokenizer))
             post = self.posterior(ids.to(self.device), mask.to(self.device))
             latents[idx] = post.sample() if sample else post.mean
+        return latents
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str], batch_size: int = 64, sample: bool = False) -> EncodedText:
+        """Texts -> latents (B, S, k, d) with a (B, S) segment mask. `sample` draws from a VAE posterior."""
+        per_text = self.split_units(texts)
+        latents = self.unit_latents([u for units in per_text for u in units], batch_size, sample)
         max_segments = max(len(u) for u in per_text)
         out = torch.zeros(len(texts), max_segments, *self.latent_shape, device=self.device)
         segment_mask = torch.zeros(len(texts), max_segments, dtype=torch.bool, device=self.device)
@@ -167,6 +193,8 @@ class ParagraphAutoencoder(nn.Module):
     def decode(self, encoded: EncodedText, batch_size: int = 64, max_new_tokens: Optional[int] = None, **generate_kwargs) -> list[str]:
         """Latents -> texts. All segments of all texts decode in parallel, then rejoin in order."""
         flat = encoded.latents[encoded.segment_mask]  # (N, k, d) in row-major order
+        if self.config.latent_type == "pooled":  # back onto the sphere the decoder was trained on (sampled
+            flat = torch.nn.functional.normalize(flat, dim=-1) * math.sqrt(flat.shape[-1])  # latents drift off it)
         generate_kwargs.setdefault("do_sample", False)
         generate_kwargs.setdefault("num_beams", 1)
         generate_kwargs.setdefault("pad_token_id", _pad_id(self.decoder_tokenizer))
@@ -196,24 +224,44 @@ class ParagraphAutoencoder(nn.Module):
                 "encoder_hf_config": self.encoder.hf_config,
                 "decoder_hf_config": self.decoder.hf_config,
             }
+            external = [name for name in ("encoder", "decoder") if getattr(self, name).external]
+            if external:  # frozen pretrained weights reload from name_or_path: save the trained ones only
+                meta["external_parts"] = external
+                save_file(self._saved_state(), str(tmp / WEIGHTS_NAME))
+            else:
+                save_model(self, str(tmp / WEIGHTS_NAME))
             (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
-            save_model(self, str(tmp / WEIGHTS_NAME))
             self.encoder_tokenizer.save_pretrained(tmp / "encoder_tokenizer")
             self.decoder_tokenizer.save_pretrained(tmp / "decoder_tokenizer")
+
+    def _saved_state(self) -> dict[str, torch.Tensor]:
+        """The state dict without the external parts' frozen base weights (their LoRA weights stay), one
+        name per shared (tied) tensor as safetensors' `save_model` keeps them (`load_model` restores the ties)."""
+        state, seen = {}, set()
+        for name, tensor in self.state_dict().items():
+            part, _, rest = name.partition(".model.")
+            storage = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+            if (part in ("encoder", "decoder") and rest and not getattr(self, part).saved_weight(rest)) or storage in seen:
+                continue
+            seen.add(storage)
+            state[name] = tensor.contiguous()
+        return state
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "ParagraphAutoencoder":
         path = Path(path)
         meta = read_autoencoder_meta(path)
         config = config_from_dict(AutoencoderConfig, meta["autoencoder"], f"{path / CONFIG_NAME}")
-        model = cls(
+        external = meta.get("external_parts", [])
+        model = cls(  # external parts load their pretrained weights, the rest is built from the saved configs
             config,
             AutoTokenizer.from_pretrained(path / "encoder_tokenizer"),
             AutoTokenizer.from_pretrained(path / "decoder_tokenizer"),
-            meta["encoder_hf_config"],
-            meta["decoder_hf_config"],
+            None if "encoder" in external else meta["encoder_hf_config"],
+            None if "decoder" in external else meta["decoder_hf_config"],
         )
         missing, unexpected = load_model(model, str(path / WEIGHTS_NAME), strict=False)
+        missing = [name for name in missing if name in model._saved_state()]  # external base weights are not in the file
         if missing or unexpected:
             raise LatentDLMError(
                 f"weights in {path} do not fit the saved architecture "
@@ -236,6 +284,14 @@ def read_autoencoder_meta(path: Path) -> dict:
     if meta.get("model_type") != MODEL_TYPE:
         raise LatentDLMError(f"{path} holds a '{meta.get('model_type')}', not a latentdlm paragraph autoencoder")
     return meta
+
+
+def pooled_embedding(states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean over real tokens, L2-normalised (the sentence-transformers embedding), scaled to norm sqrt(d)
+    so that each coordinate is of unit scale, as LD4LG's normalised latents."""
+    mask = attention_mask.unsqueeze(-1).to(states.dtype)
+    mean = (states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+    return torch.nn.functional.normalize(mean, dim=-1) * math.sqrt(states.shape[-1])
 
 
 def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:

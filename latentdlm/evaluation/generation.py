@@ -7,12 +7,12 @@ sentence encoder (MiniLM from its PyPI package by default; never raw text, which
 from __future__ import annotations
 
 import functools
-import os
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
 from latentdlm.errors import LatentDLMError
+from latentdlm.io import cache_dir as latentdlm_cache
 
 
 def _words(text: str) -> list[str]:
@@ -61,7 +61,7 @@ def mpnet_path(cache_dir: Optional[str] = None) -> str:
     import zipfile
     from pathlib import Path
 
-    cache = Path(cache_dir or os.environ.get("LATENTDLM_CACHE", Path.home() / ".cache" / "latentdlm"))
+    cache = Path(cache_dir) if cache_dir else latentdlm_cache()
     folder = cache / "all-mpnet-base-v2"
     if (folder / "modules.json").exists():
         return str(folder)

@@ -1,8 +1,10 @@
-"""Reconstruction quality: corpus BLEU (sacrebleu) and exact-match rate."""
+"""Reconstruction quality: corpus BLEU (sacrebleu), exact-match rate, and meaning (sentence-embedding cosine)."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
+
+import numpy as np
 
 import sacrebleu
 
@@ -22,3 +24,16 @@ def reconstruction_metrics(references: Sequence[str], hypotheses: Sequence[str])
     bleu = sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score
     exact = sum(_normalise(r) == _normalise(h) for r, h in zip(references, hypotheses)) / len(references)
     return {"bleu": bleu, "exact_match": exact}
+
+
+def meaning_similarity(references: Sequence[str], hypotheses: Sequence[str], feature_model: Optional[str] = None) -> float:
+    """Mean cosine between the sentence embeddings of each reference and its reconstruction (MiniLM by
+    default, "mpnet" for all-mpnet-base-v2): the meaning kept, whatever the wording."""
+    from latentdlm.evaluation.generation import sentence_features
+
+    if len(references) != len(hypotheses) or not references:
+        raise LatentDLMError(f"{len(references)} references but {len(hypotheses)} reconstructions")
+    a, b = sentence_features(references, feature_model), sentence_features(hypotheses, feature_model)
+    a /= np.linalg.norm(a, axis=1, keepdims=True).clip(1e-8)
+    b /= np.linalg.norm(b, axis=1, keepdims=True).clip(1e-8)
+    return float((a * b).sum(axis=1).mean())

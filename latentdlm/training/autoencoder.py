@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from latentdlm.autoencoder.build import build_autoencoder
 from latentdlm.autoencoder.config import AutoencoderConfig
+from latentdlm.autoencoder.embedding_cache import unit_embeddings, uses_embedding_cache
 from latentdlm.autoencoder.model import ParagraphAutoencoder
 from latentdlm.autoencoder.objective import AutoencoderObjective, ObjectiveConfig, latent_usage_gap
 from latentdlm.config import save_config
@@ -60,7 +61,9 @@ def load_corpus(data: TextDataConfig, seed: int) -> tuple[list[str], list[str]]:
 
 
 class UnitDataset(torch.utils.data.Dataset):
-    def __init__(self, encoder_ids: list[list[int]], decoder_ids: list[list[int]]):
+    """(encoder input, decoder target) pairs; the encoder input is token ids, or a cached latent."""
+
+    def __init__(self, encoder_ids: list, decoder_ids: list[list[int]]):
         self.encoder_ids, self.decoder_ids = encoder_ids, decoder_ids
 
     def __len__(self) -> int:
@@ -74,9 +77,15 @@ def make_dataloader(model: ParagraphAutoencoder, texts: list[str], batch_size: i
     """Every unit (a segment, or a whole paragraph) of every text is one example."""
     units = [u for per_text in model.split_units(texts) for u in per_text]
     tokens = model.tokenize(units)
-    dataset = UnitDataset(tokens.encoder_ids, tokens.decoder_ids)
+    if uses_embedding_cache(model):  # a frozen pooled encoder: its latents are computed once, not every step
+        dataset = UnitDataset(unit_embeddings(model, units), tokens.decoder_ids)
+        collate = lambda items: {  # noqa: E731
+            **model.collate(None, [b for _, b in items]), "latents": torch.stack([a for a, _ in items]),
+        }
+    else:
+        dataset = UnitDataset(tokens.encoder_ids, tokens.decoder_ids)
+        collate = lambda items: model.collate([a for a, _ in items], [b for _, b in items])  # noqa: E731
     sampler = LengthGroupedSampler([len(ids) for ids in tokens.decoder_ids], batch_size, seed)
-    collate = lambda items: model.collate([a for a, _ in items], [b for _, b in items])  # noqa: E731
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate, num_workers=num_workers, drop_last=True,
         generator=torch.Generator().manual_seed(seed),  # keeps the global RNG (restored on resume) untouched
@@ -114,7 +123,9 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, resume: bool = False, cpu: bo
         build_autoencoder(cfg.model, train_texts).save_pretrained(out / INITIAL_NAME)
     accelerator.wait_for_everyone()
     model = ParagraphAutoencoder.from_pretrained(out / INITIAL_NAME)  # same tokenizer and init on every rank
-    accelerator.print(f"autoencoder: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters")
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    accelerator.print(f"autoencoder: {trainable / 1e6:.2f} M trainable parameters, {frozen / 1e6:.1f} M frozen")
 
     objective = AutoencoderObjective(model, cfg.objective)
     loader = make_dataloader(model, train_texts, cfg.training.batch_size, cfg.training.seed, cfg.training.num_workers)

