@@ -34,10 +34,12 @@ TARGET = ROOT / "latentdlm/data/adapters/minilm_smollm2_concept"
 
 
 def install(autoencoder: Path, target: Path, record: dict) -> None:
-    """Copy the saved autoencoder into the package with its weights in bfloat16 (half the size)."""
+    """Copy the saved autoencoder (and its run's training curves) into the package with its weights in
+    bfloat16 (half the size)."""
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(autoencoder, tmp)
+    shutil.copy(autoencoder.parent / "training_curves.png", tmp / "training_curves.png")
     weights = load_file(str(tmp / "model.safetensors"))
     save_file({k: v.to(torch.bfloat16).contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"))
     (tmp / "TRAINING.json").write_text(json.dumps(record, indent=2) + "\n")
