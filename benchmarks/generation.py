@@ -95,15 +95,20 @@ def timed(fn):
     return result, time.perf_counter() - start
 
 
-def load_results() -> dict:
-    return json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+def load_results(path: Path = RESULTS) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def write_results(path: Path, results: dict, summarize, draw) -> None:
+    """The merged results with their fresh `summary`, and the plot beside them (.png)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    results["summary"] = summarize(results)
+    path.write_text(json.dumps(results, indent=2))
+    draw(results, path.with_suffix(".png"))
 
 
 def save_results(results: dict) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    results["summary"] = summary(results)
-    RESULTS.write_text(json.dumps(results, indent=2))
-    plot(results, RESULTS.with_suffix(".png"))
+    write_results(RESULTS, results, summary, plot)
 
 
 class Splits:
