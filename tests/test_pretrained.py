@@ -194,6 +194,7 @@ def test_flagship_demo_on_stand_ins_trains_the_dit_on_cached_embeddings(stand_in
     concept_dm = Path(__file__).resolve().parents[1] / "configs/diffusion/concept.yaml"
     save_config(load_config(DiffusionTrainConfig, concept_dm, tiny_diffusion_overrides("unused", "unused", **{"denoiser.patch_size": 1})), preset)
     monkeypatch.setattr(latentdlm.demo, "ADAPTER", adapter)
+    monkeypatch.setattr(latentdlm.demo, "FLAGSHIP_PACKAGES", {})  # the stand-ins need none of the model packages
     monkeypatch.setitem(latentdlm.demo.PRESETS, "flagship", {"diffusion": preset, "minutes": 1.0})
     out = tmp_path / "demo"
     assert main(["demo", "--output-dir", str(out), "--num-samples", "2"]) == 0
