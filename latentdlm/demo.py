@@ -132,8 +132,9 @@ def flagship_autoencoder_section(out: Path) -> list[str]:
     lines = [
         "Frozen all-MiniLM-L6-v2 sentence embeddings are the latents (one 384-d vector per sentence); "
         "SmolLM2-135M inverts them through an 8-vector prefix and LoRA. That decoder adapter ships with the "
-        f"package: `{record['command']}` trained it for {record['training_minutes']} minutes "
-        f"({record['final_step']} steps) on the bundled corpus.", "",
+        f"package: `{record['command']}` trained it for {record.get('train_loop_minutes', record['training_minutes'])} minutes "
+        f"({record['final_step']} steps; {record['training_minutes']} minutes of wall clock with the one-off corpus "
+        "embedding and evaluations) on the bundled corpus.", "",
         f"Held-out reconstruction ({held_out['texts']} texts): BLEU {held_out['bleu']:.1f}, exact match "
         f"{held_out['exact_match']:.1%}, meaning kept (MiniLM cosine) {held_out['meaning_cosine_minilm']:.3f}.", "",
     ]
