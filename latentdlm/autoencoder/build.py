@@ -9,14 +9,14 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from latentdlm.autoencoder.config import AutoencoderConfig, PartConfig
 from latentdlm.autoencoder.model import ParagraphAutoencoder
-from latentdlm.autoencoder.parts import gguf_folder, resolve_model_path
+from latentdlm.autoencoder.parts import pretrained_source
 from latentdlm.data.tokenization import train_bpe_tokenizer
 from latentdlm.errors import LatentDLMError
 
 
 def _pretrained_tokenizer(name_or_path: str, gguf_file: str | None = None) -> PreTrainedTokenizerBase:
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf_folder(name_or_path, gguf_file)) if gguf_file else resolve_model_path(name_or_path))
+        tokenizer = AutoTokenizer.from_pretrained(pretrained_source(name_or_path, gguf_file))
     except (OSError, ValueError) as exc:
         raise LatentDLMError(f"cannot load a tokenizer from '{name_or_path}': {str(exc).splitlines()[0]}") from None
     if tokenizer.pad_token is None:  # GPT-2 / Llama style: pad with eos (labels mask it out anyway)

@@ -36,15 +36,13 @@ def _cache_path(model, units: Sequence[str]):
     return cache_dir() / "embeddings" / f"{digest.hexdigest()[:32]}.safetensors"
 
 
-@torch.no_grad()
 def unit_embeddings(model, units: Sequence[str], batch_size: int = 128) -> torch.Tensor:
-    """The latents (N, 1, d) of `units` under a pooled frozen encoder, from the cache or computed once."""
+    """The latents (N, 1, d) of `units` under a pooled frozen encoder, from the cache or computed once
+    (a frozen part stays in eval mode, and nothing else runs before the pooled latent)."""
     path = _cache_path(model, units)
     if path.exists():
         return load_file(str(path))["latents"]
-    was_training = model.training
-    latents = model.eval().unit_latents(units, batch_size, progress=True).float().cpu()
-    model.train(was_training)
+    latents = model.unit_latents(units, batch_size, progress=True).float().cpu()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     save_file({"latents": latents.contiguous()}, str(tmp))

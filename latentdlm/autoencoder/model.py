@@ -193,8 +193,8 @@ class ParagraphAutoencoder(nn.Module):
     def decode(self, encoded: EncodedText, batch_size: int = 64, max_new_tokens: Optional[int] = None, **generate_kwargs) -> list[str]:
         """Latents -> texts. All segments of all texts decode in parallel, then rejoin in order."""
         flat = encoded.latents[encoded.segment_mask]  # (N, k, d) in row-major order
-        if self.config.latent_type == "pooled":  # back onto the sphere the decoder was trained on (sampled
-            flat = torch.nn.functional.normalize(flat, dim=-1) * math.sqrt(flat.shape[-1])  # latents drift off it)
+        if self.config.latent_type == "pooled":  # sampled latents drift off the sphere the decoder was trained on
+            flat = onto_sphere(flat)
         generate_kwargs.setdefault("do_sample", False)
         generate_kwargs.setdefault("num_beams", 1)
         generate_kwargs.setdefault("pad_token_id", _pad_id(self.decoder_tokenizer))
@@ -290,8 +290,12 @@ def pooled_embedding(states: torch.Tensor, attention_mask: torch.Tensor) -> torc
     """Mean over real tokens, L2-normalised (the sentence-transformers embedding), scaled to norm sqrt(d)
     so that each coordinate is of unit scale, as LD4LG's normalised latents."""
     mask = attention_mask.unsqueeze(-1).to(states.dtype)
-    mean = (states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-    return torch.nn.functional.normalize(mean, dim=-1) * math.sqrt(states.shape[-1])
+    return onto_sphere((states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0))
+
+
+def onto_sphere(vectors: torch.Tensor) -> torch.Tensor:
+    """Each vector rescaled to norm sqrt(d): where pooled latents live."""
+    return torch.nn.functional.normalize(vectors, dim=-1) * math.sqrt(vectors.shape[-1])
 
 
 def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:

@@ -69,9 +69,9 @@ def gguf_folder(name_or_path: str, gguf_file: str) -> Path:
     return folder
 
 
-def pretrained_source(part: PartConfig) -> str:
-    """Where a pretrained part's weights and tokenizer load from (a GGUF file goes through its converted folder)."""
-    return str(gguf_folder(part.name_or_path, part.gguf_file)) if part.gguf_file else resolve_model_path(part.name_or_path)
+def pretrained_source(name_or_path: str, gguf_file: Optional[str] = None) -> str:
+    """Where pretrained weights and their tokenizer load from (a GGUF file goes through its converted folder)."""
+    return str(gguf_folder(name_or_path, gguf_file)) if gguf_file else resolve_model_path(name_or_path)
 
 
 def config_from_dict(values: dict[str, Any]):
@@ -90,7 +90,7 @@ def _load(auto_cls, part: PartConfig, hf_config: Optional[dict]):
     if hf_config is not None or part.name_or_path is None:
         return auto_cls.from_config(config_from_dict(hf_config if hf_config is not None else part.config))
     try:
-        return auto_cls.from_pretrained(pretrained_source(part), **part.config)
+        return auto_cls.from_pretrained(pretrained_source(part.name_or_path, part.gguf_file), **part.config)
     except (OSError, ValueError) as exc:
         raise LatentDLMError(f"cannot load '{part.name_or_path}': {str(exc).splitlines()[0]}") from None
 
@@ -136,6 +136,14 @@ class _Part(nn.Module):
         """Whether the weight `name` (relative to `self.model`) belongs in a saved autoencoder."""
         return not self.external or LORA_MARK in name
 
+    def _adopt(self, model: nn.Module, part: PartConfig) -> None:
+        """Hold the loaded HF model as this part (frozen, with LoRA, as `part` says) and read its shape."""
+        self.model = _frozen(model, part)
+        self.frozen = part.freeze
+        self.external = part.freeze and part.name_or_path is not None
+        self.hf_config = _config_dict(model)
+        self.hidden_size = _hidden_size(model.config)
+
     def train(self, mode: bool = True) -> "_Part":
         super().train(mode)
         if self.frozen:
@@ -158,11 +166,7 @@ class TextEncoder(_Part):
             model = model.get_encoder()
         if getattr(model, "pooler", None) is not None:  # BERT-style pooler: unused, and DDP rejects unused weights
             model.pooler = None
-        self.model = _frozen(model, part)
-        self.frozen = part.freeze
-        self.external = part.freeze and part.name_or_path is not None
-        self.hf_config = _config_dict(model)
-        self.hidden_size = _hidden_size(model.config)
+        self._adopt(model, part)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -203,11 +207,7 @@ class TextDecoder(_Part):
         model = _load(AutoModelForSeq2SeqLM if part.kind == "seq2seq" else AutoModelForCausalLM, part, hf_config)
         if part.kind == "seq2seq":
             _drop_encoder(model)
-        self.model = _frozen(model, part)
-        self.frozen = part.freeze
-        self.external = part.freeze and part.name_or_path is not None
-        self.hf_config = _config_dict(model)
-        self.hidden_size = _hidden_size(model.config)
+        self._adopt(model, part)
 
     @property
     def start_token_id(self) -> int:

@@ -132,11 +132,14 @@ def consecutive_cosine(texts: Sequence[str], split, feature_model: Optional[str]
     pairs = [(a, b) for text in texts for a, b in zip(split(text), split(text)[1:])]
     if not pairs:
         return 0.0
-    firsts = sentence_features([a for a, _ in pairs], feature_model)
-    seconds = sentence_features([b for _, b in pairs], feature_model)
-    firsts /= np.linalg.norm(firsts, axis=1, keepdims=True).clip(1e-8)
-    seconds /= np.linalg.norm(seconds, axis=1, keepdims=True).clip(1e-8)
-    return float((firsts * seconds).sum(axis=1).mean())
+    return mean_cosine(sentence_features([a for a, _ in pairs], feature_model), sentence_features([b for _, b in pairs], feature_model))
+
+
+def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean cosine between the rows of `a` and the matching rows of `b`."""
+    a = a / np.linalg.norm(a, axis=1, keepdims=True).clip(1e-8)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True).clip(1e-8)
+    return float((a * b).sum(axis=1).mean())
 
 
 def coherence_ratio(cosine: float, random_cosine: float, real_cosine: float) -> float:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-import numpy as np
-
 import sacrebleu
 
 from latentdlm.errors import LatentDLMError
@@ -29,11 +27,8 @@ def reconstruction_metrics(references: Sequence[str], hypotheses: Sequence[str])
 def meaning_similarity(references: Sequence[str], hypotheses: Sequence[str], feature_model: Optional[str] = None) -> float:
     """Mean cosine between the sentence embeddings of each reference and its reconstruction (MiniLM by
     default, "mpnet" for all-mpnet-base-v2): the meaning kept, whatever the wording."""
-    from latentdlm.evaluation.generation import sentence_features
+    from latentdlm.evaluation.generation import mean_cosine, sentence_features
 
     if len(references) != len(hypotheses) or not references:
         raise LatentDLMError(f"{len(references)} references but {len(hypotheses)} reconstructions")
-    a, b = sentence_features(references, feature_model), sentence_features(hypotheses, feature_model)
-    a /= np.linalg.norm(a, axis=1, keepdims=True).clip(1e-8)
-    b /= np.linalg.norm(b, axis=1, keepdims=True).clip(1e-8)
-    return float((a * b).sum(axis=1).mean())
+    return mean_cosine(sentence_features(references, feature_model), sentence_features(hypotheses, feature_model))

@@ -324,7 +324,6 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: bool = False, cpu: bool =
                         collate_fn=lambda items: collate_latents(items, condition_encoder),
                         generator=torch.Generator().manual_seed(cfg.training.seed))
 
-    # a text-conditioned run trains the DiT and (unless frozen) its condition encoder as one module
     # a trainable condition encoder trains with the DiT as one module; a frozen one was cached above
     reads_sources = condition_encoder is not None and not condition_encoder.config.freeze
     trainee = ConditionedObjective(denoiser, condition_encoder, train_scheduler, cfg.objective) if reads_sources else denoiser
