@@ -24,7 +24,6 @@ import argparse
 import json
 import random
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -32,7 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from generation import last_record, run_cli, train_for_minutes  # noqa: E402
+from generation import last_record, run_cli, timed, train_for_minutes  # noqa: E402
 from latentdlm.data.segmentation import SentenceSegmenter  # noqa: E402
 from latentdlm.data.sources import data_root, load_pairs  # noqa: E402
 from latentdlm.evaluation.summarization import rouge_scores  # noqa: E402
@@ -122,16 +121,43 @@ def ar_baseline(pipe, train_pairs, test_docs, minutes: float, batch_size: int = 
     return info, outputs
 
 
-# ---- one dataset ----------------------------------------------------------------------------------
-def run_dataset(name: str, args, work: Path) -> dict:
-    from latentdlm.pipelines.latent_text import LatentDiffusionTextPipeline
-    from latentdlm.summarize import summarize
-
+def split_pairs(name: str, num_test: int, num_validation: int, train_limit: int) -> tuple[list, list, list]:
+    """(train, validation, test) (document, summary) pairs: shuffled with seed 0, test last, validation before it."""
     path, source_col, target_col = DATASETS[name]
     pairs = load_pairs(str(data_root() / path), source_col, target_col)
     random.Random(0).shuffle(pairs)  # debian is sorted by package name: a tail split would be all z*
-    test, validation = pairs[-args.num_test :], pairs[-args.num_test - args.num_validation : -args.num_test]
-    train = pairs[: -args.num_test - args.num_validation][: args.train_limit]
+    test, validation = pairs[-num_test:], pairs[-num_test - num_validation : -num_test]
+    return pairs[: -num_test - num_validation][:train_limit], validation, test
+
+
+def lead1(documents: list[str]) -> list[str]:
+    segmenter = SentenceSegmenter()
+    return [(segmenter.split(d) or [d])[0] for d in documents]
+
+
+def guided_summaries(pipe, validation: list, test: list) -> dict:
+    """The guidance scale chosen on the validation pairs (one sample per document, ROUGE-L), then the test
+    pairs scored once at that scale with 5 candidates and the minimum-Bayes-risk choice."""
+    from latentdlm.summarize import summarize
+
+    sweep = []
+    val_docs, val_refs = [s for s, _ in validation], [t for _, t in validation]
+    for scale in SCALES:
+        outputs, seconds = timed(lambda: summarize(pipe, val_docs, 1, 20, guidance_scale=scale, seed=0, show_progress=False))
+        sweep.append({"split": "validation", "guidance_scale": scale, "seconds": seconds,
+                      **rouge_scores(outputs, val_refs), "examples": outputs[:3]})
+        print(json.dumps({k: v for k, v in sweep[-1].items() if k != "examples"}), flush=True)
+    best = max(sweep, key=lambda r: r["rougeL"])["guidance_scale"]
+    outputs = summarize(pipe, [s for s, _ in test], 5, 20, guidance_scale=best, seed=0, show_progress=False)
+    return {"sweep": sweep, "latentdlm_mbr5": {"guidance_scale": best, **rouge_scores(outputs, [t for _, t in test]),
+                                                "examples": outputs[:3]}}
+
+
+# ---- one dataset ----------------------------------------------------------------------------------
+def run_dataset(name: str, args, work: Path) -> dict:
+    from latentdlm.pipelines.latent_text import LatentDiffusionTextPipeline
+
+    train, validation, test = split_pairs(name, args.num_test, args.num_validation, args.train_limit)
     work.mkdir(parents=True, exist_ok=True)
     train_file = write_jsonl(work / "train.jsonl", [{"source": s, "target": t} for s, t in train])
     docs, refs = [s for s, _ in test], [t for _, t in test]
@@ -155,19 +181,8 @@ def run_dataset(name: str, args, work: Path) -> dict:
     result["diffusion"] = last_record(work / "diffusion")
 
     pipe = LatentDiffusionTextPipeline.from_pretrained(work / "diffusion" / "pipeline")
-    result["sweep"] = []  # on the validation pairs: the test pairs are scored once, at the chosen scale
-    val_docs, val_refs = [s for s, _ in validation], [t for _, t in validation]
-    for scale in SCALES:
-        start = time.perf_counter()
-        outputs = summarize(pipe, val_docs, 1, 20, guidance_scale=scale, seed=0, show_progress=False)
-        result["sweep"].append({"split": "validation", "guidance_scale": scale, "seconds": time.perf_counter() - start,
-                                **rouge_scores(outputs, val_refs), "examples": outputs[:3]})
-        print(json.dumps({k: v for k, v in result["sweep"][-1].items() if k != "examples"}), flush=True)
-    best = max(result["sweep"], key=lambda r: r["rougeL"])["guidance_scale"]
-    outputs = summarize(pipe, docs, 5, 20, guidance_scale=best, seed=0, show_progress=False)
-    result["latentdlm_mbr5"] = {"guidance_scale": best, **rouge_scores(outputs, refs), "examples": outputs[:3]}
-    segmenter = SentenceSegmenter()
-    result["lead1"] = rouge_scores([(segmenter.split(d) or [d])[0] for d in docs], refs)
+    result.update(guided_summaries(pipe, validation, test))
+    result["lead1"] = rouge_scores(lead1(docs), refs)
 
     budget = result["autoencoder"]["train_minutes"] + result["diffusion"]["train_minutes"]
     print(f"== {name}: AR baseline, {budget:.1f} min", flush=True)

@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
+from latentdlm.cli_latent import add_latent_commands
 from latentdlm.errors import LatentDLMError
 
 
@@ -72,11 +73,16 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
     _check_output(args.output)
     pipe = LatentDiffusionTextPipeline.from_pretrained(args.model)
+    classifier = None
+    if args.classifier:
+        from latentdlm.diffusion.classifier import LatentClassifier
+
+        classifier = LatentClassifier.load(args.classifier)
     output = pipe(
         num_samples=args.num_samples, num_inference_steps=args.steps, scheduler=args.scheduler, seed=args.seed,
         class_labels=args.class_label, conditions=args.condition, guidance_scale=args.guidance_scale,
         guidance_rescale=args.guidance_rescale, num_segments=args.num_segments, batch_size=args.batch_size,
-        **_decoding(args),
+        classifier=classifier, classifier_scale=args.classifier_scale, **_decoding(args),
     )
     if args.output:
         _write_jsonl(args.output, [{"text": text, "class_label": args.class_label, "condition": args.condition}
@@ -210,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-segments", type=int, help="number of sentence segments (segment-mode models)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--output", help="write {text, class_label, condition} lines to this jsonl file instead of printing")
+    p.add_argument("--classifier", help="classifier guidance: a latent classifier folder (scripts/train_latent_classifier.py); "
+                   "--class-label then names its class")
+    p.add_argument("--classifier-scale", type=float, default=1.0, help="the classifier gradient's scale (0 = none)")
     _add_decoding_flags(p)
     p.set_defaults(func=cmd_generate)
 
@@ -232,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, help="samples per sampling batch (candidates included)")
     _add_decoding_flags(p)
     p.set_defaults(func=cmd_summarize)
+
+    add_latent_commands(sub, _add_decoding_flags, _check_output, _write_jsonl, _decoding)
 
     p = sub.add_parser("demo", help="the embedded default: train a latent DiT on the bundled corpus and generate "
                                      "(flagship: MiniLM -> SmolLM2 with the shipped decoder adapter; tiny: all from scratch)")

@@ -190,8 +190,10 @@ class ParagraphAutoencoder(nn.Module):
         return EncodedText(out, segment_mask)
 
     @torch.no_grad()
-    def decode(self, encoded: EncodedText, batch_size: int = 64, max_new_tokens: Optional[int] = None, **generate_kwargs) -> list[str]:
-        """Latents -> texts. All segments of all texts decode in parallel, then rejoin in order."""
+    def decode(self, encoded: EncodedText, batch_size: int = 64, max_new_tokens: Optional[int] = None, joined: bool = True,
+               **generate_kwargs) -> list[str] | list[list[str]]:
+        """Latents -> texts. All segments of all texts decode in parallel, then rejoin in order (`joined`
+        False: each text's list of decoded segments)."""
         flat = encoded.latents[encoded.segment_mask]  # (N, k, d) in row-major order
         if self.config.latent_type == "pooled":  # sampled latents drift off the sphere the decoder was trained on
             flat = onto_sphere(flat)
@@ -206,9 +208,9 @@ class ParagraphAutoencoder(nn.Module):
             pieces += [t.strip() for t in self.decoder_tokenizer.batch_decode(ids, skip_special_tokens=True)]
         texts, start = [], 0
         for count in encoded.segment_mask.sum(dim=1).tolist():
-            texts.append(" ".join(p for p in pieces[start : start + count] if p))
+            texts.append(pieces[start : start + count])
             start += count
-        return texts
+        return [" ".join(p for p in segments if p) for segments in texts] if joined else texts
 
     def reconstruct(self, texts: Sequence[str], batch_size: int = 64) -> list[str]:
         return self.decode(self.encode(texts, batch_size), batch_size)

@@ -34,3 +34,47 @@ def plot_training_curves(metrics_path: str | Path, png_path: str | Path, title: 
     fig.savefig(png_path, dpi=110)
     plt.close(fig)
     return Path(png_path)
+
+
+def paragraph_vectors(latents, segment_mask):
+    """(N, S, k, d) latents with their (N, S) mask -> one vector per text: the mean of its segments' k x d latents."""
+    flat = latents.reshape(*latents.shape[:2], -1)
+    keep = segment_mask[..., None].to(flat.dtype)
+    return ((flat * keep).sum(dim=1) / keep.sum(dim=1).clamp_min(1)).numpy()
+
+
+def plot_latent_map(png_path: str | Path, background=None, background_labels=None, path=None, path_labels=None,
+                    title: str = "latent space (PCA)") -> Path:
+    """A PCA map (scikit-learn) of paragraph vectors: `background` (N, D) points coloured by
+    `background_labels` (classes or sources), and an interpolation `path` (P, D) drawn on top as a line
+    with its points annotated by `path_labels` (e.g. t). The PCA is fitted on everything shown."""
+    import matplotlib
+    import numpy as np
+    from sklearn.decomposition import PCA
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    parts = [p for p in (background, path) if p is not None and len(p)]
+    if not parts:
+        raise ValueError("nothing to plot: give background points, a path, or both")
+    pca = PCA(n_components=2, random_state=0).fit(np.concatenate(parts))
+    fig, ax = plt.subplots(figsize=(6.4, 5.2))
+    if background is not None and len(background):
+        xy = pca.transform(background)
+        labels = list(background_labels) if background_labels is not None else ["texts"] * len(xy)
+        for name in sorted(set(labels), key=str):
+            rows = [i for i, label in enumerate(labels) if label == name]
+            ax.scatter(xy[rows, 0], xy[rows, 1], s=8, alpha=0.5, label=str(name))
+    if path is not None and len(path):
+        xy = pca.transform(path)
+        ax.plot(xy[:, 0], xy[:, 1], "-o", color="black", markersize=4, linewidth=1.2, label="interpolation path")
+        for i, label in enumerate(path_labels if path_labels is not None else range(len(xy))):
+            ax.annotate(str(label), xy[i], fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ratio = pca.explained_variance_ratio_
+    ax.set(title=title, xlabel=f"PC1 ({ratio[0]:.0%} of variance)", ylabel=f"PC2 ({ratio[1]:.0%})")
+    ax.legend(fontsize=7, markerscale=1.5)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=120)
+    plt.close(fig)
+    return Path(png_path)

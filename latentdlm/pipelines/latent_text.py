@@ -23,10 +23,13 @@ from latentdlm import __version__
 from latentdlm.autoencoder.model import EncodedText, ParagraphAutoencoder
 from latentdlm.diffusion.condition import ConditionEncoder
 from latentdlm.diffusion.denoiser import LatentDiT
-from latentdlm.diffusion.sampling import sample_latents
+from latentdlm.diffusion.classifier import LatentClassifier, check_classifier, classifier_labels
+from latentdlm.diffusion.sampling import ClassifierGuidance, sample_latents
 from latentdlm.diffusion.schedulers import SCHEDULERS, make_scheduler, scheduler_name
 from latentdlm.errors import LatentDLMError
 from latentdlm.io import atomic_directory
+from latentdlm.pipelines import latent_edits
+from latentdlm.pipelines.latent_edits import InfillOutput, InterpolationOutput
 
 INDEX_NAME = "model_index.json"
 PARTS = ("autoencoder", "denoiser", "scheduler")
@@ -51,6 +54,11 @@ def check_decoding(settings: dict) -> dict:
     if top_p is not None and (not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
         raise LatentDLMError(f"top-p must be within (0, 1], got {top_p}")
     return dict(settings)
+
+
+def given_decoding(settings: dict) -> dict:
+    """The decoder settings a call gives (None: the pipeline's default), checked."""
+    return check_decoding({key: value for key, value in settings.items() if value is not None})
 
 
 @dataclass
@@ -89,6 +97,8 @@ class LatentDiffusionTextPipeline(DiffusionPipeline):
         no_repeat_ngram_size: Optional[int] = None,
         repetition_penalty: Optional[float] = None,
         top_p: Optional[float] = None,
+        classifier: Optional[LatentClassifier] = None,
+        classifier_scale: float = 1.0,
     ) -> LatentTextOutput:
         """Sample `num_samples` texts. `scheduler` swaps the sampler by name (ddpm, ddim, dpm);
         `class_labels` is one label for all samples or one per sample (names or indices); `conditions`
@@ -97,7 +107,13 @@ class LatentDiffusionTextPipeline(DiffusionPipeline):
         segments (segment-mode models; default: drawn from the training distribution). The decoder's
         settings `decode_beams` (1: greedy), `no_repeat_ngram_size` (0: off), `repetition_penalty` (1: off)
         and `top_p` (nucleus sampling when set, repeatable through `seed`/`generator`) default to
-        `self.decoding`, the pipeline's saved defaults, when None."""
+        `self.decoding`, the pipeline's saved defaults, when None. With a `classifier` (a
+        `LatentClassifier` trained on this pipeline's latents) the `class_labels` are its classes and its
+        gradient steers sampling, scaled by `classifier_scale` (classifier guidance)."""
+        steering = None
+        if classifier is not None:
+            check_classifier(classifier, self.denoiser)
+            steering, class_labels = classifier_labels(classifier, class_labels, num_samples), None
         conditions = self._check_conditions(conditions, num_samples)
         decoding = {**self.decoding, **{key: value for key, value in dict(
             decode_beams=decode_beams, no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty,
@@ -136,6 +152,7 @@ class LatentDiffusionTextPipeline(DiffusionPipeline):
                 latents = sample_latents(
                     self.denoiser, sampler, segment_mask.repeat_interleave(k, dim=1), num_inference_steps,
                     generators[start : start + size], condition_kwargs, guidance_scale, guidance_rescale, progress,
+                    classifier=None if steering is None else ClassifierGuidance(classifier, steering[start : start + size], classifier_scale),
                 )
                 latents = self.denoiser.denormalize(latents).reshape(size, -1, k, self.denoiser.config.latent_dim)
                 # every segment of the chunk in one decoder batch: one generate loop, not several
@@ -182,11 +199,12 @@ class LatentDiffusionTextPipeline(DiffusionPipeline):
             raise LatentDLMError(f"{len(class_labels)} class labels for {num_samples} samples")
         return torch.tensor([denoiser.class_index(label) for label in class_labels], device=self.device)
 
-    def _decode(self, encoded: EncodedText, batch_size: int, decoding: dict, generator: torch.Generator) -> list[str]:
+    def _decode(self, encoded: EncodedText, batch_size: int, decoding: dict, generator: torch.Generator,
+                joined: bool = True) -> list[str] | list[list[str]]:
         """The decoder with the call's settings; top-p sampling draws from a seed taken from `generator`
         (repeatable with the pipeline's seed) on a forked global RNG (which `generate` samples from)."""
         kwargs = dict(num_beams=decoding["decode_beams"], no_repeat_ngram_size=decoding["no_repeat_ngram_size"],
-                      repetition_penalty=decoding["repetition_penalty"], do_sample=decoding["top_p"] is not None)
+                      repetition_penalty=decoding["repetition_penalty"], do_sample=decoding["top_p"] is not None, joined=joined)
         if not kwargs["do_sample"]:
             return self.autoencoder.decode(encoded, batch_size=batch_size, **kwargs)
         kwargs.update(top_p=decoding["top_p"], top_k=0)  # nucleus sampling only, without generate's default top-k 50
@@ -224,6 +242,61 @@ class LatentDiffusionTextPipeline(DiffusionPipeline):
             conditions.get("class_labels"), conditions.get("condition_states"), conditions.get("condition_mask"), len(generators),
         ).to(self.device)
         return torch.stack([torch.multinomial(p, 1, generator=g)[0] for p, g in zip(probs, generators)]) + 1
+
+    # ---- latent-space experiments (latentdlm.pipelines.latent_edits) -------------------------
+    def encode(self, texts: Sequence[str] | str) -> EncodedText:
+        """Texts -> their autoencoder latents (B, S, k, d) (posterior means) with a (B, S) segment mask."""
+        return self.autoencoder.encode([texts] if isinstance(texts, str) else list(texts))
+
+    def interpolate(self, source: str, target: str, num_points: int = 5, method: str = "slerp",
+                    through_noise: Optional[float] = None, num_inference_steps: int = 20, **decoding) -> InterpolationOutput:
+        """Texts decoded along the path from `source`'s latents to `target`'s (`method` slerp or lerp);
+        `through_noise` (0..1] walks between their DDIM inversions at that noise level and denoises each
+        point back. `decoding`: the decoder's settings (decode_beams, no_repeat_ngram_size, ...)."""
+        self._check_steps(num_inference_steps)
+        return latent_edits.interpolate(self, source, target, num_points, method, through_noise, num_inference_steps,
+                                        given_decoding(decoding))
+
+    def vary(self, text: str, strength: float = 0.3, num_samples: int = 4, num_inference_steps: int = 20, seed: Optional[int] = None,
+             class_labels=None, conditions=None, guidance_scale: float = 1.0, **decoding) -> list[str]:
+        """Variations of `text` (SDEdit): noised to `strength` (0..1] of the schedule and denoised back,
+        optionally towards a class or source text with guidance."""
+        self._check_steps(num_inference_steps)
+        kwargs = self._condition_kwargs(num_samples, class_labels, conditions, guidance_scale)
+        return latent_edits.vary(self, text, strength, num_samples, num_inference_steps, seed, kwargs, guidance_scale,
+                                 given_decoding(decoding))
+
+    def infill(self, text: str | Sequence[Optional[str]], keep: Optional[Sequence[int]] = None, num_segments: Optional[int] = None,
+               num_samples: int = 1, num_inference_steps: int = 50, seed: Optional[int] = None, resample: int = 1,
+               scheduler: Optional[str] = None, class_labels=None, conditions=None, guidance_scale: float = 1.0,
+               **decoding) -> InfillOutput:
+        """Fill blanks: `text` with `___` for each segment to write ("S1 ___ S3"), or a list of segments with
+        None for the blanks, or (editing) a paragraph with `keep` = the indices of the segments to keep and
+        `num_segments` its new length. The known segments come back verbatim."""
+        self._check_steps(num_inference_steps)
+        if num_samples < 1:
+            raise LatentDLMError(f"the number of samples must be at least 1, got {num_samples}")
+        if isinstance(text, str):
+            if not text.strip():
+                raise LatentDLMError("the text to fill is empty")
+            parts = latent_edits.keep_segments(self, text, keep, num_segments) if keep is not None else latent_edits.parse_blanks(self, text)
+        else:
+            parts = list(text)
+        kwargs = self._condition_kwargs(num_samples, class_labels, conditions, guidance_scale)
+        return latent_edits.infill(self, parts, num_samples, num_inference_steps, seed, resample, scheduler, kwargs, guidance_scale,
+                                   given_decoding(decoding))
+
+    def _check_steps(self, steps: int) -> None:
+        self._check_call(1, steps, 1, None, None, 1.0, None)
+
+    def _condition_kwargs(self, count: int, class_labels, conditions, guidance_scale: float) -> dict:
+        """The denoiser's condition kwargs for `count` samples of one class / source text (checked)."""
+        conditions = self._check_conditions(conditions, count)
+        labels = self._check_call(count, 1, 1, class_labels, conditions, guidance_scale, None)
+        kwargs = {} if labels is None else {"class_labels": labels}
+        if conditions is not None:
+            kwargs.update(self.condition_encoder.encode(conditions, warn=False))
+        return kwargs
 
     # ---- one folder --------------------------------------------------------------------------
     def save_pretrained(self, save_directory: str | Path, **_) -> None:

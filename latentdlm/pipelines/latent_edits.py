@@ -1,0 +1,264 @@
+"""Experiments in a pipeline's latent space: interpolation, variations (SDEdit), infilling and editing.
+
+The pipeline's methods (`pipe.encode`, `pipe.interpolate`, `pipe.vary`, `pipe.infill`) call these.
+Latents: `ParagraphAutoencoder.encode` gives (B, S, k, d) per text with a (B, S) segment mask (posterior
+means); the denoiser works on them normalised and flattened to (B, S*k, d).
+
+Interpolation with different segment counts: the point at t in [0, 1] has round((1 - t) S_A + t S_B)
+segments; the first min(S_A, S_B) are interpolated position by position, the others are the longer
+text's own, so sentences appear (or disappear) one at a time along the path.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+
+from latentdlm.autoencoder.model import EncodedText
+from latentdlm.data.segmentation import SegmentationConfig, SentenceSegmenter
+from latentdlm.diffusion.objective import predicted_x0
+from latentdlm.diffusion.sampling import RESAMPLING_SAMPLERS, Held, noised, sample_latents
+from latentdlm.diffusion.schedulers import make_scheduler
+from latentdlm.errors import LatentDLMError
+
+METHODS = ("slerp", "lerp")
+BLANK = "___"
+
+
+@dataclass
+class InterpolationOutput:
+    texts: list[str]  # one per point, source first, target last
+    positions: list[float]  # t of each point
+    latents: torch.Tensor  # (P, S, k, d) the autoencoder latents decoded at each point
+    segment_mask: torch.Tensor  # (P, S)
+
+
+@dataclass
+class InfillOutput:
+    texts: list[str]  # one per sample: the known segments verbatim, the generated ones in the blanks
+    segments: list[list[str]]  # per sample, every segment in order
+    generated: list[int]  # the positions that were generated
+
+
+# ---- interpolation ---------------------------------------------------------------------------------
+def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
+    """Spherical interpolation of each vector of the last dimension (lerp where a and b are parallel);
+    t = 0 and t = 1 give a and b exactly."""
+    if t == 0.0:
+        return a.clone()
+    if t == 1.0:
+        return b.clone()
+    a_unit, b_unit = a / a.norm(dim=-1, keepdim=True).clamp_min(1e-12), b / b.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    omega = torch.arccos((a_unit * b_unit).sum(dim=-1, keepdim=True).clamp(-1 + 1e-7, 1 - 1e-7))
+    sin = torch.sin(omega)
+    mixed = (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / sin
+    return torch.where(sin.abs() < 1e-6, lerp(a, b, t), mixed)
+
+
+def lerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
+    if t == 0.0:
+        return a.clone()
+    if t == 1.0:
+        return b.clone()
+    return (1 - t) * a + t * b
+
+
+def interpolation_path(a: torch.Tensor, b: torch.Tensor, positions: Sequence[float], method: str = "slerp") -> tuple[torch.Tensor, torch.Tensor]:
+    """a (S_A, k, d), b (S_B, k, d) -> latents (P, max S, k, d) and segment mask (P, max S) at `positions`.
+    Each segment's k x d latent is one vector for slerp (the rule for different counts: module doc)."""
+    if method not in METHODS:
+        raise LatentDLMError(f"unknown interpolation method '{method}'; choose one of {', '.join(METHODS)}")
+    mix = slerp if method == "slerp" else lerp
+    shared, longer = min(len(a), len(b)), (a if len(a) >= len(b) else b)
+    k, d = a.shape[1:]
+    out = torch.zeros(len(positions), len(longer), k, d, dtype=a.dtype, device=a.device)
+    mask = torch.zeros(len(positions), len(longer), dtype=torch.bool, device=a.device)
+    for row, t in enumerate(positions):
+        count = len(a) if t == 0.0 else len(b) if t == 1.0 else int(math.floor((1 - t) * len(a) + t * len(b) + 0.5))
+        out[row, :shared] = mix(a[:shared].reshape(shared, -1), b[:shared].reshape(shared, -1), t).reshape(shared, k, d)
+        out[row, shared:] = longer[shared:]
+        mask[row, :count] = True
+    return out, mask
+
+
+def interpolate(pipe, source: str, target: str, num_points: int = 5, method: str = "slerp", through_noise: Optional[float] = None,
+                num_inference_steps: int = 20, decoding: Optional[dict] = None) -> InterpolationOutput:
+    """Decode `num_points` evenly spaced points between the latents of `source` and `target`. With
+    `through_noise` (a strength in (0, 1]) both are first carried to that noise level by deterministic DDIM
+    inversion, the noisy latents are interpolated, and DDIM denoises every point back: points stay on the
+    model's data manifold (the endpoints become DDIM reconstructions)."""
+    if not source.strip() or not target.strip():
+        raise LatentDLMError("interpolation needs two non-empty texts (--source and --target)")
+    if source.strip() == target.strip():
+        raise LatentDLMError("the source and target texts are identical: there is nothing to interpolate between")
+    if num_points < 2:
+        raise LatentDLMError(f"the number of points must be at least 2 (the endpoints), got {num_points}")
+    encoded = pipe.autoencoder.encode([source, target])
+    a, b = (encoded.latents[i, encoded.segment_mask[i]] for i in range(2))
+    positions = [i / (num_points - 1) for i in range(num_points)]
+    if through_noise is None:
+        latents, mask = interpolation_path(a, b, positions, method)
+    else:
+        first = first_step(through_noise, num_inference_steps, "--through-noise")
+        noisy = [invert(pipe, x[None], num_inference_steps, first)[0] for x in (a, b)]
+        path, mask = interpolation_path(*noisy, positions, method)
+        latents = denoise_from(pipe, path, mask, num_inference_steps, first, "ddim")
+    texts = pipe._decode(EncodedText(latents, mask), int(mask.sum()), {**pipe.decoding, **(decoding or {})}, torch.Generator().manual_seed(0))
+    return InterpolationOutput(texts, positions, latents, mask)
+
+
+# ---- the denoiser's space: strength -> steps, inversion, denoising from a step -----------------------
+def first_step(strength: float, num_inference_steps: int, name: str = "strength") -> int:
+    """The sampler step to start from for a noise `strength` in (0, 1] (1: from pure noise)."""
+    if not 0.0 < strength <= 1.0:
+        raise LatentDLMError(f"{name} must be within (0, 1] (the share of the noise schedule), got {strength}")
+    first = num_inference_steps - max(1, round(strength * num_inference_steps))
+    return first
+
+
+def flat(pipe, latents: torch.Tensor, segment_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, S, k, d) autoencoder latents -> the denoiser's normalised (B, S*k, d) and mask (B, S*k)."""
+    size, segments, k, d = latents.shape
+    return pipe.denoiser.normalize(latents.reshape(size, segments * k, d)), segment_mask.repeat_interleave(k, dim=1)
+
+
+def unflat(pipe, latents: torch.Tensor) -> torch.Tensor:
+    k, d = pipe.denoiser.config.num_latents, pipe.denoiser.config.latent_dim
+    return pipe.denoiser.denormalize(latents).reshape(latents.shape[0], -1, k, d)
+
+
+@torch.no_grad()
+def invert(pipe, latents: torch.Tensor, num_inference_steps: int, first: int, conditions: Optional[dict] = None) -> torch.Tensor:
+    """Deterministic DDIM inversion of autoencoder latents (B, S, k, d), all segments real, up to the noise
+    level of the sampler's step `first`; returns them at that level in the autoencoder's shape (normalised
+    values, reshaped): x_next = sqrt(a_next) x0(x, t) + sqrt(1 - a_next) eps(x, t)."""
+    denoiser, scheduler = pipe.denoiser, make_scheduler("ddim", pipe.scheduler)
+    scheduler.set_timesteps(num_inference_steps)
+    mask = torch.ones(latents.shape[:2], dtype=torch.bool)
+    x, keep = flat(pipe, latents, mask)
+    levels = [0] + [int(t) for t in reversed(scheduler.timesteps[first:])]
+    alphas = scheduler.alphas_cumprod
+    self_condition = torch.zeros_like(x) if denoiser.config.self_conditioning else None
+    for current, following in zip(levels, levels[1:]):
+        timesteps = torch.full((x.shape[0],), current)
+        output = denoiser(x, timesteps, keep, self_condition=self_condition, **(conditions or {}))
+        x0 = predicted_x0(scheduler, output, x, timesteps)
+        eps = (x - alphas[current].sqrt() * x0) / (1 - alphas[current]).sqrt().clamp_min(1e-4)
+        if self_condition is not None:
+            self_condition = x0
+        x = alphas[following].sqrt() * x0 + (1 - alphas[following]).sqrt() * eps
+    k, d = denoiser.config.num_latents, denoiser.config.latent_dim
+    return x.reshape(x.shape[0], -1, k, d)
+
+
+def denoise_from(pipe, noisy: torch.Tensor, segment_mask: torch.Tensor, num_inference_steps: int, first: int, sampler: str,
+                 generators=None, conditions: Optional[dict] = None, guidance_scale: float = 1.0) -> torch.Tensor:
+    """Normalised latents (B, S, k, d) at step `first`'s noise level -> clean autoencoder latents."""
+    size, segments, k, d = noisy.shape
+    latent_mask = segment_mask.repeat_interleave(k, dim=1)
+    clean = sample_latents(pipe.denoiser, make_scheduler(sampler, pipe.scheduler), latent_mask, num_inference_steps,
+                           generators, conditions, guidance_scale, start=(noisy.reshape(size, segments * k, d), first))
+    return unflat(pipe, clean)
+
+
+# ---- variations -----------------------------------------------------------------------------------
+def vary(pipe, text: str, strength: float = 0.3, num_samples: int = 4, num_inference_steps: int = 20, seed: Optional[int] = None,
+         conditions: Optional[dict] = None, guidance_scale: float = 1.0, decoding: Optional[dict] = None) -> list[str]:
+    """SDEdit: `text`'s latents noised to the level `strength` names, denoised back by the pipeline's
+    sampler, decoded. Small strengths paraphrase, large ones rewrite; `conditions` (the denoiser's class or
+    source-text kwargs for all samples) steer the rewrite (style or topic transfer)."""
+    if not text.strip():
+        raise LatentDLMError("--text is empty: nothing to vary")
+    first = first_step(strength, num_inference_steps)
+    encoded = pipe.autoencoder.encode([text])
+    latents = encoded.latents.expand(num_samples, -1, -1, -1)
+    mask = encoded.segment_mask.expand(num_samples, -1)
+    clean, keep = flat(pipe, latents, mask)
+    generators = pipe._generators(num_samples, seed, None)
+    noise = torch.stack([torch.randn(clean.shape[1:], generator=g) for g in generators])
+    scheduler = make_scheduler(pipe.sampler_name, pipe.scheduler)
+    scheduler.set_timesteps(num_inference_steps)
+    start = noised(clean, noise, scheduler.alphas_cumprod, scheduler.timesteps[first])
+    k, d = pipe.denoiser.config.num_latents, pipe.denoiser.config.latent_dim
+    out = denoise_from(pipe, start.reshape(num_samples, -1, k, d), mask, num_inference_steps, first, pipe.sampler_name, generators,
+                       conditions, guidance_scale)
+    return pipe._decode(EncodedText(out, mask), int(mask.sum()), {**pipe.decoding, **(decoding or {})}, generators[0])
+
+
+# ---- infilling and editing ------------------------------------------------------------------------
+def parse_blanks(pipe, text: str) -> list[Optional[str]]:
+    """"S1 ___ S3 ___ S5" -> ["S1", None, "S3", None, "S5"]: each `___` one segment to generate, the text
+    between blanks cut into the model's segments."""
+    segmenter = _segmenter(pipe)
+    parts: list[Optional[str]] = []
+    for i, piece in enumerate(text.split(BLANK)):
+        if i:
+            parts.append(None)
+        parts += segmenter.split(piece)
+    return parts
+
+
+def keep_segments(pipe, text: str, keep: Sequence[int], num_segments: Optional[int] = None) -> list[Optional[str]]:
+    """A paragraph's segments with those not in `keep` blanked (editing); `num_segments` sets the length
+    (blanks added at the end, or trailing segments dropped)."""
+    segments = _segmenter(pipe).split(text)
+    if not segments:
+        raise LatentDLMError("the text to edit is empty")
+    bad = [i for i in keep if not 0 <= i < len(segments)]
+    if bad:
+        raise LatentDLMError(f"--keep {bad[0]} is out of range: the text has {len(segments)} segments (0..{len(segments) - 1})")
+    total = num_segments if num_segments is not None else len(segments)
+    return [segments[i] if i < len(segments) and i in keep else None for i in range(total)]
+
+
+def infill(pipe, parts: Sequence[Optional[str]], num_samples: int = 1, num_inference_steps: int = 50, seed: Optional[int] = None,
+           resample: int = 1, sampler: Optional[str] = None, conditions: Optional[dict] = None, guidance_scale: float = 1.0,
+           decoding: Optional[dict] = None) -> InfillOutput:
+    """Generate the None segments of `parts` with the known ones held (their latents re-noised to every
+    step's level, RePaint style; `resample` > 1 repeats each step, needs a ddpm or ddim sampler). The
+    known segments are returned verbatim."""
+    known = [i for i, part in enumerate(parts) if part is not None]
+    blanks = [i for i, part in enumerate(parts) if part is None]
+    if not blanks:
+        raise LatentDLMError(f"nothing to fill: mark the segments to generate with {BLANK} (or leave them out of --keep)")
+    if not known:
+        raise LatentDLMError("no known segment: infilling needs text around the blanks (use `latentdlm generate` to write from nothing)")
+    limit = pipe.denoiser.config.max_segments
+    if len(parts) > limit:
+        raise LatentDLMError(f"{len(parts)} segments, but the model makes at most {limit} per text")
+    if pipe.autoencoder.config.segmentation.mode == "none":
+        raise LatentDLMError("infilling needs a segment-mode model (this one encodes each text as one latent)")
+    sampler = sampler or pipe.sampler_name
+    if resample > 1 and sampler not in RESAMPLING_SAMPLERS:
+        raise LatentDLMError(f"resampling repeats sampler steps, which needs a {' or '.join(RESAMPLING_SAMPLERS)} sampler "
+                             f"(--scheduler), not {sampler}")
+    if resample < 1:
+        raise LatentDLMError(f"resample must be at least 1, got {resample}")
+    k, d = pipe.denoiser.config.num_latents, pipe.denoiser.config.latent_dim
+    units = pipe.autoencoder.unit_latents([parts[i] for i in known])
+    latents = torch.zeros(num_samples, len(parts), k, d)
+    latents[:, known] = units.cpu()
+    segment_mask = torch.ones(num_samples, len(parts), dtype=torch.bool)
+    held_mask = torch.zeros(num_samples, len(parts), dtype=torch.bool)
+    held_mask[:, known] = True
+    values, latent_mask = flat(pipe, latents, segment_mask)
+    generators = pipe._generators(num_samples, seed, None)
+    clean = sample_latents(pipe.denoiser, make_scheduler(sampler, pipe.scheduler), latent_mask, num_inference_steps, generators,
+                           conditions, guidance_scale, held=Held(values, held_mask.repeat_interleave(k, dim=1), resample))
+    out = unflat(pipe, clean)
+    fill_mask = ~held_mask
+    pieces = pipe._decode(EncodedText(out, fill_mask), int(fill_mask.sum()), {**pipe.decoding, **(decoding or {})}, generators[0],
+                          joined=False)
+    segments = []
+    for row in range(num_samples):
+        generated = iter(pieces[row])
+        segments.append([part if part is not None else next(generated) for part in parts])
+    return InfillOutput([" ".join(s for s in row if s) for row in segments], segments, blanks)
+
+
+def _segmenter(pipe) -> SentenceSegmenter:
+    """The model's segmentation without its cap (a text over the cap is an error, not merged)."""
+    return SentenceSegmenter(SegmentationConfig(mode=pipe.autoencoder.config.segmentation.mode, max_segments=None))
