@@ -157,3 +157,29 @@ def test_cli_vary_and_infill(pipeline_dir, tmp_path, capsys):
     assert out.startswith("The fox ran.") and out.endswith("The end.")
     assert main(["infill", "--model", str(pipeline_dir), "--text", A, "--keep", "0,x"]) == 2
     assert "indices" in capsys.readouterr().err
+
+
+def test_interpolation_experiment_script_writes_curves_rates_and_png(pipeline_dir, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"source": a, "target": b}) + "\n" for a, b in [(A, B), (B, "The ant worked all summer.")]))
+    script = Path(__file__).resolve().parents[1] / "scripts/interpolate.py"
+    spec = importlib.util.spec_from_file_location("interpolate_script", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out, png = tmp_path / "interp.json", tmp_path / "interp.png"
+    assert module.main(["--model", str(pipeline_dir), "--pairs", str(pairs), "--num-points", "4", "--method", "slerp", "lerp",
+                        "--output", str(out), "--plot", str(png)]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {"slerp", "lerp"}
+    slerped = results["slerp"]
+    assert len(slerped["paths"]) == 2 and len(slerped["curves"]["cosine_to_b"]) == 4
+    assert 0.0 <= slerped["new_text_rate"] <= 1.0 and 0.0 <= slerped["monotonic_rate"] <= 1.0
+    path = slerped["paths"][0]
+    assert len(path["texts"]) == 4 and all(-1.0 - 1e-6 <= c <= 1.0 + 1e-6 for c in path["cosine_to_a"] + path["cosine_to_b"])
+    assert path["new_text"][0] is False and path["new_text"][-1] is False  # the decoded endpoints are never new
+    assert all(nll > 0 for nll in path["decoder_nll"])
+    assert png.read_bytes().startswith(PNG)
+    assert module.main(["--model", str(pipeline_dir), "--from-texts", str(tmp_path / "missing.jsonl")]) == 2

@@ -212,6 +212,23 @@ class ParagraphAutoencoder(nn.Module):
             start += count
         return [" ".join(p for p in segments if p) for segments in texts] if joined else texts
 
+    @torch.no_grad()
+    def decoder_nll(self, latents: torch.Tensor, units: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        """Each unit's mean per-token negative log-likelihood under the decoder given its latents (N, k, d):
+        how readily the decoder writes that text from there (a fluency proxy for decoded latents)."""
+        targets = self.tokenize(units).decoder_ids
+        if self.config.latent_type == "pooled":  # as decode reads them
+            latents = onto_sphere(latents)
+        out = torch.empty(len(units))
+        for start in range(0, len(units), batch_size):
+            batch = self.collate(None, targets[start : start + batch_size])
+            logits = self.decoder_logits(latents[start : start + batch_size].to(self.device),
+                                         batch["decoder_input_ids"].to(self.device), batch["decoder_attention_mask"].to(self.device))
+            labels = batch["labels"].to(self.device)
+            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2).float(), labels, ignore_index=-100, reduction="none")
+            out[start : start + len(labels)] = (nll.sum(dim=1) / (labels != -100).sum(dim=1).clamp_min(1)).cpu()
+        return out
+
     def reconstruct(self, texts: Sequence[str], batch_size: int = 64) -> list[str]:
         return self.decode(self.encode(texts, batch_size), batch_size)
 

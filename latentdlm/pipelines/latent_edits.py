@@ -31,6 +31,7 @@ BLANK = "___"
 @dataclass
 class InterpolationOutput:
     texts: list[str]  # one per point, source first, target last
+    segments: list[list[str]]  # each point's decoded segments
     positions: list[float]  # t of each point
     latents: torch.Tensor  # (P, S, k, d) the autoencoder latents decoded at each point
     segment_mask: torch.Tensor  # (P, S)
@@ -106,8 +107,9 @@ def interpolate(pipe, source: str, target: str, num_points: int = 5, method: str
         noisy = [invert(pipe, x[None], num_inference_steps, first)[0] for x in (a, b)]
         path, mask = interpolation_path(*noisy, positions, method)
         latents = denoise_from(pipe, path, mask, num_inference_steps, first, "ddim")
-    texts = pipe._decode(EncodedText(latents, mask), int(mask.sum()), {**pipe.decoding, **(decoding or {})}, torch.Generator().manual_seed(0))
-    return InterpolationOutput(texts, positions, latents, mask)
+    segments = pipe._decode(EncodedText(latents, mask), int(mask.sum()), {**pipe.decoding, **(decoding or {})},
+                            torch.Generator().manual_seed(0), joined=False)
+    return InterpolationOutput([" ".join(s for s in row if s) for row in segments], segments, positions, latents, mask)
 
 
 # ---- the denoiser's space: strength -> steps, inversion, denoising from a step -----------------------

@@ -1,0 +1,301 @@
+"""Latent-space experiments measured: interpolation smoothness, infilling against an AR model filling the
+same gaps, and classifier guidance against classifier-free guidance.
+
+    python benchmarks/latent_space.py --only PART [--only PART ...]   # parts, each merged into one JSON
+
+Parts (models come from the other benchmarks' work folders; each part says which it needs):
+  interp    50 ROCStories validation pairs (train.jsonl[4500:], consecutive stories paired), 5 points each:
+            slerp, lerp and slerp through noise 0.5 on the tiny pipeline without and with robustness
+            training of its autoencoder (benchmarks/generation.py's `preset` and `ae_latent_noise` arms),
+            slerp and slerp through noise on the flagship design (b) (benchmarks/quality_ladder.py)
+  infill    the middle sentence of held-out stories blanked and filled: design (b) (sampler and
+            resampling chosen on 100 validation stories) vs the ladder's SmolLM2 peer continuing the
+            first two sentences; 200 test stories (rocstories/dev.jsonl)
+  agnews    the AG News DiTs on design (b)'s autoencoder: unconditional and class-conditional (CFG)
+  guidance  a latent classifier on the unconditional DiT's latents; classifier guidance vs CFG, scales
+            chosen on validation samples, then NUM_TEST samples each scored once: topic accuracy by an
+            independent classifier (logistic regression on all-mpnet-base-v2 features of real AG News),
+            MAUVE (mpnet) against real items, diversity
+Results: benchmarks/results/latent_space.json (+ .png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from generation import Splits, last_record, load_results, run_cli, write_results  # noqa: E402
+from quality_ladder import autoencoder_dir, load_adapter, peer_generate, peer_path, peer_tokenizer, pipeline_dir  # noqa: E402
+
+from latentdlm.data.sources import data_root, load_labeled_texts  # noqa: E402
+
+RESULTS = ROOT / "benchmarks/results/latent_space.json"
+TINY = {"tiny": "runs/bench-gen/arms/preset/pipeline", "tiny_robust": "runs/bench-gen/arms/ae_latent_noise/pipeline"}
+NUM_PAIRS, NUM_POINTS = 50, 5
+NUM_INFILL, NUM_INFILL_VALIDATION = 200, 100
+AGNEWS_NAMES = {"1": "World", "2": "Sports", "3": "Business", "4": "Sci/Tech"}
+AGNEWS_DIT_MINUTES, CLASSIFIER_MINUTES = 10.0, 5.0
+NUM_VALIDATION, NUM_TEST = 100, 500  # generated items per guidance setting
+CLASSIFIER_SCALES, CFG_SCALES = [1.0, 3.0, 10.0], [1.5, 2.0, 4.0]
+
+
+def save_results(results: dict) -> None:
+    write_results(RESULTS, results, summary, plot)
+
+
+def ladder_pipeline(args) -> Path:
+    return pipeline_dir(Path(args.ladder_dir), "b")
+
+
+# ---- interpolation ---------------------------------------------------------------------------------
+def part_interp(args, results: dict, splits: Splits) -> None:
+    from latentdlm.evaluation.interpolation import interpolation_experiment
+    from latentdlm.pipelines.latent_text import LatentDiffusionTextPipeline
+
+    stories = splits.validation[: 2 * NUM_PAIRS]
+    pairs = list(zip(stories[::2], stories[1::2]))
+    systems = {**{name: (Path(path), ["slerp", "lerp", "slerp@0.5"]) for name, path in TINY.items()},
+               "b": (ladder_pipeline(args), ["slerp", "slerp@0.5"])}
+    rows = results.setdefault("interp", {"pairs": "rocstories/train.jsonl[4500:4600] paired", "systems": {}})
+    for name, (path, settings) in systems.items():
+        if not path.exists():
+            print(f"== {name}: no pipeline at {path}, skipped", flush=True)
+            continue
+        pipe = LatentDiffusionTextPipeline.from_pretrained(path)
+        for setting in settings:
+            if setting in rows["systems"].get(name, {}):
+                continue
+            method, _, noise = setting.partition("@")
+            result = interpolation_experiment(pipe, pairs, NUM_POINTS, method, float(noise) if noise else None)
+            result["examples"] = [{"source": p["source"], "target": p["target"], "texts": p["texts"]} for p in result["paths"][:2]]
+            rows["systems"].setdefault(name, {})[setting] = {k: v for k, v in result.items() if k != "paths"}
+            print(f"{name} {setting}: new {result['new_text_rate']:.3f}, monotonic {result['monotonic_rate']:.3f}", flush=True)
+            save_results(results)
+
+
+# ---- infilling -------------------------------------------------------------------------------------
+def blank_middle(story: str, split) -> tuple[list, str] | None:
+    sentences = split(story)
+    if len(sentences) < 3:
+        return None
+    middle = len(sentences) // 2
+    return [s if i != middle else None for i, s in enumerate(sentences)], sentences[middle]
+
+
+def infill_scores(parts_list, references, fills) -> dict:
+    """Kept-verbatim rate, the fill's MiniLM cosine and BLEU to the held-out sentence, and its mean cosine
+    to its neighbours against the held-out sentence's."""
+    import sacrebleu
+
+    from latentdlm.evaluation.generation import sentence_features
+
+    kept = [all(seg == part for seg, part in zip(segments, parts) if part is not None) for parts, segments, _ in fills]
+    filled = [fill for _, _, fill in fills]
+    f_fill, f_ref = sentence_features(filled), sentence_features(references)
+    neighbours = [(parts[parts.index(None) - 1], parts[parts.index(None) + 1] if parts.index(None) + 1 < len(parts) else parts[parts.index(None) - 1])
+                  for parts in parts_list]
+    f_prev, f_next = sentence_features([p for p, _ in neighbours]), sentence_features([n for _, n in neighbours])
+    cos = lambda a, b: ((a * b).sum(-1) / (((a**2).sum(-1) * (b**2).sum(-1)) ** 0.5).clip(1e-12))  # noqa: E731
+    return {
+        "kept_verbatim_rate": sum(kept) / len(kept), "cosine_to_reference": float(cos(f_fill, f_ref).mean()),
+        "bleu_to_reference": sacrebleu.corpus_bleu(filled, [references]).score,
+        "neighbour_cosine": float(((cos(f_fill, f_prev) + cos(f_fill, f_next)) / 2).mean()),
+        "neighbour_cosine_reference": float(((cos(f_ref, f_prev) + cos(f_ref, f_next)) / 2).mean()),
+    }
+
+
+def latentdlm_fills(pipe, parts_list, settings: dict) -> list:
+    fills = []
+    for parts in parts_list:
+        out = pipe.infill(parts, num_inference_steps=20, seed=0, **settings)
+        fills.append((parts, out.segments[0], out.segments[0][parts.index(None)]))
+    return fills
+
+
+def part_infill(args, results: dict, splits: Splits) -> None:
+    from latentdlm.data.segmentation import SegmentationConfig, SentenceSegmenter
+    from latentdlm.pipelines.latent_text import LatentDiffusionTextPipeline
+
+    split = SentenceSegmenter(SegmentationConfig(mode="sentences", max_segments=None)).split
+    cases = {name: [c for c in (blank_middle(s, split) for s in texts) if c][:count]
+             for name, texts, count in (("validation", splits.validation[2 * NUM_PAIRS:], NUM_INFILL_VALIDATION),
+                                        ("test", splits.test, NUM_INFILL))}
+    pipe = LatentDiffusionTextPipeline.from_pretrained(ladder_pipeline(args))
+    options = {"dpm": {}, "ddim_resample_2": {"scheduler": "ddim", "resample": 2}}
+    sweep = {}
+    for name, settings in options.items():
+        parts_list, refs = zip(*cases["validation"])
+        sweep[name] = infill_scores(parts_list, list(refs), latentdlm_fills(pipe, parts_list, settings))
+        print(json.dumps({name: sweep[name]}), flush=True)
+    best = max(sweep, key=lambda n: sweep[n]["cosine_to_reference"])
+    parts_list, refs = zip(*cases["test"])
+    fills = latentdlm_fills(pipe, parts_list, options[best])
+    rows = results["infill"] = {"stories": f"rocstories/dev.jsonl: {len(refs)} with the middle sentence blanked",
+                                "validation_sweep": sweep, "chosen": best, "systems": {}}
+    rows["systems"]["b"] = {**infill_scores(parts_list, list(refs), fills),
+                            "examples": [{"story": [p if p is not None else "___" for p in f[0]], "fill": f[2], "reference": r}
+                                         for f, r in list(zip(fills, refs))[:3]]}
+    peer, tokenizer = load_adapter(peer_path(argparse.Namespace(work_dir=args.ladder_dir))), peer_tokenizer()
+    prompts = [" ".join(parts[: parts.index(None)]) for parts in parts_list]
+    continuations = peer_generate(peer, tokenizer, prompts, 16, seed=0, sample=False, max_new_tokens=40)
+    peer_fills = []
+    for parts, text in zip(parts_list, continuations):
+        first = (split(text) or [""])[0]
+        peer_fills.append((parts, [p if p is not None else first for p in parts], first))
+    rows["systems"]["peer"] = {**infill_scores(parts_list, list(refs), peer_fills), "method": "greedy continuation of the "
+                               "sentences before the blank (an AR model cannot read the text after it)",
+                               "examples": [f[2] for f in peer_fills[:3]]}
+    print(json.dumps({k: {m: v for m, v in s.items() if m != "examples"} for k, s in rows["systems"].items()}), flush=True)
+
+
+# ---- AG News: classifier guidance vs classifier-free guidance ---------------------------------------
+def agnews_splits() -> dict[str, list[tuple[str, str]]]:
+    pairs = load_labeled_texts(str(data_root() / "ag_news" / "train.csv"), "content", "label")
+    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(0)).tolist()
+    rows = [(pairs[i][0], AGNEWS_NAMES[pairs[i][1].strip()]) for i in order]
+    return {"train": rows[:-1000], "validation": rows[-1000:-500], "test": rows[-500:]}
+
+
+def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["content", "label"])
+        writer.writerows(rows)
+    return path
+
+
+def part_agnews(args, results: dict, splits: Splits) -> None:
+    work = Path(args.work_dir)
+    train = write_csv(work / "agnews-train.csv", agnews_splits()["train"])
+    for kind, extra in (("uncond", []), ("class", ["data.label_names=null"])):
+        run = work / f"agnews-{kind}"
+        if not (run / "pipeline").exists():
+            print(f"== AG News {kind} DiT: {AGNEWS_DIT_MINUTES} min", flush=True)
+            run_cli(["train-diffusion", "--config", str(ROOT / f"configs/diffusion/flagship/concept_agnews_{kind}.yaml"),
+                     f"autoencoder={autoencoder_dir(Path(args.ladder_dir), 'b')}", f"data.source={train}", f"training.output_dir={run}",
+                     f"training.max_minutes={AGNEWS_DIT_MINUTES}", "training.eval_every=0", "training.overwrite_output_dir=true", *extra],
+                    run.with_suffix(".log"))
+        results.setdefault("agnews", {})[kind] = last_record(run)
+        save_results(results)
+
+
+def topic_judge(train_rows):
+    """The independent judge: logistic regression on mpnet features of real AG News items."""
+    from sklearn.linear_model import LogisticRegression
+
+    from latentdlm.evaluation.generation import sentence_features
+
+    judge = LogisticRegression(max_iter=2000).fit(sentence_features([t for t, _ in train_rows], "mpnet"), [c for _, c in train_rows])
+    return lambda texts: judge.predict(sentence_features(texts, "mpnet"))
+
+
+def guided_texts(pipe, count: int, seed: int, **kwargs) -> tuple[list[str], list[str]]:
+    wanted = [AGNEWS_NAMES[str(1 + i % 4)] for i in range(count)]
+    return pipe(num_samples=count, class_labels=wanted, num_inference_steps=20, seed=seed, show_progress=False, **kwargs).texts, wanted
+
+
+def part_guidance(args, results: dict, splits: Splits) -> None:
+    from latentdlm.diffusion.classifier import LatentClassifier, train_latent_classifier
+    from latentdlm.evaluation.generation import diversity, mauve_seeds, sentence_features
+    from latentdlm.pipelines.latent_text import LatentDiffusionTextPipeline
+
+    work = Path(args.work_dir)
+    data = agnews_splits()
+    uncond = LatentDiffusionTextPipeline.from_pretrained(work / "agnews-uncond" / "pipeline")
+    conditional = LatentDiffusionTextPipeline.from_pretrained(work / "agnews-class" / "pipeline")
+    folder = work / "agnews-classifier"
+    if not folder.exists():
+        rows = data["train"][:4000]
+        model, record = train_latent_classifier(uncond, [t for t, _ in rows], [c for _, c in rows], CLASSIFIER_MINUTES)
+        model.save_pretrained(folder)
+        (folder / "training.json").write_text(json.dumps(record, indent=2))
+    classifier = LatentClassifier.load(folder)
+    judge = topic_judge(data["train"][:4000])
+    real = data["test"]
+    rows = results["guidance"] = {"classifier": json.loads((folder / "training.json").read_text()),
+                                  "judge_accuracy_on_real_test": float((judge([t for t, _ in real]) == [c for _, c in real]).mean())}
+    accuracy = lambda texts, wanted: float((judge(texts) == wanted).mean())  # noqa: E731
+    systems = {"classifier_guidance": (uncond, "classifier_scale", CLASSIFIER_SCALES, {"classifier": classifier}),
+               "cfg": (conditional, "guidance_scale", CFG_SCALES, {})}
+    real_features = sentence_features([t for t, _ in real], "mpnet")
+    for name, (pipe, knob, scales, extra) in systems.items():
+        sweep = {str(s): accuracy(*guided_texts(pipe, NUM_VALIDATION, 1, **{knob: s}, **extra)) for s in scales}
+        best = float(max(sweep, key=sweep.get))
+        texts, wanted = guided_texts(pipe, NUM_TEST, 0, **{knob: best}, **extra)
+        mauve = mauve_seeds(real_features, sentence_features(texts, "mpnet"))
+        rows[name] = {"validation_accuracy_by_scale": sweep, knob: best, "accuracy": accuracy(texts, wanted),
+                      "mauve_mpnet": mauve["mean"], "mauve_mpnet_std": mauve["std"], "diversity": diversity(texts),
+                      "examples": [{"class": c, "text": t} for t, c in list(zip(texts, wanted))[:4]]}
+        print(json.dumps({name: {k: v for k, v in rows[name].items() if k != "examples"}}), flush=True)
+        save_results(results)
+    unguided, wanted = guided_texts(uncond, NUM_TEST, 0, classifier=classifier, classifier_scale=0.0)
+    rows["unguided_accuracy"] = accuracy(unguided, wanted)  # chance level is 0.25: what guidance adds
+
+
+# ---- the report --------------------------------------------------------------------------------
+SUMMARY_KEYS = ["interp_new_text_rate", "interp_monotonic_rate", "infill_kept_verbatim_rate", "classifier_guidance_accuracy",
+                "cfg_accuracy"]
+
+
+def summary_interp_system(results: dict) -> str | None:
+    """The flagship (b) where it ran, else the tiny pipeline with robustness training."""
+    systems = results.get("interp", {}).get("systems", {})
+    return next((name for name in ("b", "tiny_robust") if "slerp" in systems.get(name, {})), None)
+
+
+def summary(results: dict) -> dict:
+    out = dict.fromkeys(SUMMARY_KEYS)
+    system = summary_interp_system(results)
+    if system:
+        row = results["interp"]["systems"][system]["slerp"]
+        out["interp_new_text_rate"], out["interp_monotonic_rate"] = row["new_text_rate"], row["monotonic_rate"]
+        results["interp"]["summary_system"] = f"{system}, slerp"
+    if "infill" in results:
+        out["infill_kept_verbatim_rate"] = results["infill"]["systems"]["b"]["kept_verbatim_rate"]
+    guidance = results.get("guidance", {})
+    if "classifier_guidance" in guidance:
+        out["classifier_guidance_accuracy"] = guidance["classifier_guidance"]["accuracy"]
+    if "cfg" in guidance:
+        out["cfg_accuracy"] = guidance["cfg"]["accuracy"]
+    return out
+
+
+def plot(results: dict, path: Path) -> None:
+    from latentdlm.evaluation.interpolation import plot_interpolation_curves
+
+    curves = {f"{name} {setting}": row for name, settings in results.get("interp", {}).get("systems", {}).items()
+              for setting, row in settings.items()}
+    if curves:
+        plot_interpolation_curves(curves, path)
+
+
+PARTS = {"interp": part_interp, "infill": part_infill, "agnews": part_agnews, "guidance": part_guidance}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", action="append", choices=list(PARTS), required=True)
+    parser.add_argument("--work-dir", default="runs/latent-space")
+    parser.add_argument("--ladder-dir", default="runs/ladder", help="benchmarks/quality_ladder.py's work folder (design b, the peer)")
+    args = parser.parse_args()
+    torch.set_flush_denormal(True)
+    torch.set_num_threads(2)
+    splits, results = Splits(), load_results(RESULTS)
+    for part in args.only:
+        print(f"==== part {part}", flush=True)
+        PARTS[part](args, results, splits)
+        save_results(results)
+
+
+if __name__ == "__main__":
+    main()
