@@ -183,3 +183,24 @@ def test_interpolation_experiment_script_writes_curves_rates_and_png(pipeline_di
     assert all(nll > 0 for nll in path["decoder_nll"])
     assert png.read_bytes().startswith(PNG)
     assert module.main(["--model", str(pipeline_dir), "--from-texts", str(tmp_path / "missing.jsonl")]) == 2
+
+
+def test_paragraph_mode_pipelines_interpolate_and_vary_but_refuse_infilling():
+    from helpers import tiny_train_config
+
+    from latentdlm.autoencoder.build import build_autoencoder
+    from latentdlm.data.sources import load_texts
+    from latentdlm.diffusion.denoiser import LatentDiT
+    from latentdlm.diffusion.schedulers import make_scheduler
+
+    cfg = tiny_train_config().model
+    cfg.segmentation.mode = "none"
+    torch.manual_seed(0)
+    autoencoder = build_autoencoder(cfg, load_texts("bundled:aesop")[:40]).eval()
+    denoiser = LatentDiT(latent_dim=cfg.latent_dim, num_latents=cfg.num_latents, hidden_size=32, num_layers=1, num_heads=2).eval()
+    pipe = LatentDiffusionTextPipeline(autoencoder, denoiser, make_scheduler("dpm", training_scheduler("v_prediction")))
+    out = pipe.interpolate(A, B, num_points=3)
+    assert len(out.texts) == 3 and out.segment_mask.shape == (3, 1)
+    assert len(pipe.vary(A, strength=0.5, num_samples=2, num_inference_steps=3, seed=0)) == 2
+    with pytest.raises(LatentDLMError, match="segment-mode"):
+        pipe.infill("The fox ran. ___ The end.")

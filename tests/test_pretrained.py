@@ -205,7 +205,14 @@ def test_flagship_demo_on_stand_ins_trains_the_dit_on_cached_embeddings(stand_in
     pipe_dir = out / "diffusion-run" / "pipeline"
     from latentdlm.pipelines.latent_text import LatentDiffusionTextPipeline
 
-    assert len(LatentDiffusionTextPipeline.from_pretrained(pipe_dir)(num_samples=2, num_inference_steps=2, seed=0).texts) == 2
+    pipe = LatentDiffusionTextPipeline.from_pretrained(pipe_dir)
+    assert len(pipe(num_samples=2, num_inference_steps=2, seed=0).texts) == 2
+    # the latent-space experiments on concept latents (one pooled embedding per sentence, a LoRA decoder)
+    path = pipe.interpolate(STORY, "A dog barked. The cat ran away.", num_points=3, through_noise=0.5, num_inference_steps=4)
+    assert len(path.texts) == 3 and path.segment_mask.sum(dim=1).tolist() == [3, 3, 2]
+    assert len(pipe.vary(STORY, strength=0.3, num_samples=2, num_inference_steps=3, seed=0)) == 2
+    filled = pipe.infill("The Fox was hungry. ___ They were too high.", num_inference_steps=3, seed=0)
+    assert filled.segments[0][0] == "The Fox was hungry." and filled.segments[0][2] == "They were too high."
 
 
 def test_flagship_demo_names_what_to_install(monkeypatch, tmp_path, capsys):

@@ -222,6 +222,8 @@ def infill(pipe, parts: Sequence[Optional[str]], num_samples: int = 1, num_infer
     """Generate the None segments of `parts` with the known ones held (their latents re-noised to every
     step's level, RePaint style; `resample` > 1 repeats each step, needs a ddpm or ddim sampler). The
     known segments are returned verbatim."""
+    if pipe.autoencoder.config.segmentation.mode == "none":
+        raise LatentDLMError("infilling needs a segment-mode model (this one encodes each text as one latent)")
     known = [i for i, part in enumerate(parts) if part is not None]
     blanks = [i for i, part in enumerate(parts) if part is None]
     if not blanks:
@@ -231,8 +233,6 @@ def infill(pipe, parts: Sequence[Optional[str]], num_samples: int = 1, num_infer
     limit = pipe.denoiser.config.max_segments
     if len(parts) > limit:
         raise LatentDLMError(f"{len(parts)} segments, but the model makes at most {limit} per text")
-    if pipe.autoencoder.config.segmentation.mode == "none":
-        raise LatentDLMError("infilling needs a segment-mode model (this one encodes each text as one latent)")
     sampler = sampler or pipe.sampler_name
     if resample > 1 and sampler not in RESAMPLING_SAMPLERS:
         raise LatentDLMError(f"resampling repeats sampler steps, which needs a {' or '.join(RESAMPLING_SAMPLERS)} sampler "
