@@ -36,6 +36,17 @@ def predicted_x0(scheduler, output: torch.Tensor, noisy: torch.Tensor, timesteps
     return output
 
 
+def predicted_noise(scheduler, output: torch.Tensor, noisy: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """The noise estimate implied by a model output (exact for epsilon and v, through x0 for sample)."""
+    alpha_bar = scheduler.alphas_cumprod.to(noisy.device, noisy.dtype)[timesteps.long()].reshape(-1, 1, 1)
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return output
+    if kind == "v_prediction":
+        return alpha_bar.sqrt() * output + (1 - alpha_bar).sqrt() * noisy
+    return (noisy - alpha_bar.sqrt() * output) / (1 - alpha_bar).sqrt().clamp_min(1e-4)
+
+
 def regression_target(scheduler: DDPMScheduler, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
     kind = scheduler.config.prediction_type
     if kind == "epsilon":

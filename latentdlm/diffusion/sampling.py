@@ -9,7 +9,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from latentdlm.diffusion.denoiser import LatentDiT
-from latentdlm.diffusion.objective import predicted_x0
+from latentdlm.diffusion.objective import predicted_noise, predicted_x0
 
 Generators = Optional[torch.Generator | Sequence[torch.Generator]]
 MIN_GUIDED_ALPHA_BAR = 1e-3  # classifier guidance starts once the signal is above 0.1% of the variance
@@ -140,9 +140,7 @@ def classifier_guided(scheduler, output: torch.Tensor, latents: torch.Tensor, t,
         chosen = log_probs.gather(1, guidance.labels.to(x.device).reshape(-1, 1)).sum()
         gradient = torch.autograd.grad(chosen, x)[0]
     kind = scheduler.config.prediction_type
-    x0 = predicted_x0(scheduler, output, latents, timesteps)
-    eps = output if kind == "epsilon" else (latents - alpha * x0) / sigma.clamp_min(1e-8)
-    eps = eps - guidance.scale * sigma * gradient * latent_mask[..., None]
+    eps = predicted_noise(scheduler, output, latents, timesteps) - guidance.scale * sigma * gradient * latent_mask[..., None]
     x0 = (latents - sigma * eps) / alpha
     if kind == "epsilon":
         return eps

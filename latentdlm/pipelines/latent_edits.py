@@ -19,7 +19,7 @@ import torch
 
 from latentdlm.autoencoder.model import EncodedText
 from latentdlm.data.segmentation import SegmentationConfig, SentenceSegmenter
-from latentdlm.diffusion.objective import predicted_x0
+from latentdlm.diffusion.objective import predicted_noise, predicted_x0
 from latentdlm.diffusion.sampling import RESAMPLING_SAMPLERS, Held, noised, sample_latents
 from latentdlm.diffusion.schedulers import make_scheduler
 from latentdlm.errors import LatentDLMError
@@ -147,8 +147,7 @@ def invert(pipe, latents: torch.Tensor, num_inference_steps: int, first: int, co
     for current, following in zip(levels, levels[1:]):
         timesteps = torch.full((x.shape[0],), current)
         output = denoiser(x, timesteps, keep, self_condition=self_condition, **(conditions or {}))
-        x0 = predicted_x0(scheduler, output, x, timesteps)
-        eps = (x - alphas[current].sqrt() * x0) / (1 - alphas[current]).sqrt().clamp_min(1e-4)
+        x0, eps = predicted_x0(scheduler, output, x, timesteps), predicted_noise(scheduler, output, x, timesteps)
         if self_condition is not None:
             self_condition = x0
         x = alphas[following].sqrt() * x0 + (1 - alphas[following]).sqrt() * eps
