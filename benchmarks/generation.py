@@ -111,6 +111,14 @@ def save_results(results: dict) -> None:
     write_results(RESULTS, results, summary, plot)
 
 
+def run_parts(parts: dict, names: list[str], args, results: dict, splits, save) -> None:
+    """Each named part in order, the merged results saved after each (a crash keeps the parts done)."""
+    for name in names:
+        print(f"==== part {name}", flush=True)
+        parts[name](args, results, splits)
+        save(results)
+
+
 class Splits:
     def __init__(self):
         rocstories = data_root() / "rocstories"
@@ -500,10 +508,7 @@ def main() -> None:
                         "test": "dev.jsonl[:500]", "human_ceiling": "dev.jsonl[500:1000]", "samples": NUM_EVAL,
                         "mauve": "mean of k-means seeds 0,1,2 (std beside it); mpnet = all-mpnet-base-v2, minilm = all-MiniLM-L6-v2",
                         "diffusion_minutes_per_arm": args.diffusion_minutes}
-    for name in args.only or list(PARTS):
-        print(f"==== part {name}", flush=True)
-        PARTS[name](args, results, splits)
-        save_results(results)
+    run_parts(PARTS, args.only or list(PARTS), args, results, splits, save_results)
     print(json.dumps(results["summary"], indent=2))
 
 

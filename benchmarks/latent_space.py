@@ -31,7 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from generation import Splits, last_record, load_results, run_cli, write_results  # noqa: E402
+from generation import Splits, last_record, load_results, run_cli, run_parts, write_results  # noqa: E402
 from quality_ladder import autoencoder_dir, load_adapter, peer_generate, peer_path, peer_tokenizer, pipeline_dir  # noqa: E402
 
 from latentdlm.data.sources import data_root, load_labeled_texts  # noqa: E402
@@ -291,10 +291,7 @@ def main() -> None:
     torch.set_flush_denormal(True)
     torch.set_num_threads(2)
     splits, results = Splits(), load_results(RESULTS)
-    for part in args.only:
-        print(f"==== part {part}", flush=True)
-        PARTS[part](args, results, splits)
-        save_results(results)
+    run_parts(PARTS, args.only, args, results, splits, save_results)
 
 
 if __name__ == "__main__":

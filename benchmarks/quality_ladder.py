@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from generation import (  # noqa: E402
-    NUM_EVAL, TRAIN_LIMIT, Scorer, Splits, last_record, load_results, run_cli, speed, timed, write_results,
+    NUM_EVAL, TRAIN_LIMIT, Scorer, Splits, last_record, load_results, run_cli, run_parts, speed, timed, write_results,
 )
 from summarization import write_jsonl  # noqa: E402
 
@@ -558,10 +558,7 @@ def main() -> None:
     results["setup"] = {"budget_minutes_per_system": args.autoencoder_minutes + args.dit_minutes,
                         "split_minutes": {"autoencoder": args.autoencoder_minutes, "dit": args.dit_minutes},
                         "tiny_system": f"{TINY_PIPELINE} (benchmarks/results/generation.json: its own 28 CPU minutes)"}
-    for part in args.only:
-        print(f"==== part {part}", flush=True)
-        PARTS[part](args, results, splits)
-        save_results(results)
+    run_parts(PARTS, args.only, args, results, splits, save_results)
 
 
 if __name__ == "__main__":

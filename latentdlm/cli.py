@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 from latentdlm.cli_latent import add_latent_commands
-from latentdlm.errors import LatentDLMError
+from latentdlm.errors import LatentDLMError, exit_code
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -268,16 +268,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    try:
+    def body():
         _quiet_libraries()
         args.func(args)
-    except LatentDLMError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0
+
+    return exit_code(body)
 
 
 if __name__ == "__main__":

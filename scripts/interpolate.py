@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from latentdlm.errors import LatentDLMError
+from latentdlm.errors import LatentDLMError, exit_code
 
 
 def load_pairs_arg(args) -> list[tuple[str, str]]:
@@ -70,12 +70,7 @@ def main(argv=None) -> int:
     parser.add_argument("--output", default="interpolation.json")
     parser.add_argument("--plot", default="interpolation.png")
     args = parser.parse_args(argv)
-    try:
-        run(args)
-    except LatentDLMError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from latentdlm.errors import LatentDLMError
+from latentdlm.errors import LatentDLMError, exit_code
 
 
 def parse_label_names(value: str | None) -> dict[str, str] | None:
@@ -70,12 +70,7 @@ def main(argv=None) -> int:
     parser.add_argument("--output", required=True, help="the classifier folder to write")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
-    try:
-        run(args)
-    except LatentDLMError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code(lambda: run(args))
 
 
 if __name__ == "__main__":
