@@ -16,6 +16,7 @@ Parts (models come from the other benchmarks' work folders; each part says which
             chosen on validation samples, then NUM_TEST samples each scored once: topic accuracy by an
             independent classifier (logistic regression on all-mpnet-base-v2 features of real AG News),
             MAUVE (mpnet) against real items, diversity
+  map       a PCA map of design (b)'s latents (AG News by topic, ROCStories) with an interpolation path
 Results: benchmarks/results/latent_space.json (+ .png).
 """
 
@@ -242,6 +243,28 @@ def part_guidance(args, results: dict, splits: Splits) -> None:
     rows["unguided_accuracy"] = accuracy(unguided, wanted)  # chance level is 0.25: what guidance adds
 
 
+# ---- the picture -----------------------------------------------------------------------------------
+def part_map(args, results: dict, splits: Splits) -> None:
+    """A PCA map of paragraph latents (design (b): mean sentence embedding) of AG News test items by topic
+    and ROCStories validation stories, with the slerp path from a story to a Sports item drawn on it."""
+    from latentdlm.evaluation.plots import paragraph_vectors, plot_latent_map
+    from latentdlm.pipelines.latent_text import LatentDiffusionTextPipeline
+
+    pipe = LatentDiffusionTextPipeline.from_pretrained(ladder_pipeline(args))
+    news = agnews_splits()["test"][:300]
+    stories = splits.validation[-100:]
+    texts, labels = [t for t, _ in news] + stories, [c for _, c in news] + ["ROCStories"] * len(stories)
+    encoded = pipe.encode(texts)
+    source, target = stories[0], next(t for t, c in news if c == "Sports")
+    path = pipe.interpolate(source, target, num_points=7)
+    png = RESULTS.with_name("latent_space_map.png")
+    plot_latent_map(png, paragraph_vectors(encoded.latents, encoded.segment_mask), labels,
+                    paragraph_vectors(path.latents, path.segment_mask), [f"{t:.2f}" for t in path.positions],
+                    title="design (b) latents (mean sentence embedding), PCA; a story -> Sports path")
+    results["map"] = {"png": str(png.relative_to(ROOT)), "points": len(texts), "path": {"source": source, "target": target,
+                                                                                       "texts": path.texts}}
+
+
 # ---- the report --------------------------------------------------------------------------------
 SUMMARY_KEYS = ["interp_new_text_rate", "interp_monotonic_rate", "infill_kept_verbatim_rate", "classifier_guidance_accuracy",
                 "cfg_accuracy"]
@@ -279,7 +302,7 @@ def plot(results: dict, path: Path) -> None:
         plot_interpolation_curves(curves, path)
 
 
-PARTS = {"interp": part_interp, "infill": part_infill, "agnews": part_agnews, "guidance": part_guidance}
+PARTS = {"interp": part_interp, "infill": part_infill, "agnews": part_agnews, "guidance": part_guidance, "map": part_map}
 
 
 def main() -> None:
