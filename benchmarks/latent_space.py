@@ -8,6 +8,7 @@ Parts (models come from the other benchmarks' work folders; each part says which
             slerp, lerp and slerp through noise 0.5 on the tiny pipeline without and with robustness
             training of its autoencoder (benchmarks/generation.py's `preset` and `ae_latent_noise` arms),
             slerp and slerp through noise on the flagship design (b) (benchmarks/quality_ladder.py)
+  vary      the strength -> (similarity to the input, SmolLM2 perplexity) curve of (b)'s variations
   infill    the middle sentence of held-out stories blanked and filled: design (b) (sampler and
             resampling chosen on 100 validation stories) vs the ladder's SmolLM2 peer continuing the
             first two sentences; 200 test stories (rocstories/dev.jsonl)
@@ -33,7 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from generation import Splits, last_record, load_results, run_cli, run_parts, write_results  # noqa: E402
-from quality_ladder import autoencoder_dir, load_adapter, peer_generate, peer_path, peer_tokenizer, pipeline_dir  # noqa: E402
+from quality_ladder import (  # noqa: E402
+    autoencoder_dir, load_adapter, peer_generate, peer_model, peer_path, peer_tokenizer, perplexity, pipeline_dir,
+)
 
 from latentdlm.data.sources import data_root, load_labeled_texts  # noqa: E402
 
@@ -79,6 +82,57 @@ def part_interp(args, results: dict, splits: Splits) -> None:
             rows["systems"].setdefault(name, {})[setting] = {k: v for k, v in result.items() if k != "paths"}
             print(f"{name} {setting}: new {result['new_text_rate']:.3f}, monotonic {result['monotonic_rate']:.3f}", flush=True)
             save_results(results)
+
+
+# ---- variations ------------------------------------------------------------------------------------
+VARY_STRENGTHS = [0.1, 0.2, 0.3, 0.5, 0.7, 1.0]
+NUM_VARY = 50
+
+
+def part_vary(args, results: dict, splits: Splits) -> None:
+    """The strength -> (similarity to the input, fluency) curve of design (b)'s variations: one variation
+    of each of 50 validation stories per strength; MiniLM cosine and BLEU to the input, perplexity under
+    the untouched SmolLM2."""
+    import sacrebleu
+
+    from latentdlm.evaluation.reconstruction import meaning_similarity
+    from latentdlm.pipelines.latent_text import LatentDiffusionTextPipeline
+
+    pipe = LatentDiffusionTextPipeline.from_pretrained(ladder_pipeline(args))
+    tokenizer, plain = peer_tokenizer(), peer_model(lora=False).eval()
+    stories = splits.validation[-NUM_VARY:]
+    rows = results["vary"] = {"stories": f"rocstories/train.jsonl[{5000 - NUM_VARY}:5000]", "curve": []}
+    for strength in VARY_STRENGTHS:
+        texts = [pipe.vary(story, strength, num_samples=1, seed=i)[0] for i, story in enumerate(stories)]
+        rows["curve"].append({"strength": strength, "cosine_to_input": meaning_similarity(stories, texts),
+                              "bleu_to_input": sacrebleu.corpus_bleu(texts, [stories]).score,
+                              "perplexity_smollm2": perplexity(texts, tokenizer, plain), "examples": texts[:2]})
+        print(json.dumps({k: v for k, v in rows["curve"][-1].items() if k != "examples"}), flush=True)
+    rows["input_examples"] = stories[:2]
+    rows["perplexity_smollm2_of_inputs"] = perplexity(stories, tokenizer, plain)
+    plot_vary(rows, RESULTS.with_name("latent_space_vary.png"))
+
+
+def plot_vary(rows: dict, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    strengths = [r["strength"] for r in rows["curve"]]
+    fig, left = plt.subplots(figsize=(6, 3.8))
+    left.plot(strengths, [r["cosine_to_input"] for r in rows["curve"]], "o-", color="tab:blue", label="MiniLM cosine to input")
+    left.plot(strengths, [r["bleu_to_input"] / 100 for r in rows["curve"]], "s--", color="tab:blue", label="BLEU to input / 100")
+    left.set(xlabel="strength (share of the noise schedule)", ylabel="similarity to the input", ylim=(0, 1))
+    right = left.twinx()
+    right.plot(strengths, [r["perplexity_smollm2"] for r in rows["curve"]], "^-", color="tab:red", label="perplexity (SmolLM2)")
+    right.axhline(rows["perplexity_smollm2_of_inputs"], color="tab:red", linestyle=":", linewidth=1)
+    right.set_ylabel("perplexity under SmolLM2 (dotted: the inputs)", color="tab:red")
+    left.legend(fontsize=7, loc="lower left")
+    left.set_title("variations (SDEdit): distance from the input against strength")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
 
 
 # ---- infilling -------------------------------------------------------------------------------------
@@ -302,7 +356,7 @@ def plot(results: dict, path: Path) -> None:
         plot_interpolation_curves(curves, path)
 
 
-PARTS = {"interp": part_interp, "infill": part_infill, "agnews": part_agnews, "guidance": part_guidance, "map": part_map}
+PARTS = {"interp": part_interp, "vary": part_vary, "infill": part_infill, "agnews": part_agnews, "guidance": part_guidance, "map": part_map}
 
 
 def main() -> None:
