@@ -527,3 +527,11 @@ def test_mpnet_features_come_from_the_joined_pypi_parts(tmp_path, monkeypatch):
     folder = Path(mpnet_path(str(tmp_path / "cache")))
     assert (folder / "modules.json").read_text() == "[]" and (folder / "config.json").exists()
     assert mpnet_path(str(tmp_path / "cache")) == str(folder)  # cached: not joined again
+
+
+def test_pipeline_moves_like_a_diffusers_pipeline(pipeline_dir):
+    from latentdlm.pipelines.latent_text import LatentDiffusionTextPipeline
+
+    pipe = LatentDiffusionTextPipeline.from_pretrained(pipeline_dir).to("cpu")
+    assert pipe.device.type == "cpu" and pipe.autoencoder.dtype == torch.float32
+    assert len(pipe(num_samples=2, num_inference_steps=2, seed=0, show_progress=False).texts) == 2

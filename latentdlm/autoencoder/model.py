@@ -105,6 +105,10 @@ class ParagraphAutoencoder(nn.Module):
         return next(self.parameters()).device
 
     @property
+    def dtype(self) -> torch.dtype:  # read by DiffusionPipeline.to
+        return next(self.parameters()).dtype
+
+    @property
     def latent_shape(self) -> tuple[int, int]:
         return self.config.num_latents, self.config.latent_dim
 

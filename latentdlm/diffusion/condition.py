@@ -75,6 +75,10 @@ class ConditionEncoder(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @property
+    def dtype(self) -> torch.dtype:  # read by DiffusionPipeline.to
+        return next(self.parameters()).dtype
+
     def tokenize(self, texts: Sequence[str], warn: bool = True) -> dict[str, torch.Tensor]:
         """Padded ids and mask; empty sources fail; one warning with the count of sources cut at max_length."""
         empty = [i for i, text in enumerate(texts) if not text or not text.strip()]
