@@ -145,6 +145,61 @@ def test_training_a_concept_autoencoder_reads_the_cache(stand_ins, tmp_path, mon
     assert len(model.reconstruct([STORY])) == 1
 
 
+def test_decoder_context_is_the_previous_segments_text_left_padded_and_unlabelled(stand_ins):
+    model = concept_model(stand_ins, **{"model.decoder_context": 1})
+    per_text = model.split_units([STORY, "A dog barked."])
+    contexts = model.context_ids(per_text)
+    tokenize = lambda text: model.decoder_tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    assert contexts == [[], tokenize("The Fox was hungry."), tokenize("He saw some grapes on a vine."), []]
+    units = [u for units in per_text for u in units]
+    tokens = model.tokenize(units)
+    batch = model.collate(None, tokens.decoder_ids, contexts)
+    width = max(map(len, contexts))
+    assert (batch["labels"][:, :width] == -100).all()  # the context is read, never a target
+    assert batch["labels"][:, width:].tolist() == model.collate(None, tokens.decoder_ids)["labels"].tolist()
+    assert batch["decoder_input_ids"][1, width - len(contexts[1]) : width].tolist() == contexts[1]
+    # left padding and positions: a row's logits do not depend on the longer contexts batched with it
+    latents = torch.randn(len(units), 1, 32)
+    together = model.decoder_logits(latents, batch["decoder_input_ids"], batch["decoder_attention_mask"])
+    alone = model.collate(None, tokens.decoder_ids[:1], contexts[:1])
+    first = model.decoder_logits(latents[:1], alone["decoder_input_ids"], alone["decoder_attention_mask"])
+    torch.testing.assert_close(together[0, width:][: first.shape[1]], first[0], atol=1e-4, rtol=1e-4)
+    # and the context is read: another previous sentence changes the prediction
+    other = model.collate(None, tokens.decoder_ids[1:2], [tokenize("A dog barked loudly at night.")])
+    changed = model.decoder_logits(latents[1:2], other["decoder_input_ids"], other["decoder_attention_mask"])
+    assert not torch.allclose(changed[0, -len(tokens.decoder_ids[1]) :], together[1, -len(tokens.decoder_ids[1]) :][: changed.shape[1]])
+
+
+def test_decoding_in_context_goes_segment_by_segment_and_keeps_fixed_text(stand_ins):
+    model = concept_model(stand_ins, **{"model.decoder_context": 2})
+    encoded = model.encode([STORY, "A dog barked."])
+    seen = []
+    generate = model.decoder.generate
+    model.decoder.generate = lambda memory, n, context_ids=None, **kw: seen.append(context_ids) or generate(memory, n, context_ids, **kw)
+    texts = model.decode(encoded, max_new_tokens=3, joined=False, fixed=[[None, "He saw some grapes.", None], [None]])
+    assert len(seen) == 2  # position 0 (both texts), then position 2 (the story); position 1 is given
+    assert texts[0][1] == "He saw some grapes." and len(texts[0]) == 3 and len(texts[1]) == 1
+    # the third sentence reads the decoded first and the given second
+    assert seen[0] == [[], []] and seen[1] == [model._context_tokens([texts[0][0], "He saw some grapes."])]
+
+
+def test_training_with_decoder_context(stand_ins, tmp_path, monkeypatch):
+    from latentdlm.cli import main
+
+    monkeypatch.setenv("LATENTDLM_CACHE", str(tmp_path / "cache"))
+    preset = tmp_path / "concept.yaml"
+    preset.write_text("data: {source: 'bundled:aesop'}\n")
+    overrides = concept_overrides(stand_ins, tmp_path / "run", **{"model.decoder_context": 1})
+    assert main(["train-autoencoder", "--config", str(preset), *overrides]) == 0
+    model = ParagraphAutoencoder.from_pretrained(tmp_path / "run" / "autoencoder")
+    assert model.config.decoder_context == 1 and len(model.reconstruct([STORY, "A dog barked."])) == 2
+
+
+def test_decoder_context_needs_a_causal_decoder_in_segment_mode(stand_ins):
+    with pytest.raises(LatentDLMError, match="causal decoder in segment mode"):
+        concept_model(stand_ins, **{"model.decoder_context": 1, "model.segmentation.mode": "none"})
+
+
 def test_pooled_latents_need_a_matching_shape(stand_ins):
     with pytest.raises(LatentDLMError, match="num_latents: 1, latent_dim: 32, regularization: none"):
         concept_model(stand_ins, **{"model.latent_dim": 16})

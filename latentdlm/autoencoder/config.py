@@ -62,6 +62,9 @@ class AutoencoderConfig:
     memory_heads: int = 4
     regularization: str = "vae"  # vae | l2 | none
     max_length: int = 64  # tokens per encoded unit (a segment in segment mode, else a paragraph)
+    # causal decoders in segment mode: the decoder also reads the text of the previous N segments (the
+    # real ones in training, its own output when decoding), so names and pronouns carry across sentences
+    decoder_context: int = 0
     # segment mode (SLD): mode "sentences" or "dialogue_turns" gives each segment its own latent block
     segmentation: SegmentationConfig = field(default_factory=lambda: SegmentationConfig(mode="none"))
     dropout: float = 0.0

@@ -80,6 +80,7 @@ class ParagraphAutoencoder(nn.Module):
         )
         self.segmenter = SentenceSegmenter(config.segmentation)
         self._check_vocab()
+        self._check_context()
 
     def _check_pooled(self) -> None:
         config = self.config
@@ -91,6 +92,13 @@ class ParagraphAutoencoder(nn.Module):
                 f"latent_type: pooled makes the encoder's {width}-d sentence embedding the latent: set num_latents: 1, "
                 f"latent_dim: {width}, regularization: none (got {config.num_latents}, {config.latent_dim}, {config.regularization})"
             )
+
+    def _check_context(self) -> None:
+        context = self.config.decoder_context
+        if context < 0:
+            raise LatentDLMError(f"decoder_context must be 0 or more segments, got {context}")
+        if context and (self.decoder.kind != "causal" or self.config.segmentation.mode == "none"):
+            raise LatentDLMError("decoder_context (the previous segments' text) needs a causal decoder in segment mode")
 
     def _check_vocab(self) -> None:
         for name, tokenizer, part in (("encoder", self.encoder_tokenizer, self.encoder), ("decoder", self.decoder_tokenizer, self.decoder)):
@@ -144,10 +152,12 @@ class ParagraphAutoencoder(nn.Module):
             warnings.warn(f"{truncated} of {len(bodies)} texts are longer than max_length={limit} tokens and were truncated")
         return TokenizedUnits(enc, [ids[: limit - 1] + [eos] for ids in bodies], truncated)
 
-    def collate(self, encoder_ids: Optional[Sequence[list[int]]], decoder_ids: Sequence[list[int]]) -> dict[str, torch.Tensor]:
+    def collate(self, encoder_ids: Optional[Sequence[list[int]]], decoder_ids: Sequence[list[int]],
+                context_ids: Optional[Sequence[list[int]]] = None) -> dict[str, torch.Tensor]:
         """Pad a batch to its own longest unit (dynamic padding). Decoder inputs are the targets
         shifted right behind the decoder's start token: BART `</s> <s> x`, T5 `<pad> x`, causal `<bos> x`.
-        Without `encoder_ids` (latents given from a cache) the batch holds the decoder side only."""
+        Without `encoder_ids` (latents given from a cache) the batch holds the decoder side only. With
+        `context_ids` (decoder_context) each row's context tokens come first, left-padded, unlabelled."""
         dec_pad = _pad_id(self.decoder_tokenizer)
         start = self.decoder.start_token_id
         batch = {}
@@ -155,7 +165,25 @@ class ParagraphAutoencoder(nn.Module):
             batch["input_ids"], batch["attention_mask"] = _pad(encoder_ids, _pad_id(self.encoder_tokenizer))
         batch["decoder_input_ids"], batch["decoder_attention_mask"] = _pad([[start] + ids[:-1] for ids in decoder_ids], dec_pad)
         batch["labels"], _ = _pad(decoder_ids, -100)
+        if context_ids is not None:
+            context, context_mask = _left_pad(context_ids, dec_pad)
+            batch["decoder_input_ids"] = torch.cat([context, batch["decoder_input_ids"]], dim=1)
+            batch["decoder_attention_mask"] = torch.cat([context_mask, batch["decoder_attention_mask"]], dim=1)
+            batch["labels"] = torch.cat([torch.full_like(context, -100), batch["labels"]], dim=1)
         return batch
+
+    def context_ids(self, per_text: Sequence[Sequence[str]]) -> list[list[int]]:
+        """For every unit of every text (in order), the decoder tokens of the text's previous
+        `decoder_context` units: what the decoder reads before writing it."""
+        context = self.config.decoder_context
+        return [self._context_tokens(units[max(0, j - context) : j]) for units in per_text for j in range(len(units))]
+
+    def _context_tokens(self, previous: Sequence[str]) -> list[int]:
+        text = " ".join(p for p in previous if p)
+        if not text:
+            return []
+        ids = self.decoder_tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        return ids[-self.config.max_length * self.config.decoder_context :]
 
     # ---- text level --------------------------------------------------------------------------
     def split_units(self, texts: Sequence[str]) -> list[list[str]]:
@@ -195,26 +223,48 @@ class ParagraphAutoencoder(nn.Module):
 
     @torch.no_grad()
     def decode(self, encoded: EncodedText, batch_size: int = 64, max_new_tokens: Optional[int] = None, joined: bool = True,
-               **generate_kwargs) -> list[str] | list[list[str]]:
-        """Latents -> texts. All segments of all texts decode in parallel, then rejoin in order (`joined`
-        False: each text's list of decoded segments)."""
-        flat = encoded.latents[encoded.segment_mask]  # (N, k, d) in row-major order
-        if self.config.latent_type == "pooled":  # sampled latents drift off the sphere the decoder was trained on
-            flat = onto_sphere(flat)
+               fixed: Optional[Sequence[Sequence[Optional[str]]]] = None, **generate_kwargs) -> list[str] | list[list[str]]:
+        """Latents -> texts: every segment of every text decodes in one parallel pass (with decoder_context,
+        segment position by position, each reading its text's previous segments), then the segments
+        rejoin in order (`joined` False: each text's list of segments). `fixed[row][s]`, where not None,
+        is that segment's text as given: not decoded, and read as context by the segments after it."""
         generate_kwargs.setdefault("do_sample", False)
         generate_kwargs.setdefault("num_beams", 1)
         generate_kwargs.setdefault("pad_token_id", _pad_id(self.decoder_tokenizer))
         generate_kwargs.setdefault("eos_token_id", self.decoder_tokenizer.eos_token_id)
+        mask = encoded.segment_mask.cpu()
+        given = [[None] * mask.shape[1] if fixed is None else list(fixed[row]) + [None] * (mask.shape[1] - len(fixed[row]))
+                 for row in range(mask.shape[0])]
+        texts: list[list[Optional[str]]] = [[given[row][s] if mask[row, s] else None for s in range(mask.shape[1])]
+                                            for row in range(mask.shape[0])]
+        todo = [(row, s) for row in range(mask.shape[0]) for s in range(mask.shape[1]) if mask[row, s] and given[row][s] is None]
+        waves = [todo]  # without context: one pass; with it, one pass per segment position
+        if self.config.decoder_context:
+            waves = [[(row, s) for row, s in todo if s == position] for position in range(mask.shape[1])]
+        for wave in waves:
+            if not wave:
+                continue
+            latents = torch.stack([encoded.latents[row, s] for row, s in wave])
+            contexts = None
+            if self.config.decoder_context:
+                context = self.config.decoder_context
+                contexts = [self._context_tokens(texts[row][max(0, s - context) : s]) for row, s in wave]
+            for (row, s), piece in zip(wave, self._generate(latents, contexts, batch_size, max_new_tokens, generate_kwargs)):
+                texts[row][s] = piece
+        rows = [[t for t, keep in zip(row, mask[i]) if keep] for i, row in enumerate(texts)]
+        return [" ".join(p for p in segments if p) for segments in rows] if joined else rows
+
+    def _generate(self, latents: torch.Tensor, contexts: Optional[list[list[int]]], batch_size: int, max_new_tokens: Optional[int],
+                  generate_kwargs: dict) -> list[str]:
+        if self.config.latent_type == "pooled":  # sampled latents drift off the sphere the decoder was trained on
+            latents = onto_sphere(latents)
         pieces: list[str] = []
-        for start in range(0, flat.shape[0], batch_size):
-            memory = self.to_memory(flat[start : start + batch_size].to(self.device))
-            ids = self.decoder.generate(memory, max_new_tokens or self.config.max_length, **generate_kwargs)
+        for start in range(0, latents.shape[0], batch_size):
+            memory = self.to_memory(latents[start : start + batch_size].to(self.device))
+            batch_contexts = None if contexts is None else contexts[start : start + batch_size]
+            ids = self.decoder.generate(memory, max_new_tokens or self.config.max_length, context_ids=batch_contexts, **generate_kwargs)
             pieces += [t.strip() for t in self.decoder_tokenizer.batch_decode(ids, skip_special_tokens=True)]
-        texts, start = [], 0
-        for count in encoded.segment_mask.sum(dim=1).tolist():
-            texts.append(pieces[start : start + count])
-            start += count
-        return [" ".join(p for p in segments if p) for segments in texts] if joined else texts
+        return pieces
 
     @torch.no_grad()
     def decoder_nll(self, latents: torch.Tensor, units: Sequence[str], batch_size: int = 64) -> torch.Tensor:
@@ -332,6 +382,13 @@ def _pad(sequences: Sequence[list[int]], value: int) -> tuple[torch.Tensor, torc
     for row, seq in enumerate(sequences):
         ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
         mask[row, : len(seq)] = 1
+    return ids, mask
+
+
+def _left_pad(sequences: Sequence[list[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max((len(s) for s in sequences), default=0)
+    ids = torch.tensor([[value] * (width - len(s)) + list(s) for s in sequences], dtype=torch.long).reshape(len(sequences), width)
+    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences], dtype=torch.long).reshape(len(sequences), width)
     return ids, mask
 
 

@@ -230,14 +230,17 @@ class TextDecoder(_Part):
             return out.logits
         embeds = torch.cat([memory, self.model.get_input_embeddings()(input_ids)], dim=1)
         mask = torch.cat([_memory_mask(memory), attention_mask], dim=1)
-        out = self.model(inputs_embeds=embeds, attention_mask=mask, use_cache=False)
+        # positions count real tokens only: left-padded context tokens sit between the prefix and the text
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False)
         return out.logits[:, memory.shape[1] :]
 
     @torch.no_grad()
-    def generate(self, memory: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:
+    def generate(self, memory: torch.Tensor, max_new_tokens: int, context_ids: Optional[list[list[int]]] = None, **kwargs) -> torch.Tensor:
         """Token ids (B, T) generated from the memory (no start token, padded after eos). A BART-style
         decoder first produces the `<s>` it was trained to begin with; decoding skips it as a special token.
-        A causal decoder starts from BOS after the latent prefix, as in training (`collate`)."""
+        A causal decoder starts from BOS after the latent prefix, as in training (`collate`), behind each
+        row's left-padded `context_ids` when given."""
         if self.kind == "seq2seq":
             ids = self.model.generate(
                 encoder_outputs=BaseModelOutput(last_hidden_state=memory),
@@ -246,9 +249,13 @@ class TextDecoder(_Part):
                 **kwargs,
             )
             return ids[:, 1:]  # drop the decoder start token
-        start = torch.full((memory.shape[0], 1), self.start_token_id, device=memory.device)
-        embeds = torch.cat([memory, self.model.get_input_embeddings()(start)], dim=1)
-        mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=memory.device)
+        rows = [list(c) + [self.start_token_id] for c in (context_ids or [[]] * memory.shape[0])]
+        width = max(map(len, rows))
+        pad = kwargs.get("pad_token_id", self.start_token_id)
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=memory.device)
+        text_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=memory.device)
+        embeds = torch.cat([memory, self.model.get_input_embeddings()(ids)], dim=1)
+        mask = torch.cat([_memory_mask(memory), text_mask], dim=1)  # generate derives the positions from it
         return self.model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens, **kwargs)
 
 

@@ -249,14 +249,8 @@ def infill(pipe, parts: Sequence[Optional[str]], num_samples: int = 1, num_infer
     generators = pipe._generators(num_samples, seed, None)
     clean = sample_latents(pipe.denoiser, make_scheduler(sampler, pipe.scheduler), latent_mask, num_inference_steps, generators,
                            conditions, guidance_scale, held=Held(values, held_mask.repeat_interleave(k, dim=1), resample))
-    out = unflat(pipe, clean)
-    fill_mask = ~held_mask
-    pieces = pipe._decode(EncodedText(out, fill_mask), int(fill_mask.sum()), {**pipe.decoding, **(decoding or {})}, generators[0],
-                          joined=False)
-    segments = []
-    for row in range(num_samples):
-        generated = iter(pieces[row])
-        segments.append([part if part is not None else next(generated) for part in parts])
+    segments = pipe._decode(EncodedText(unflat(pipe, clean), segment_mask), num_samples * len(blanks),
+                            {**pipe.decoding, **(decoding or {})}, generators[0], joined=False, fixed=[list(parts)] * num_samples)
     return InfillOutput([" ".join(s for s in row if s) for row in segments], segments, blanks)
 
 

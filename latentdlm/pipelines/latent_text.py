@@ -200,11 +200,11 @@ class LatentDiffusionTextPipeline(DiffusionPipeline):
         return torch.tensor([denoiser.class_index(label) for label in class_labels], device=self.device)
 
     def _decode(self, encoded: EncodedText, batch_size: int, decoding: dict, generator: torch.Generator,
-                joined: bool = True) -> list[str] | list[list[str]]:
+                joined: bool = True, fixed=None) -> list[str] | list[list[str]]:
         """The decoder with the call's settings; top-p sampling draws from a seed taken from `generator`
         (repeatable with the pipeline's seed) on a forked global RNG (which `generate` samples from)."""
         kwargs = dict(num_beams=decoding["decode_beams"], no_repeat_ngram_size=decoding["no_repeat_ngram_size"],
-                      repetition_penalty=decoding["repetition_penalty"], do_sample=decoding["top_p"] is not None, joined=joined)
+                      repetition_penalty=decoding["repetition_penalty"], do_sample=decoding["top_p"] is not None, joined=joined, fixed=fixed)
         if not kwargs["do_sample"]:
             return self.autoencoder.decode(encoded, batch_size=batch_size, **kwargs)
         kwargs.update(top_p=decoding["top_p"], top_k=0)  # nucleus sampling only, without generate's default top-k 50

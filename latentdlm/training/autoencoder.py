@@ -61,30 +61,35 @@ def load_corpus(data: TextDataConfig, seed: int) -> tuple[list[str], list[str]]:
 
 
 class UnitDataset(torch.utils.data.Dataset):
-    """(encoder input, decoder target) pairs; the encoder input is token ids, or a cached latent."""
+    """(encoder input, decoder target, decoder context or None) per unit; the encoder input is token ids,
+    or a cached latent."""
 
-    def __init__(self, encoder_ids: list, decoder_ids: list[list[int]]):
-        self.encoder_ids, self.decoder_ids = encoder_ids, decoder_ids
+    def __init__(self, encoder_ids: list, decoder_ids: list[list[int]], context_ids: Optional[list[list[int]]] = None):
+        self.encoder_ids, self.decoder_ids, self.context_ids = encoder_ids, decoder_ids, context_ids
 
     def __len__(self) -> int:
         return len(self.encoder_ids)
 
     def __getitem__(self, i: int):
-        return self.encoder_ids[i], self.decoder_ids[i]
+        return self.encoder_ids[i], self.decoder_ids[i], None if self.context_ids is None else self.context_ids[i]
 
 
 def make_dataloader(model: ParagraphAutoencoder, texts: list[str], batch_size: int, seed: int, num_workers: int = 0) -> DataLoader:
-    """Every unit (a segment, or a whole paragraph) of every text is one example."""
-    units = [u for per_text in model.split_units(texts) for u in per_text]
+    """Every unit (a segment, or a whole paragraph) of every text is one example (with decoder_context,
+    together with the text of the units before it)."""
+    per_text = model.split_units(texts)
+    units = [u for units in per_text for u in units]
     tokens = model.tokenize(units)
-    if uses_embedding_cache(model):  # a frozen pooled encoder: its latents are computed once, not every step
-        dataset = UnitDataset(unit_embeddings(model, units), tokens.decoder_ids)
-        collate = lambda items: {  # noqa: E731
-            **model.collate(None, [b for _, b in items]), "latents": torch.stack([a for a, _ in items]),
-        }
-    else:
-        dataset = UnitDataset(tokens.encoder_ids, tokens.decoder_ids)
-        collate = lambda items: model.collate([a for a, _ in items], [b for _, b in items])  # noqa: E731
+    contexts = model.context_ids(per_text) if model.config.decoder_context else None
+    cached = uses_embedding_cache(model)  # a frozen pooled encoder: its latents are computed once, not every step
+    dataset = UnitDataset(unit_embeddings(model, units) if cached else tokens.encoder_ids, tokens.decoder_ids, contexts)
+
+    def collate(items):
+        context = None if contexts is None else [c for _, _, c in items]
+        if not cached:
+            return model.collate([a for a, _, _ in items], [b for _, b, _ in items], context)
+        return {**model.collate(None, [b for _, b, _ in items], context), "latents": torch.stack([a for a, _, _ in items])}
+
     sampler = LengthGroupedSampler([len(ids) for ids in tokens.decoder_ids], batch_size, seed)
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate, num_workers=num_workers, drop_last=True,
