@@ -351,7 +351,7 @@ def title_prompt(title: str) -> str:
 
 
 def part_title2story(args, results: dict, splits: Splits) -> None:
-    """Title -> story (SLD's task): design (b)'s autoencoder with a title-conditioned DiT (frozen MiniLM title
+    """Title -> story (SLD's task): the --flagship design's autoencoder with a title-conditioned DiT (frozen MiniLM title
     states, CFG), trained --dit-minutes on 400 titled stories, guidance scale chosen on 100 more (mpnet
     similarity to the reference story); the peer's story adapter fine-tuned on "Title: ...\nStory:"
     prompts for the same minutes. Test: roc_title2story/valid.jsonl (500 titles), one story each, once."""
@@ -366,7 +366,8 @@ def part_title2story(args, results: dict, splits: Splits) -> None:
     train_file = write_jsonl(work / "train.jsonl", [{"src": title, "trg": story} for title, story in train])
     run = work / "diffusion-run"
     train_stage("train-diffusion", ROOT / "configs/diffusion/flagship/concept_roc_title2story.yaml", run, args.dit_minutes,
-                [f"autoencoder={autoencoder_dir(Path(args.work_dir), 'b')}", "training.eval_every=0"], source=str(train_file), limit=None)
+                [f"autoencoder={autoencoder_dir(Path(args.work_dir), args.flagship)}", "training.eval_every=0"], source=str(train_file),
+                limit=None)
     pipe = LatentDiffusionTextPipeline.from_pretrained(run / "pipeline")
     relevance = lambda stories, rows: meaning_similarity([s for _, s in rows], stories, mpnet_path())  # noqa: E731
     story = lambda rows, scale: pipe(num_samples=len(rows), conditions=[t for t, _ in rows], guidance_scale=scale,  # noqa: E731
@@ -388,7 +389,7 @@ def part_title2story(args, results: dict, splits: Splits) -> None:
         save_results(results)
 
     stories, seconds = timed(lambda: story(test, best))
-    measure("b", stories, seconds, guidance_scale=best, diffusion=last_record(run))
+    measure(args.flagship, stories, seconds, guidance_scale=best, diffusion=last_record(run))
     path = peer_path(args, "title2story")
     if not path.exists():
         model, record = finetune_smollm2([(title_prompt(t), " " + s) for t, s in train], args.dit_minutes, init=peer_path(args))
@@ -569,6 +570,7 @@ def main() -> None:
     parser.add_argument("--dit-minutes", type=float, default=DIT_MINUTES)
     parser.add_argument("--design", action="append", choices=list(DESIGNS),
                         help="autoencoders/dit: this flagship design (default: a and b)")
+    parser.add_argument("--flagship", choices=["b", "c"], default="b", help="title2story: the concept design it runs on")
     parser.add_argument("--rerun", action="store_true", help="recon, uncond: score systems measured earlier again")
     args = parser.parse_args()
     args.design = args.design or ["a", "b"]
