@@ -117,8 +117,7 @@ def first_step(strength: float, num_inference_steps: int, name: str = "strength"
     """The sampler step to start from for a noise `strength` in (0, 1] (1: from pure noise)."""
     if not 0.0 < strength <= 1.0:
         raise LatentDLMError(f"{name} must be within (0, 1] (the share of the noise schedule), got {strength}")
-    first = num_inference_steps - max(1, round(strength * num_inference_steps))
-    return first
+    return num_inference_steps - max(1, round(strength * num_inference_steps))
 
 
 def flat(pipe, latents: torch.Tensor, segment_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
