@@ -11,15 +11,16 @@ text's own, so sentences appear (or disappear) one at a time along the path.
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
+from diffusers import DDIMInverseScheduler
 
 from latentdlm.autoencoder.model import EncodedText
 from latentdlm.data.segmentation import SegmentationConfig, SentenceSegmenter
-from latentdlm.diffusion.objective import predicted_noise, predicted_x0
 from latentdlm.diffusion.sampling import RESAMPLING_SAMPLERS, Held, noised, sample_latents
 from latentdlm.diffusion.schedulers import make_scheduler
 from latentdlm.errors import LatentDLMError
@@ -133,25 +134,31 @@ def unflat(pipe, latents: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def invert(pipe, latents: torch.Tensor, num_inference_steps: int, first: int, conditions: Optional[dict] = None) -> torch.Tensor:
-    """Deterministic DDIM inversion of autoencoder latents (B, S, k, d), all segments real, up to the noise
-    level of the sampler's step `first`; returns them at that level in the autoencoder's shape (normalised
-    values, reshaped): x_next = sqrt(a_next) x0(x, t) + sqrt(1 - a_next) eps(x, t)."""
-    denoiser, scheduler = pipe.denoiser, make_scheduler("ddim", pipe.scheduler)
-    scheduler.set_timesteps(num_inference_steps)
-    mask = torch.ones(latents.shape[:2], dtype=torch.bool)
-    x, keep = flat(pipe, latents, mask)
-    levels = [0] + [int(t) for t in reversed(scheduler.timesteps[first:])]
-    alphas = scheduler.alphas_cumprod
+    """Deterministic DDIM inversion (diffusers' DDIMInverseScheduler, trailing spacing) of autoencoder
+    latents (B, S, k, d), all segments real, up to the noise level of the sampler's step `first`; returns
+    them at that level, normalised, in the autoencoder's shape. The model is evaluated at the level the
+    latents are at (the scheduler's current one), not the next."""
+    denoiser, inverse = pipe.denoiser, inverse_scheduler(pipe.scheduler)
+    inverse.set_timesteps(num_inference_steps)
+    ratio = inverse.config.num_train_timesteps // num_inference_steps
+    x, keep = flat(pipe, latents, torch.ones(latents.shape[:2], dtype=torch.bool))
     self_condition = torch.zeros_like(x) if denoiser.config.self_conditioning else None
-    for current, following in zip(levels, levels[1:]):
-        timesteps = torch.full((x.shape[0],), current)
-        output = denoiser(x, timesteps, keep, self_condition=self_condition, **(conditions or {}))
-        x0, eps = predicted_x0(scheduler, output, x, timesteps), predicted_noise(scheduler, output, x, timesteps)
+    for t in inverse.timesteps[: num_inference_steps - first]:
+        current = torch.full((x.shape[0],), max(int(t) - ratio, 0))
+        output = denoiser(x, current, keep, self_condition=self_condition, **(conditions or {}))
+        step = inverse.step(output, t, x)
+        x = step.prev_sample
         if self_condition is not None:
-            self_condition = x0
-        x = alphas[following].sqrt() * x0 + (1 - alphas[following]).sqrt() * eps
+            self_condition = step.pred_original_sample
     k, d = denoiser.config.num_latents, denoiser.config.latent_dim
     return x.reshape(x.shape[0], -1, k, d)
+
+
+def inverse_scheduler(base) -> DDIMInverseScheduler:
+    """The DDIM inverse of the pipeline's training schedule (its betas and prediction type)."""
+    accepted = inspect.signature(DDIMInverseScheduler.__init__).parameters
+    config = {key: value for key, value in base.config.items() if key in accepted}
+    return DDIMInverseScheduler.from_config(config, timestep_spacing="trailing", clip_sample=False, set_alpha_to_one=True)
 
 
 def denoise_from(pipe, noisy: torch.Tensor, segment_mask: torch.Tensor, num_inference_steps: int, first: int, sampler: str,
