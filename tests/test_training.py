@@ -184,3 +184,12 @@ def test_a_run_cut_by_max_minutes_shows_progress_against_its_minutes(tmp_path, m
     bars.clear()
     assert train(tmp_path / "stepped", "training.max_steps=3", "training.max_minutes=30") == 0
     assert bars[0].unit != "min" and bars[0].total == 3 and bars[0].n == 3
+
+
+def test_a_run_too_short_to_log_has_no_curves_and_no_crash(tmp_path):
+    from latentdlm.evaluation.plots import plot_training_curves
+
+    assert plot_training_curves(tmp_path / "metrics.jsonl", tmp_path / "curves.png") is None
+    (tmp_path / "metrics.jsonl").write_text("")
+    assert plot_training_curves(tmp_path / "metrics.jsonl", tmp_path / "curves.png") is None
+    assert not (tmp_path / "curves.png").exists()

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 
-def plot_training_curves(metrics_path: str | Path, png_path: str | Path, title: str = "") -> Path:
-    """One panel per metric family: training losses, then each `eval/...` score."""
+def plot_training_curves(metrics_path: str | Path, png_path: str | Path, title: str = "") -> Optional[Path]:
+    """One panel per metric family: training losses, then each `eval/...` score (None, and no file, for a
+    run too short to have logged anything)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    metrics_path = Path(metrics_path)
+    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()] if metrics_path.exists() else []
+    if not records:
+        return None
     losses = sorted({k for r in records if "loss" in r for k in r if k not in ("step", "train_minutes", "lr")})
     evals = sorted({k for r in records for k in r if k.startswith("eval/")})
     panels = [("training losses", losses)] + [(name.removeprefix("eval/"), [name]) for name in evals]
