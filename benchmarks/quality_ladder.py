@@ -531,6 +531,9 @@ def plot(results: dict, path: Path) -> None:
     if not systems and not recon:
         return
     fig, axes = plt.subplots(1, 3, figsize=(16, 3.8))
+    if not recon:
+        axes[0].text(0.5, 0.5, "reconstruction: not run yet", ha="center", va="center")
+        axes[0].set_axis_off()
     if recon:
         names = list(recon)
         axes[0].bar([f"{n}\nBLEU/100" for n in names], [recon[n]["bleu"] / 100 for n in names], color="tab:blue")
