@@ -149,6 +149,7 @@ def infill_scores(parts_list, references, fills) -> dict:
     to its neighbours against the held-out sentence's."""
     import sacrebleu
 
+    from latentdlm.evaluation.generation import row_cosines as cos
     from latentdlm.evaluation.generation import sentence_features
 
     kept = [all(seg == part for seg, part in zip(segments, parts) if part is not None) for parts, segments, _ in fills]
@@ -157,7 +158,6 @@ def infill_scores(parts_list, references, fills) -> dict:
     neighbours = [(parts[parts.index(None) - 1], parts[parts.index(None) + 1] if parts.index(None) + 1 < len(parts) else parts[parts.index(None) - 1])
                   for parts in parts_list]
     f_prev, f_next = sentence_features([p for p, _ in neighbours]), sentence_features([n for _, n in neighbours])
-    cos = lambda a, b: ((a * b).sum(-1) / (((a**2).sum(-1) * (b**2).sum(-1)) ** 0.5).clip(1e-12))  # noqa: E731
     return {
         "kept_verbatim_rate": sum(kept) / len(kept), "cosine_to_reference": float(cos(f_fill, f_ref).mean()),
         "bleu_to_reference": sacrebleu.corpus_bleu(filled, [references]).score,

@@ -25,7 +25,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from latentdlm import __version__
 from latentdlm.autoencoder.bottleneck import Bottleneck, Posterior
 from latentdlm.autoencoder.config import AutoencoderConfig
-from latentdlm.autoencoder.parts import TextDecoder, TextEncoder
+from latentdlm.autoencoder.parts import TextDecoder, TextEncoder, left_pad
 from latentdlm.autoencoder.perceiver import LatentToMemory, PerceiverResampler
 from latentdlm.config import config_from_dict
 from latentdlm.data.segmentation import SentenceSegmenter
@@ -166,7 +166,7 @@ class ParagraphAutoencoder(nn.Module):
         batch["decoder_input_ids"], batch["decoder_attention_mask"] = _pad([[start] + ids[:-1] for ids in decoder_ids], dec_pad)
         batch["labels"], _ = _pad(decoder_ids, -100)
         if context_ids is not None:
-            context, context_mask = _left_pad(context_ids, dec_pad)
+            context, context_mask = left_pad(context_ids, dec_pad)
             batch["decoder_input_ids"] = torch.cat([context, batch["decoder_input_ids"]], dim=1)
             batch["decoder_attention_mask"] = torch.cat([context_mask, batch["decoder_attention_mask"]], dim=1)
             batch["labels"] = torch.cat([torch.full_like(context, -100), batch["labels"]], dim=1)
@@ -382,13 +382,6 @@ def _pad(sequences: Sequence[list[int]], value: int) -> tuple[torch.Tensor, torc
     for row, seq in enumerate(sequences):
         ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
         mask[row, : len(seq)] = 1
-    return ids, mask
-
-
-def _left_pad(sequences: Sequence[list[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max((len(s) for s in sequences), default=0)
-    ids = torch.tensor([[value] * (width - len(s)) + list(s) for s in sequences], dtype=torch.long).reshape(len(sequences), width)
-    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences], dtype=torch.long).reshape(len(sequences), width)
     return ids, mask
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
@@ -250,13 +250,18 @@ class TextDecoder(_Part):
             )
             return ids[:, 1:]  # drop the decoder start token
         rows = [list(c) + [self.start_token_id] for c in (context_ids or [[]] * memory.shape[0])]
-        width = max(map(len, rows))
-        pad = kwargs.get("pad_token_id", self.start_token_id)
-        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=memory.device)
-        text_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=memory.device)
-        embeds = torch.cat([memory, self.model.get_input_embeddings()(ids)], dim=1)
-        mask = torch.cat([_memory_mask(memory), text_mask], dim=1)  # generate derives the positions from it
+        ids, text_mask = left_pad(rows, kwargs.get("pad_token_id", self.start_token_id))
+        embeds = torch.cat([memory, self.model.get_input_embeddings()(ids.to(memory.device))], dim=1)
+        mask = torch.cat([_memory_mask(memory), text_mask.to(memory.device)], dim=1)  # generate derives the positions from it
         return self.model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens, **kwargs)
+
+
+def left_pad(sequences: Sequence[list[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids padded on the left to the longest, with their mask (1 on real tokens)."""
+    width = max((len(s) for s in sequences), default=0)
+    ids = torch.tensor([[value] * (width - len(s)) + list(s) for s in sequences], dtype=torch.long).reshape(len(sequences), width)
+    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences], dtype=torch.long).reshape(len(sequences), width)
+    return ids, mask
 
 
 def _memory_mask(memory: torch.Tensor) -> torch.Tensor:

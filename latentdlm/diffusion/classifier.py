@@ -21,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from latentdlm.diffusion.denoiser import resolve_class_label
+from latentdlm.diffusion.sampling import noised
 from latentdlm.errors import LatentDLMError
 
 
@@ -78,10 +79,10 @@ def check_classifier(classifier: LatentClassifier, denoiser) -> None:
 
 def pipeline_latents(pipe, texts: Sequence[str], batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """Texts -> the denoiser's normalised latents (N, S*k, d) and their mask (N, S*k)."""
+    from latentdlm.pipelines.latent_edits import flat  # the pipeline layer, above this module
+
     encoded = pipe.autoencoder.encode(list(texts), batch_size)
-    size, segments, k, d = encoded.latents.shape
-    latents = pipe.denoiser.normalize(encoded.latents.reshape(size, segments * k, d))
-    return latents, encoded.segment_mask.repeat_interleave(k, dim=1)
+    return flat(pipe, encoded.latents, encoded.segment_mask)
 
 
 def train_latent_classifier(
@@ -110,9 +111,7 @@ def train_latent_classifier(
     generator = torch.Generator().manual_seed(seed)
 
     def noisy(rows: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        alpha = alphas[timesteps].reshape(-1, 1, 1)
-        noise = torch.randn(latents[rows].shape, generator=generator)
-        return alpha.sqrt() * latents[rows] + (1 - alpha).sqrt() * noise
+        return noised(latents[rows], torch.randn(latents[rows].shape, generator=generator), alphas, timesteps)
 
     start, step, losses = time.monotonic(), 0, []
     model.train()

@@ -112,9 +112,9 @@ def sample_latents(
 
 
 def noised(clean: torch.Tensor, noise: torch.Tensor, alphas_cumprod: torch.Tensor, t) -> torch.Tensor:
-    """`clean` at training timestep t's noise level: sqrt(a_t) x0 + sqrt(1 - a_t) noise (every sampler here
-    shares the training schedule's alphas)."""
-    alpha = alphas_cumprod[int(t)]
+    """`clean` (B, L, d) at training timestep t's noise level (one t, or one per row): sqrt(a_t) x0 +
+    sqrt(1 - a_t) noise (every sampler here shares the training schedule's alphas)."""
+    alpha = alphas_cumprod[torch.as_tensor(t).long()].reshape(-1, 1, 1)
     return alpha.sqrt() * clean + (1 - alpha).sqrt() * noise
 
 

@@ -135,11 +135,16 @@ def consecutive_cosine(texts: Sequence[str], split, feature_model: Optional[str]
     return mean_cosine(sentence_features([a for a, _ in pairs], feature_model), sentence_features([b for _, b in pairs], feature_model))
 
 
+def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine between each row of `a` and the matching row of `b` (or `b` itself, a single vector)."""
+    a = a / np.linalg.norm(a, axis=-1, keepdims=True).clip(1e-8)
+    b = b / np.linalg.norm(b, axis=-1, keepdims=True).clip(1e-8)
+    return (a * b).sum(axis=-1)
+
+
 def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
     """Mean cosine between the rows of `a` and the matching rows of `b`."""
-    a = a / np.linalg.norm(a, axis=1, keepdims=True).clip(1e-8)
-    b = b / np.linalg.norm(b, axis=1, keepdims=True).clip(1e-8)
-    return float((a * b).sum(axis=1).mean())
+    return float(row_cosines(a, b).mean())
 
 
 def coherence_ratio(cosine: float, random_cosine: float, real_cosine: float) -> float:

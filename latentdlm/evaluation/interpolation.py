@@ -21,18 +21,14 @@ def _same(a: str, b: str) -> bool:
     return " ".join(a.split()).lower() == " ".join(b.split()).lower()
 
 
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)).clip(1e-12)
-
-
 def path_record(pipe, source: str, target: str, num_points: int, method: str, through_noise: Optional[float],
                 num_inference_steps: int = 20, feature_model: Optional[str] = None) -> dict:
     """One pair's path: its texts and per-point measures."""
-    from latentdlm.evaluation.generation import sentence_features
+    from latentdlm.evaluation.generation import row_cosines, sentence_features
 
     out = pipe.interpolate(source, target, num_points, method, through_noise, num_inference_steps)
     features = sentence_features([source, target, *out.texts], feature_model)
-    to_a, to_b = _cosines(features[2:], features[0]), _cosines(features[2:], features[1])
+    to_a, to_b = row_cosines(features[2:], features[0]), row_cosines(features[2:], features[1])
     flat_latents = out.latents[out.segment_mask]
     units = [segment for row in out.segments for segment in row]
     nll = pipe.autoencoder.decoder_nll(flat_latents, units)

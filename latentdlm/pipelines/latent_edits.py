@@ -108,8 +108,8 @@ def interpolate(pipe, source: str, target: str, num_points: int = 5, method: str
         noisy = [invert(pipe, x[None], num_inference_steps, first)[0] for x in (a, b)]
         path, mask = interpolation_path(*noisy, positions, method)
         latents = denoise_from(pipe, path, mask, num_inference_steps, first, "ddim")
-    segments = pipe._decode(EncodedText(latents, mask), int(mask.sum()), {**pipe.decoding, **(decoding or {})},
-                            torch.Generator().manual_seed(0), joined=False)
+    segments = pipe._decode(EncodedText(latents, mask), int(mask.sum()), decoding or pipe.decoding, torch.Generator().manual_seed(0),
+                            joined=False)
     return InterpolationOutput([" ".join(s for s in row if s) for row in segments], segments, positions, latents, mask)
 
 
@@ -192,7 +192,7 @@ def vary(pipe, text: str, strength: float = 0.3, num_samples: int = 4, num_infer
     k, d = pipe.denoiser.config.num_latents, pipe.denoiser.config.latent_dim
     out = denoise_from(pipe, start.reshape(num_samples, -1, k, d), mask, num_inference_steps, first, pipe.sampler_name, generators,
                        conditions, guidance_scale)
-    return pipe._decode(EncodedText(out, mask), int(mask.sum()), {**pipe.decoding, **(decoding or {})}, generators[0])
+    return pipe._decode(EncodedText(out, mask), int(mask.sum()), decoding or pipe.decoding, generators[0])
 
 
 # ---- infilling and editing ------------------------------------------------------------------------
@@ -256,7 +256,7 @@ def infill(pipe, parts: Sequence[Optional[str]], num_samples: int = 1, num_infer
     clean = sample_latents(pipe.denoiser, make_scheduler(sampler, pipe.scheduler), latent_mask, num_inference_steps, generators,
                            conditions, guidance_scale, held=Held(values, held_mask.repeat_interleave(k, dim=1), resample))
     segments = pipe._decode(EncodedText(unflat(pipe, clean), segment_mask), num_samples * len(blanks),
-                            {**pipe.decoding, **(decoding or {})}, generators[0], joined=False, fixed=[list(parts)] * num_samples)
+                            decoding or pipe.decoding, generators[0], joined=False, fixed=[list(parts)] * num_samples)
     return InfillOutput([" ".join(s for s in row if s) for row in segments], segments, blanks)
 
 

@@ -56,9 +56,6 @@ def check_decoding(settings: dict) -> dict:
     return dict(settings)
 
 
-def given_decoding(settings: dict) -> dict:
-    """The decoder settings a call gives (None: the pipeline's default), checked."""
-    return check_decoding({key: value for key, value in settings.items() if value is not None})
 
 
 @dataclass
@@ -115,9 +112,8 @@ class LatentDiffusionTextPipeline(DiffusionPipeline):
             check_classifier(classifier, self.denoiser)
             steering, class_labels = classifier_labels(classifier, class_labels, num_samples), None
         conditions = self._check_conditions(conditions, num_samples)
-        decoding = {**self.decoding, **{key: value for key, value in dict(
-            decode_beams=decode_beams, no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty,
-            top_p=top_p).items() if value is not None}}
+        decoding = self._decoding_for(dict(decode_beams=decode_beams, no_repeat_ngram_size=no_repeat_ngram_size,
+                                           repetition_penalty=repetition_penalty, top_p=top_p))
         labels = self._check_call(num_samples, num_inference_steps, batch_size, class_labels, conditions, guidance_scale, num_segments,
                                   guidance_rescale=guidance_rescale, decoding=decoding)
         # the pipeline's sampler, or another by name, always with this library's settings (trailing spacing)
@@ -255,7 +251,7 @@ class LatentDiffusionTextPipeline(DiffusionPipeline):
         point back. `decoding`: the decoder's settings (decode_beams, no_repeat_ngram_size, ...)."""
         self._check_steps(num_inference_steps)
         return latent_edits.interpolate(self, source, target, num_points, method, through_noise, num_inference_steps,
-                                        given_decoding(decoding))
+                                        self._decoding_for(decoding))
 
     def vary(self, text: str, strength: float = 0.3, num_samples: int = 4, num_inference_steps: int = 20, seed: Optional[int] = None,
              class_labels=None, conditions=None, guidance_scale: float = 1.0, **decoding) -> list[str]:
@@ -264,7 +260,7 @@ class LatentDiffusionTextPipeline(DiffusionPipeline):
         self._check_steps(num_inference_steps)
         kwargs = self._condition_kwargs(num_samples, class_labels, conditions, guidance_scale)
         return latent_edits.vary(self, text, strength, num_samples, num_inference_steps, seed, kwargs, guidance_scale,
-                                 given_decoding(decoding))
+                                 self._decoding_for(decoding))
 
     def infill(self, text: str | Sequence[Optional[str]], keep: Optional[Sequence[int]] = None, num_segments: Optional[int] = None,
                num_samples: int = 1, num_inference_steps: int = 50, seed: Optional[int] = None, resample: int = 1,
@@ -284,7 +280,11 @@ class LatentDiffusionTextPipeline(DiffusionPipeline):
             parts = list(text)
         kwargs = self._condition_kwargs(num_samples, class_labels, conditions, guidance_scale)
         return latent_edits.infill(self, parts, num_samples, num_inference_steps, seed, resample, scheduler, kwargs, guidance_scale,
-                                   given_decoding(decoding))
+                                   self._decoding_for(decoding))
+
+    def _decoding_for(self, settings: dict) -> dict:
+        """The pipeline's decoder defaults, overridden by the settings a call gives (None: keep the default)."""
+        return check_decoding({**self.decoding, **{key: value for key, value in settings.items() if value is not None}})
 
     def _check_steps(self, steps: int) -> None:
         self._check_call(1, steps, 1, None, None, 1.0, None)
