@@ -168,6 +168,11 @@ def test_decoder_context_is_the_previous_segments_text_left_padded_and_unlabelle
     other = model.collate(None, tokens.decoder_ids[1:2], [tokenize("A dog barked loudly at night.")])
     changed = model.decoder_logits(latents[1:2], other["decoder_input_ids"], other["decoder_attention_mask"])
     assert not torch.allclose(changed[0, -len(tokens.decoder_ids[1]) :], together[1, -len(tokens.decoder_ids[1]) :][: changed.shape[1]])
+    # the decoder's loss on a text reads the same context: only the previous sentence differs here
+    second = "He saw some grapes on a vine."
+    nll = model.decoder_nll(latents[:2], [["The Fox was hungry.", second]])
+    other = model.decoder_nll(latents[:2], [["A dog barked loudly at night.", second]])
+    assert nll.shape == (2,) and not torch.isclose(nll[1], other[1])
 
 
 def test_decoding_in_context_goes_segment_by_segment_and_keeps_fixed_text(stand_ins):

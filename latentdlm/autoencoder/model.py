@@ -267,15 +267,17 @@ class ParagraphAutoencoder(nn.Module):
         return pieces
 
     @torch.no_grad()
-    def decoder_nll(self, latents: torch.Tensor, units: Sequence[str], batch_size: int = 64) -> torch.Tensor:
-        """Each unit's mean per-token negative log-likelihood under the decoder given its latents (N, k, d):
-        how readily the decoder writes that text from there (a fluency proxy for decoded latents)."""
-        targets = self.tokenize(units).decoder_ids
+    def decoder_nll(self, latents: torch.Tensor, per_text: Sequence[Sequence[str]], batch_size: int = 64) -> torch.Tensor:
+        """Each unit's mean per-token negative log-likelihood under the decoder given its latents (N, k, d),
+        units in order over `per_text` (with decoder_context, each reads its text's previous units): how
+        readily the decoder writes that text from there (a fluency proxy for decoded latents)."""
+        targets = self.tokenize([u for units in per_text for u in units]).decoder_ids
+        contexts = self.context_ids(per_text) if self.config.decoder_context else None
         if self.config.latent_type == "pooled":  # as decode reads them
             latents = onto_sphere(latents)
-        out = torch.empty(len(units))
-        for start in range(0, len(units), batch_size):
-            batch = self.collate(None, targets[start : start + batch_size])
+        out = torch.empty(len(targets))
+        for start in range(0, len(targets), batch_size):
+            batch = self.collate(None, targets[start : start + batch_size], None if contexts is None else contexts[start : start + batch_size])
             logits = self.decoder_logits(latents[start : start + batch_size].to(self.device),
                                          batch["decoder_input_ids"].to(self.device), batch["decoder_attention_mask"].to(self.device))
             labels = batch["labels"].to(self.device)

@@ -29,9 +29,7 @@ def path_record(pipe, source: str, target: str, num_points: int, method: str, th
     out = pipe.interpolate(source, target, num_points, method, through_noise, num_inference_steps)
     features = sentence_features([source, target, *out.texts], feature_model)
     to_a, to_b = row_cosines(features[2:], features[0]), row_cosines(features[2:], features[1])
-    flat_latents = out.latents[out.segment_mask]
-    units = [segment for row in out.segments for segment in row]
-    nll = pipe.autoencoder.decoder_nll(flat_latents, units)
+    nll = pipe.autoencoder.decoder_nll(out.latents[out.segment_mask], out.segments)
     per_point, start = [], 0
     for row in out.segments:
         per_point.append(float(nll[start : start + len(row)].mean()) if row else float("nan"))

@@ -108,9 +108,11 @@ def evaluate_autoencoder(model: ParagraphAutoencoder, texts: list[str], batch_si
 
 def latent_gap(model: ParagraphAutoencoder, texts: list[str], max_units: int = 64) -> float:
     """How much the decoder relies on the latent: NLL(shuffled latents) - NLL(own latents)."""
-    units = [u for per_text in model.split_units(texts) for u in per_text][:max_units]
+    per_text = model.split_units(texts)
+    units = [u for units in per_text for u in units][:max_units]
     tokens = model.tokenize(units)
-    batch = {k: v.to(model.device) for k, v in model.collate(tokens.encoder_ids, tokens.decoder_ids).items()}
+    contexts = model.context_ids(per_text)[:max_units] if model.config.decoder_context else None  # as in training
+    batch = {k: v.to(model.device) for k, v in model.collate(tokens.encoder_ids, tokens.decoder_ids, contexts).items()}
     return latent_usage_gap(model, batch)
 
 
