@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--input", help="a jsonl/json/csv/tsv/txt file")
     p.add_argument("--column", help="the text column of --input (default: text, or the only string column)")
     p.add_argument("--output", help="write {text, reconstruction} lines to this jsonl file instead of printing")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.set_defaults(func=cmd_reconstruct)
 
     _add_training_command(
@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (1 = none)")
     p.add_argument("--guidance-rescale", type=float, default=0.0, help="0..1, with guidance only (Lin et al.; 0 = none)")
     p.add_argument("--num-segments", type=int, help="number of sentence segments (segment-mode models)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--output", help="write {text, class_label, condition} lines to this jsonl file instead of printing")
     p.add_argument("--classifier", help="classifier guidance: a latent classifier folder (scripts/train_latent_classifier.py); "
                    "--class-label then names its class")
@@ -238,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-candidates", type=int, default=1,
                    help="samples per source; with 3 or more the minimum-Bayes-risk one (highest mean ROUGE-L to the others) is kept")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=32, help="samples per sampling batch (candidates included)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="samples per sampling batch (candidates included)")
     _add_decoding_flags(p)
     p.set_defaults(func=cmd_summarize)
 
@@ -255,6 +255,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --output-dir")
     p.set_defaults(func=cmd_demo)
     return parser
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1 (argparse then refuses 0 with one message, exit 2)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -44,9 +44,13 @@ def _read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise LatentDLMError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise LatentDLMError(f"config file {path} is not UTF-8 text") from None
     except yaml.YAMLError as exc:
         raise LatentDLMError(f"config file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        raise LatentDLMError(f"config file {path} is empty: start from a preset under configs/")
     if not isinstance(data, dict):
         raise LatentDLMError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
     return data

@@ -58,6 +58,9 @@ def run_demo(output_dir: str, preset: str = "flagship", autoencoder_minutes: flo
         raise LatentDLMError(f"the demo's files are missing ({', '.join(missing)}); run it from a source checkout (pip install -e .)")
     if num_samples < 1:
         raise LatentDLMError(f"--num-samples must be at least 1, got {num_samples}")
+    for name, minutes in (("--autoencoder-minutes", autoencoder_minutes), ("--diffusion-minutes", diffusion_minutes)):
+        if minutes is not None and not minutes > 0:
+            raise LatentDLMError(f"{name} must be above 0, got {minutes}")
     started = time.monotonic()
     common = [f"training.overwrite_output_dir={str(overwrite).lower()}"]
 

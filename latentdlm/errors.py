@@ -15,11 +15,16 @@ class LatentDLMError(Exception):
 
 
 def exit_code(run: Callable[[], None]) -> int:
-    """Run a command's body: 0 when it ends, 2 with its message alone on a LatentDLMError, 130 on Ctrl-C."""
+    """Run a command's body: 0 when it ends, 2 with its message alone on a LatentDLMError or an OS error
+    (disk full, permissions), 130 on Ctrl-C."""
     try:
         run()
     except LatentDLMError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the machine's side: a full disk, a permission, a vanished file
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 from tqdm.auto import tqdm
@@ -30,7 +31,7 @@ from latentdlm.autoencoder.perceiver import LatentToMemory, PerceiverResampler
 from latentdlm.config import config_from_dict
 from latentdlm.data.segmentation import SentenceSegmenter
 from latentdlm.errors import LatentDLMError
-from latentdlm.io import atomic_directory
+from latentdlm.io import atomic_directory, check_saved_folder
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -325,6 +326,8 @@ class ParagraphAutoencoder(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "ParagraphAutoencoder":
         path = Path(path)
+        if path.is_dir():
+            check_saved_folder(path, "the autoencoder folder")
         meta = read_autoencoder_meta(path)
         config = config_from_dict(AutoencoderConfig, meta["autoencoder"], f"{path / CONFIG_NAME}")
         external = meta.get("external_parts", [])
@@ -335,7 +338,10 @@ class ParagraphAutoencoder(nn.Module):
             None if "encoder" in external else meta["encoder_hf_config"],
             None if "decoder" in external else meta["decoder_hf_config"],
         )
-        missing, unexpected = load_model(model, str(path / WEIGHTS_NAME), strict=False)
+        try:
+            missing, unexpected = load_model(model, str(path / WEIGHTS_NAME), strict=False)
+        except (SafetensorError, OSError) as exc:
+            raise LatentDLMError(f"could not read the weights {path / WEIGHTS_NAME} (missing, truncated or corrupt): {exc}") from None
         missing = [name for name in missing if name in model._saved_state()]  # external base weights are not in the file
         if missing or unexpected:
             raise LatentDLMError(

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from latentdlm.diffusion.denoiser import resolve_class_label
 from latentdlm.diffusion.sampling import noised
 from latentdlm.errors import LatentDLMError
+from latentdlm.io import check_saved_folder
 
 
 class LatentClassifier(ModelMixin, ConfigMixin):
@@ -63,7 +64,8 @@ class LatentClassifier(ModelMixin, ConfigMixin):
         if not (path / cls.config_name).is_file():
             raise LatentDLMError(f"{path} is not a latent classifier folder (no {cls.config_name}; train one with "
                                  "scripts/train_latent_classifier.py)")
-        return cls.from_pretrained(path).eval()
+        check_saved_folder(path, "the latent classifier folder")
+        return cls.from_pretrained(path, use_safetensors=True).eval()
 
 
 def check_classifier(classifier: LatentClassifier, denoiser) -> None:

@@ -23,7 +23,7 @@ from latentdlm.autoencoder.config import PartConfig
 from latentdlm.autoencoder.parts import TextEncoder, resolve_model_path
 from latentdlm.config import config_from_dict
 from latentdlm.errors import LatentDLMError
-from latentdlm.io import atomic_directory
+from latentdlm.io import atomic_directory, check_saved_folder
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -119,6 +119,7 @@ class ConditionEncoder(nn.Module):
         missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME, "tokenizer") if not (path / name).exists()]
         if missing:
             raise LatentDLMError(f"{path} is not a latentdlm condition encoder folder (missing {', '.join(missing)})")
+        check_saved_folder(path, "the condition encoder folder")
         meta = json.loads((path / CONFIG_NAME).read_text())
         if meta.get("model_type") != MODEL_TYPE:
             raise LatentDLMError(f"{path} holds a '{meta.get('model_type')}', not a latentdlm condition encoder")

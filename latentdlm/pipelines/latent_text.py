@@ -27,7 +27,7 @@ from latentdlm.diffusion.classifier import LatentClassifier, check_classifier, c
 from latentdlm.diffusion.sampling import ClassifierGuidance, sample_latents
 from latentdlm.diffusion.schedulers import SCHEDULERS, make_scheduler, scheduler_name
 from latentdlm.errors import LatentDLMError
-from latentdlm.io import atomic_directory
+from latentdlm.io import atomic_directory, check_saved_folder
 from latentdlm.pipelines import latent_edits
 from latentdlm.pipelines.latent_edits import InfillOutput, InterpolationOutput
 
@@ -322,17 +322,22 @@ class LatentDiffusionTextPipeline(DiffusionPipeline):
         path = Path(path)
         if not (path / INDEX_NAME).is_file():
             raise LatentDLMError(f"{path} is not a latentdlm pipeline folder (no {INDEX_NAME})")
+        check_saved_folder(path, "the pipeline folder")
         index = json.loads((path / INDEX_NAME).read_text())
         parts = PARTS + (("condition_encoder",) if "condition_encoder" in index else ())
         missing = [part for part in parts if not (path / part).is_dir()]
         if missing:
             raise LatentDLMError(f"the pipeline folder {path} misses its {', '.join(missing)} part(s)")
+        check_saved_folder(path / "denoiser", "the denoiser folder")
         try:
-            denoiser = LatentDiT.from_pretrained(path / "denoiser").eval()
+            denoiser = LatentDiT.from_pretrained(path / "denoiser", use_safetensors=True).eval()
         except (OSError, ValueError, EnvironmentError) as exc:
             raise LatentDLMError(f"could not load the denoiser in {path / 'denoiser'}: {str(exc).splitlines()[0]}") from None
         scheduler_cls = {cls_.__name__: cls_ for cls_ in SCHEDULERS.values()}
         scheduler_config = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
+        if scheduler_config.get("_class_name") not in scheduler_cls:
+            raise LatentDLMError(f"{path / 'scheduler'}: unknown scheduler {scheduler_config.get('_class_name')!r} "
+                                 f"(known: {', '.join(sorted(scheduler_cls))})")
         scheduler = scheduler_cls[scheduler_config["_class_name"]].from_pretrained(path / "scheduler")
         condition_encoder = ConditionEncoder.from_pretrained(path / "condition_encoder") if "condition_encoder" in index else None
         try:

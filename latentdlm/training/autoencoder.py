@@ -22,9 +22,11 @@ from latentdlm.data.batching import LengthGroupedSampler
 from latentdlm.data.sources import load_texts, train_eval_split
 from latentdlm.evaluation.plots import plot_training_curves
 from latentdlm.evaluation.reconstruction import reconstruction_metrics
+from latentdlm.io import write_errors_explained
 from latentdlm.training.config import TrainingConfig
 from latentdlm.training.loop import (
-    clear_previous_run, finish_training, make_accelerator, make_optimizer, prepare_output_dir, rank_checksums, run_training,
+    clear_previous_run, finish_training, gathered_weights, global_batch, is_sharded, make_accelerator, make_optimizer, prepare_output_dir, rank_checksums,
+    run_training,
 )
 
 FINAL_NAME = "autoencoder"
@@ -160,19 +162,26 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, resume: bool = False, cpu: bo
         evaluate=evaluate, resume=resume, description="autoencoder",
     )
     checksums = rank_checksums(accelerator, objective)
+    if is_sharded(accelerator):  # FSDP: a whole copy of the model, from the weights gathered over the ranks
+        weights = gathered_weights(accelerator, objective, "autoencoder.")
+        if accelerator.is_main_process:
+            model = ParagraphAutoencoder.from_pretrained(out / INITIAL_NAME)
+            model.load_state_dict(weights)
     final = out / FINAL_NAME
     if accelerator.is_main_process:
-        info = {"world_size": accelerator.num_processes, "final_step": step, "rank_weight_checksums": checksums}
-        (out / "run_info.json").write_text(json.dumps(info, indent=2))
-        model.save_pretrained(final)
-        metrics, recons = evaluate_autoencoder(model, eval_texts, cfg.eval_batch_size)
-        with (out / "reconstructions.jsonl").open("w") as f:
-            for original, recon in zip(eval_texts, recons):
-                f.write(json.dumps({"text": original, "reconstruction": recon}) + "\n")
-        (out / "final_metrics.json").write_text(json.dumps(metrics, indent=2))
-        plot_training_curves(out / "metrics.jsonl", out / "training_curves.png", f"autoencoder: {out.name}")
-        print_reconstructions(eval_texts, recons, metrics, cfg.show_examples)
-        accelerator.print(f"saved the autoencoder to {final}")
+        with write_errors_explained("the trained autoencoder", final):
+            info = {"world_size": accelerator.num_processes, "global_batch_size": global_batch(cfg.training, accelerator),
+                    "final_step": step, "rank_weight_checksums": checksums}
+            (out / "run_info.json").write_text(json.dumps(info, indent=2))
+            model.save_pretrained(final)
+            metrics, recons = evaluate_autoencoder(model, eval_texts, cfg.eval_batch_size)
+            with (out / "reconstructions.jsonl").open("w") as f:
+                for original, recon in zip(eval_texts, recons):
+                    f.write(json.dumps({"text": original, "reconstruction": recon}) + "\n")
+            (out / "final_metrics.json").write_text(json.dumps(metrics, indent=2))
+            plot_training_curves(out / "metrics.jsonl", out / "training_curves.png", f"autoencoder: {out.name}")
+            print_reconstructions(eval_texts, recons, metrics, cfg.show_examples)
+            accelerator.print(f"saved the autoencoder to {final}")
     finish_training(accelerator)
     return final
 

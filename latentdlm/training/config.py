@@ -13,6 +13,8 @@ class TrainingConfig:
     seed: int = 0
     batch_size: int = 32  # per process
     gradient_accumulation_steps: int = 1
+    # when set, the same global batch on any number of processes: batch_size = this / (processes x accumulation)
+    global_batch_size: Optional[int] = None
     learning_rate: float = 1e-3
     weight_decay: float = 0.01
     adam_beta2: float = 0.99
@@ -26,6 +28,7 @@ class TrainingConfig:
     eval_every: int = 250
     save_every: int = 500
     checkpoints_total_limit: int = 2
+    on_nonfinite: str = "stop"  # a NaN/inf loss or gradient: stop (naming the step) | skip (that batch; stops after 10 in a row)
     log_with: Optional[str] = None  # an accelerate tracker (tensorboard, wandb, ...); metrics.jsonl is always written
     num_threads: Optional[int] = None  # torch CPU threads (None: torch's default)
     num_workers: int = 0

@@ -32,10 +32,12 @@ from latentdlm.diffusion.schedulers import make_scheduler, training_scheduler
 from latentdlm.errors import LatentDLMError
 from latentdlm.evaluation.generation import distinct_n
 from latentdlm.evaluation.plots import plot_training_curves
+from latentdlm.io import atomic_file, file_sha256, write_errors_explained
 from latentdlm.pipelines.latent_text import DECODING_DEFAULTS, LatentDiffusionTextPipeline, check_decoding
 from latentdlm.training.config import TrainingConfig
 from latentdlm.training.loop import (
-    clear_previous_run, finish_training, make_accelerator, make_optimizer, prepare_output_dir, rank_checksums, run_training,
+    clear_previous_run, finish_training, gathered_weights, global_batch, is_sharded, make_accelerator, make_optimizer, prepare_output_dir, rank_checksums,
+    run_training,
 )
 
 FINAL_NAME = "pipeline"
@@ -106,10 +108,15 @@ def _cache_key(cfg: DiffusionTrainConfig) -> str:
     settings = {k: v for k, v in cfg.data.__dict__.items() if not (k == "label_names" and v is None)}  # older caches stay valid
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     digest.update((Path(cfg.autoencoder) / "config.json").read_bytes())  # names any external pretrained parts
-    with open(Path(cfg.autoencoder) / "model.safetensors", "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(Path(cfg.autoencoder) / "model.safetensors", digest)
+
+
+def _cache_is_current(path: Path, meta: Path, key: str) -> bool:
+    """The cache file exists, was written for `key`, and is whole (its sha256 as recorded)."""
+    if not (path.exists() and meta.exists()):
+        return False
+    info = json.loads(meta.read_text())
+    return info.get("key") == key and info.get("sha256", file_sha256(path)) == file_sha256(path)
 
 
 def encode_corpus(autoencoder: ParagraphAutoencoder, texts: list[str], batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,7 +148,7 @@ def load_or_encode(cfg: DiffusionTrainConfig, autoencoder: ParagraphAutoencoder,
     data_cfg = cfg.data
     if is_main:
         key = _cache_key(cfg)
-        if not (path.exists() and meta.exists() and json.loads(meta.read_text()).get("key") == key):
+        if not _cache_is_current(path, meta, key):
             names = sources = None
             if data_cfg.label_column and data_cfg.condition_column:
                 raise LatentDLMError("data.label_column and data.condition_column: condition on a class or on a text, not both")
@@ -161,8 +168,10 @@ def load_or_encode(cfg: DiffusionTrainConfig, autoencoder: ParagraphAutoencoder,
             class_names = sorted(set(names), key=lambda n: _natural(raw_of.get(n, n))) if names else None
             if names:
                 tensors["labels"] = torch.tensor([class_names.index(n) for n in names])
-            save_file(tensors, str(path))
-            meta.write_text(json.dumps({"key": key, "class_names": class_names, "texts": len(texts), "sources": sources}))
+            with atomic_file(path) as tmp:
+                save_file(tensors, str(tmp))
+            meta.write_text(json.dumps({"key": key, "sha256": file_sha256(path), "class_names": class_names, "texts": len(texts),
+                                        "sources": sources}))
     wait()
     data = load_file(str(path))
     info = json.loads(meta.read_text())
@@ -209,7 +218,7 @@ def load_or_encode_conditions(cfg: DiffusionTrainConfig, encoder: ConditionEncod
     path, meta = out / CONDITION_CACHE_NAME, out / "conditions.json"
     key = hashlib.sha256((json.loads((out / "latents.json").read_text())["key"]
                           + json.dumps(dataclasses.asdict(cfg.condition), sort_keys=True)).encode()).hexdigest()
-    if is_main and not (path.exists() and meta.exists() and json.loads(meta.read_text()).get("key") == key):
+    if is_main and not _cache_is_current(path, meta, key):
         states, lengths = [], []
         chunk = cfg.encode_batch_size
         for start in tqdm(range(0, len(sources), chunk), desc="encoding the source texts", unit="chunk"):
@@ -217,8 +226,9 @@ def load_or_encode_conditions(cfg: DiffusionTrainConfig, encoder: ConditionEncod
             for row, keep in zip(encoded["condition_states"], encoded["condition_mask"]):
                 states.append(row[keep].half().cpu())
                 lengths.append(int(keep.sum()))
-        save_file({"states": torch.cat(states).contiguous(), "lengths": torch.tensor(lengths)}, str(path))
-        meta.write_text(json.dumps({"key": key}))
+        with atomic_file(path) as tmp:
+            save_file({"states": torch.cat(states).contiguous(), "lengths": torch.tensor(lengths)}, str(tmp))
+        meta.write_text(json.dumps({"key": key, "sha256": file_sha256(path)}))
     wait()
     cache = load_file(str(path))
     return list(torch.split(cache["states"], cache["lengths"].tolist()))
@@ -327,19 +337,20 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: bool = False, cpu: bool =
     # a trainable condition encoder trains with the DiT as one module; a frozen one was cached above
     reads_sources = condition_encoder is not None and not condition_encoder.config.freeze
     trainee = ConditionedObjective(denoiser, condition_encoder, train_scheduler, cfg.objective) if reads_sources else denoiser
-    ema = EMAModel(_trainable(trainee), decay=cfg.ema_decay)
     optimizer, scheduler = make_optimizer(cfg.training, trainee, accelerator.num_processes)
     model, optimizer, loader, scheduler = accelerator.prepare(trainee, optimizer, loader, scheduler)
-    ema.to(accelerator.device)
-    accelerator.register_for_checkpointing(ema)
+    ema = EMAModel(_trainable(accelerator.unwrap_model(model)), decay=cfg.ema_decay)  # under FSDP: this rank's shards
     # from here on every rank draws its own noise, timesteps and dropout (the data order is seeded apart)
     set_seed(cfg.training.seed, device_specific=True)
     if cfg.training.log_with:
         accelerator.init_trackers("latentdlm-diffusion")
 
+    final_parts = {}  # FSDP: whole copies of the sharded parts, for the saved pipeline
+
     def pipeline() -> LatentDiffusionTextPipeline:
         sampler = make_scheduler(cfg.sampling.scheduler, train_scheduler)
-        return LatentDiffusionTextPipeline(autoencoder, denoiser, sampler, condition_encoder, cfg.sampling.decoding())
+        return LatentDiffusionTextPipeline(autoencoder, final_parts.get("denoiser", denoiser), sampler,
+                                           final_parts.get("condition_encoder", condition_encoder), cfg.sampling.decoding())
 
     def samples(step: int, show: bool) -> list[str]:
         trainee.eval()
@@ -387,23 +398,71 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: bool = False, cpu: bool =
     step = run_training(
         accelerator, cfg.training, model, optimizer, scheduler, loader, loss_fn=loss_fn,
         evaluate=evaluate, resume=resume, description="diffusion",
-        after_step=lambda step: ema.step(_trainable(accelerator.unwrap_model(model))),
+        after_step=lambda step: ema.step(_trainable(accelerator.unwrap_model(model))), extra_state=EMACheckpoint(ema, accelerator),
     )
     checksums = rank_checksums(accelerator, model) + rank_checksums(accelerator, _ShadowParams(ema))
     drawn = accelerator.gather(first_timesteps[0] if first_timesteps else torch.full((1,), -1.0, device=accelerator.device))
+    ema.copy_to(_trainable(accelerator.unwrap_model(model)))  # every rank: the EMA weights are the ones saved
+    if is_sharded(accelerator):  # FSDP: whole copies of the parts, from the weights gathered over the ranks
+        prefix = "denoiser." if reads_sources else ""
+        weights = {"denoiser": gathered_weights(accelerator, model, prefix)}
+        if reads_sources:
+            weights["condition_encoder"] = gathered_weights(accelerator, model, "condition_encoder.")
+        if accelerator.is_main_process:
+            final_parts["denoiser"] = LatentDiT.from_config(denoiser.config)
+            if reads_sources:
+                final_parts["condition_encoder"] = ConditionEncoder.build(cfg.condition, autoencoder.encoder_tokenizer)
+            for name, part in final_parts.items():
+                part.load_state_dict(weights[name])
+                part.eval()
     final = out / FINAL_NAME
     if accelerator.is_main_process:
-        ema.copy_to(_trainable(accelerator.unwrap_model(model)))
-        info = {"world_size": accelerator.num_processes, "final_step": step, "rank_weight_checksums": checksums,
-                "rank_first_timestep_mean": drawn.tolist()}
-        (out / "run_info.json").write_text(json.dumps(info, indent=2))
-        pipeline().save_pretrained(final)
-        tqdm.write(f"samples after {step} steps:")
-        samples(step, show=True)
-        plot_training_curves(out / "metrics.jsonl", out / "training_curves.png", f"diffusion: {out.name}")
-        accelerator.print(f"saved the pipeline to {final}")
+        with write_errors_explained("the trained pipeline", final):
+            info = {"world_size": accelerator.num_processes, "global_batch_size": global_batch(cfg.training, accelerator),
+                    "final_step": step, "rank_weight_checksums": checksums,
+                    "rank_first_timestep_mean": drawn.tolist()}
+            (out / "run_info.json").write_text(json.dumps(info, indent=2))
+            pipeline().save_pretrained(final)
+            tqdm.write(f"samples after {step} steps:")
+            samples(step, show=True)
+            plot_training_curves(out / "metrics.jsonl", out / "training_curves.png", f"diffusion: {out.name}")
+            accelerator.print(f"saved the pipeline to {final}")
     finish_training(accelerator)
     return final
+
+
+class EMACheckpoint:
+    """The EMA weights in a checkpoint as safetensors, its counters as JSON: never a pickle."""
+
+    WEIGHTS, COUNTERS = "ema.safetensors", "ema.json"
+
+    def __init__(self, ema: EMAModel, accelerator):
+        self.ema, self.accelerator = ema, accelerator
+        self.sharded = is_sharded(accelerator)  # FSDP: every rank keeps (and saves) the EMA of its own shards
+
+    def _weights_file(self, folder: Path) -> Path:
+        rank = self.accelerator.process_index
+        return folder / (f"ema.rank{rank}.safetensors" if self.sharded else self.WEIGHTS)
+
+    def save(self, folder: Path) -> None:
+        if not (self.sharded or self.accelerator.is_main_process):
+            return
+        state = self.ema.state_dict()
+        weights = state.pop("shadow_params")
+        local = [p.to_local() if hasattr(p, "to_local") else p for p in weights]
+        save_file({str(i): p.detach().cpu().contiguous() for i, p in enumerate(local)}, str(self._weights_file(folder)))
+        if self.accelerator.is_main_process:
+            (folder / self.COUNTERS).write_text(json.dumps(state))
+
+    def load(self, folder: Path) -> None:
+        path = self._weights_file(folder)
+        if not path.exists():
+            raise LatentDLMError(f"{folder} holds no {path.name} (a checkpoint of an older latentdlm): start the run again")
+        weights = load_file(str(path))
+        for shadow, i in zip(self.ema.shadow_params, range(len(weights))):
+            (shadow.to_local() if hasattr(shadow, "to_local") else shadow).copy_(weights[str(i)])
+        state = json.loads((folder / self.COUNTERS).read_text())
+        self.ema.load_state_dict({**state, "shadow_params": self.ema.shadow_params})
 
 
 def _trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:

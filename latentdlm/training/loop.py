@@ -11,18 +11,20 @@ import json
 import shutil
 import sys
 import time
+import warnings
 from collections import defaultdict
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Protocol
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
+from accelerate.utils import DataLoaderConfiguration, DistributedType, ProjectConfiguration
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from latentdlm.errors import LatentDLMError
+from latentdlm.io import atomic_file, file_sha256, write_errors_explained
 from latentdlm.training.config import TrainingConfig
 
 LossFn = Callable[[torch.nn.Module, dict, int], dict]
@@ -34,7 +36,7 @@ def make_accelerator(cfg: TrainingConfig, cpu: bool = False) -> Accelerator:
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     torch.set_flush_denormal(True)  # denormals made some CPU steps 10-30x slower
-    return Accelerator(
+    accelerator = Accelerator(
         cpu=cpu,
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
@@ -43,6 +45,26 @@ def make_accelerator(cfg: TrainingConfig, cpu: bool = False) -> Accelerator:
         # the data order follows the training seed alone, never the per-rank random state
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
     )
+    set_global_batch(cfg, accelerator)
+    return accelerator
+
+
+def global_batch(cfg: TrainingConfig, accelerator: Accelerator) -> int:
+    return cfg.batch_size * accelerator.num_processes * cfg.gradient_accumulation_steps
+
+
+def set_global_batch(cfg: TrainingConfig, accelerator: Accelerator) -> None:
+    """Resolve training.global_batch_size into the per-process batch, and say what the global batch is."""
+    processes, accumulation = accelerator.num_processes, cfg.gradient_accumulation_steps
+    if cfg.global_batch_size is not None:
+        if cfg.global_batch_size <= 0 or cfg.global_batch_size % (processes * accumulation):
+            raise LatentDLMError(f"training.global_batch_size={cfg.global_batch_size} must be a positive multiple of "
+                                 f"{processes} process(es) x {accumulation} accumulation step(s)")
+        cfg.batch_size = cfg.global_batch_size // (processes * accumulation)
+    if min(cfg.batch_size, accumulation, cfg.max_steps) <= 0:
+        raise LatentDLMError("training.batch_size, training.gradient_accumulation_steps and training.max_steps must be at least 1")
+    accelerator.print(f"global batch {global_batch(cfg, accelerator)} = {cfg.batch_size} per process x "
+                      f"{processes} process(es) x {accumulation} accumulation step(s)")
 
 
 def prepare_output_dir(cfg: TrainingConfig, resume: bool, final_name: str) -> Path:
@@ -69,8 +91,42 @@ def clear_previous_run(out: Path) -> None:
 
 
 def latest_checkpoint(out: Path) -> Optional[Path]:
-    done = [p for p in (out / "checkpoints").glob("step-*") if (p / COMPLETE_MARKER).exists()]
-    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+    """The newest checkpoint whose files match its manifest; a corrupt or half-written one is skipped with
+    a warning (resume then falls back to the one before)."""
+    for path in sorted((out / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]), reverse=True):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        warnings.warn(f"skipping checkpoint {path}: {problem}")
+    return None
+
+
+def checkpoint_problem(path: Path) -> Optional[str]:
+    """Why a checkpoint folder cannot be resumed from, or None when every file matches its manifest."""
+    marker = path / COMPLETE_MARKER
+    if not marker.exists():
+        return "it was never completed"
+    try:
+        manifest = json.loads(marker.read_text())
+    except ValueError:
+        return "its manifest is unreadable"
+    for name, expected in manifest.get("files", {}).items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != expected["bytes"] or file_sha256(file) != expected["sha256"]:
+            return f"{name} does not match its checksum (truncated or corrupt)"
+    return None
+
+
+def trim_logs(out: Path, step: int) -> None:
+    """A run resumed at `step` drops the log rows written after it (they are written again): no step twice."""
+    for log in ("metrics.jsonl", "samples.jsonl"):
+        path = out / log
+        if path.exists():
+            rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+            with atomic_file(path) as tmp:
+                tmp.write_text("".join(row + "\n" for row in rows))
 
 
 def make_optimizer(cfg: TrainingConfig, model: torch.nn.Module, num_processes: int):
@@ -108,13 +164,42 @@ class MetricsLog:
                 f.write(json.dumps({"step": step, "train_minutes": round(minutes, 3), **metrics}) + "\n")
 
 
-def save_checkpoint(accelerator: Accelerator, out: Path, step: int, keep: int) -> None:
-    path = out / "checkpoints" / f"step-{step}"
-    accelerator.save_state(str(path))
-    accelerator.wait_for_everyone()
+class ExtraState(Protocol):
+    """State kept beside accelerate's in every checkpoint (save and load run on every rank)."""
+
+    def save(self, folder: Path) -> None: ...
+
+    def load(self, folder: Path) -> None: ...
+
+
+def save_checkpoint(accelerator: Accelerator, out: Path, step: int, keep: int, extra: Optional[ExtraState] = None) -> None:
+    """accelerate's `save_state` into a hidden folder, a manifest (sizes and sha256 of every file), then
+    one rename to `step-N` and the rotation to the newest `keep`: a kill or a write error mid-save
+    leaves the earlier checkpoints as they were. (accelerate's automatic_checkpoint_naming counts saves,
+    not steps, and rotates before the new save is complete, so the loop names and rotates its own.)"""
+    final = out / "checkpoints" / f"step-{step}"
+    partial = final.with_name(f".step-{step}.partial")
+    with write_errors_explained(f"the checkpoint of step {step}", final):
+        try:
+            if accelerator.is_main_process:
+                shutil.rmtree(partial, ignore_errors=True)  # left by a run killed while saving
+            accelerator.wait_for_everyone()
+            accelerator.save_state(str(partial))
+            if extra is not None:
+                extra.save(partial)
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                files = {str(p.relative_to(partial)): {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
+                         for p in sorted(partial.rglob("*")) if p.is_file()}
+                (partial / COMPLETE_MARKER).write_text(json.dumps({"step": step, "files": files}, indent=1))
+                shutil.rmtree(final, ignore_errors=True)  # a checkpoint of this step from before a resume
+                partial.rename(final)
+        except OSError:
+            if accelerator.is_main_process:
+                shutil.rmtree(partial, ignore_errors=True)
+            raise
     if accelerator.is_main_process:
-        (path / COMPLETE_MARKER).write_text(str(step))
-        done = sorted((p for p in path.parent.glob("step-*")), key=lambda p: int(p.name.split("-")[1]))
+        done = sorted(final.parent.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
         for old in done[: max(0, len(done) - keep)]:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
@@ -132,16 +217,23 @@ def run_training(
     resume: bool = False,
     after_step: Optional[Callable[[int], None]] = None,
     description: str = "training",
+    extra_state: Optional[ExtraState] = None,
 ) -> int:
     """Train until `max_steps` (or `max_minutes`); returns the last optimizer step reached."""
     out = Path(cfg.output_dir)
+    if len(dataloader) == 0:
+        raise LatentDLMError(f"the training data fills no batch of {cfg.batch_size} (per process): add data or lower training.batch_size")
     log = MetricsLog(accelerator, out)
     step = 0
     if resume:
         checkpoint = latest_checkpoint(out)
         accelerator.load_state(str(checkpoint))
+        if extra_state is not None:
+            extra_state.load(checkpoint)
         step = int(checkpoint.name.split("-")[1])
         accelerator.print(f"resumed from {checkpoint} at step {step}")
+        if accelerator.is_main_process:
+            trim_logs(out, step)
     epoch, skip = divmod(step * cfg.gradient_accumulation_steps, len(dataloader))
     window: dict[str, list[torch.Tensor]] = defaultdict(list)
     clock = TrainingClock()
@@ -150,6 +242,7 @@ def run_training(
         mininterval=1 if sys.stderr.isatty() else 30,  # logs and pipes get a line every 30 s, not a flood
     )
     last_saved = step
+    guard = NonFiniteGuard(accelerator, cfg.on_nonfinite)
     done = step >= cfg.max_steps
     while not done:
         dataloader.set_epoch(epoch)
@@ -159,12 +252,18 @@ def run_training(
             model.train()
             with accelerator.accumulate(model):
                 terms = loss_fn(model, batch, step)
-                accelerator.backward(terms["loss"])
-                if accelerator.sync_gradients and cfg.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
+                finite = guard.check(terms["loss"], "loss", step)
+                if finite:
+                    accelerator.backward(terms["loss"])
+                    if accelerator.sync_gradients and cfg.max_grad_norm:
+                        norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                        finite = guard.check(norm, "gradient norm", step)
+                if finite:
+                    optimizer.step()
+                    scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+            if not finite:
+                continue
             for name, value in terms.items():
                 window[name].append(value.detach().float())
             if not accelerator.sync_gradients:
@@ -184,7 +283,7 @@ def run_training(
                     log.write(step, evaluate(step), clock.minutes())
             if cfg.save_every and step % cfg.save_every == 0:
                 with clock.paused():
-                    save_checkpoint(accelerator, out, step, cfg.checkpoints_total_limit)
+                    save_checkpoint(accelerator, out, step, cfg.checkpoints_total_limit, extra_state)
                 last_saved = step
             done = step >= cfg.max_steps or _out_of_time(accelerator, cfg, clock)
             if done:
@@ -192,8 +291,50 @@ def run_training(
         epoch += 1
     progress.close()
     if step != last_saved:
-        save_checkpoint(accelerator, out, step, cfg.checkpoints_total_limit)
+        save_checkpoint(accelerator, out, step, cfg.checkpoints_total_limit, extra_state)
     return step
+
+
+class NonFiniteGuard:
+    """A NaN/inf loss or gradient norm (on any rank) stops the run with a message naming the step, before
+    anything is written from it; with on_nonfinite=skip the batch is dropped instead, up to MAX_SKIPS in a row."""
+
+    MAX_SKIPS = 10
+
+    def __init__(self, accelerator: Accelerator, mode: str):
+        if mode not in ("stop", "skip"):
+            raise LatentDLMError(f"training.on_nonfinite must be stop or skip, got {mode!r}")
+        self.accelerator, self.mode, self.skipped_in_a_row = accelerator, mode, 0
+
+    def check(self, value: torch.Tensor, what: str, step: int) -> bool:
+        bad = (~torch.isfinite(value.detach().float())).any().float().reshape(1).to(self.accelerator.device)
+        if self.accelerator.num_processes > 1:
+            bad = self.accelerator.gather(bad).max().reshape(1)  # every rank skips or stops together
+        if not bad.item():
+            self.skipped_in_a_row = 0
+            return True
+        self.skipped_in_a_row += 1
+        if self.mode == "skip" and self.skipped_in_a_row <= self.MAX_SKIPS:
+            warnings.warn(f"non-finite {what} at step {step + 1}: batch skipped")
+            return False
+        raise LatentDLMError(
+            f"the {what} became NaN/inf at step {step + 1}"
+            + (f" ({self.skipped_in_a_row} batches in a row)" if self.mode == "skip" else "")
+            + "; nothing was saved from that step. Resume from the last checkpoint (--resume) with a lower "
+            "training.learning_rate or training.mixed_precision=no, or set training.on_nonfinite=skip to drop such batches"
+        )
+
+
+def is_sharded(accelerator: Accelerator) -> bool:
+    """Whether the prepared model holds only this rank's shards of its weights (FSDP)."""
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+def gathered_weights(accelerator: Accelerator, model: torch.nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
+    """The full weights of a prepared model (FSDP gathers every rank's shards: all ranks must call this),
+    keys under `prefix` with the prefix taken off; complete on the main process."""
+    state = accelerator.get_state_dict(model)
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def finish_training(accelerator: Accelerator) -> None:
