@@ -1,4 +1,5 @@
-"""File helpers that never leave a half-written result where a good one was."""
+"""File helpers: writes that never leave a half-written result where a good one was, file checksums, and
+the checks a saved folder passes before anything in it is loaded."""
 
 from __future__ import annotations
 

@@ -72,7 +72,9 @@ def test_pipeline_round_trip_is_exact(pipeline_dir, tmp_path):
 def test_saved_pipeline_holds_the_ema_weights(pipeline_dir):
     """The final pipeline is the EMA of the trained weights (kept in every checkpoint), not the raw weights."""
     checkpoint = pipeline_dir.parent / "checkpoints" / "step-4"
-    ema = torch.load(checkpoint / "custom_checkpoint_0.pkl", weights_only=False)["shadow_params"]
+    weights = load_file(checkpoint / "ema.safetensors")  # EMA weights as safetensors, never in a pickle
+    ema = [weights[str(i)] for i in range(len(weights))]
+    assert not list(checkpoint.glob("custom_checkpoint_*.pkl"))
     raw = load_file(checkpoint / "model.safetensors")
     denoiser = LatentDiffusionTextPipeline.from_pretrained(pipeline_dir).denoiser
     names = [name for name, _ in denoiser.named_parameters()]

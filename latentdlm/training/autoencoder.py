@@ -25,8 +25,8 @@ from latentdlm.evaluation.reconstruction import reconstruction_metrics
 from latentdlm.io import write_errors_explained
 from latentdlm.training.config import TrainingConfig
 from latentdlm.training.loop import (
-    clear_previous_run, finish_training, gathered_weights, global_batch, is_sharded, make_accelerator, make_optimizer, prepare_output_dir, rank_checksums,
-    run_training,
+    clear_previous_run, finish_training, gathered_weights, global_batch, is_sharded, make_accelerator, make_optimizer,
+    prepare_output_dir, rank_checksums, run_training,
 )
 
 FINAL_NAME = "autoencoder"

@@ -36,8 +36,8 @@ from latentdlm.io import atomic_file, file_sha256, write_errors_explained
 from latentdlm.pipelines.latent_text import DECODING_DEFAULTS, LatentDiffusionTextPipeline, check_decoding
 from latentdlm.training.config import TrainingConfig
 from latentdlm.training.loop import (
-    clear_previous_run, finish_training, gathered_weights, global_batch, is_sharded, make_accelerator, make_optimizer, prepare_output_dir, rank_checksums,
-    run_training,
+    clear_previous_run, finish_training, gathered_weights, global_batch, is_sharded, make_accelerator, make_optimizer,
+    prepare_output_dir, rank_checksums, run_training,
 )
 
 FINAL_NAME = "pipeline"
@@ -449,8 +449,7 @@ class EMACheckpoint:
             return
         state = self.ema.state_dict()
         weights = state.pop("shadow_params")
-        local = [p.to_local() if hasattr(p, "to_local") else p for p in weights]
-        save_file({str(i): p.detach().cpu().contiguous() for i, p in enumerate(local)}, str(self._weights_file(folder)))
+        save_file({str(i): _local(p).detach().cpu().contiguous() for i, p in enumerate(weights)}, str(self._weights_file(folder)))
         if self.accelerator.is_main_process:
             (folder / self.COUNTERS).write_text(json.dumps(state))
 
@@ -458,11 +457,18 @@ class EMACheckpoint:
         path = self._weights_file(folder)
         if not path.exists():
             raise LatentDLMError(f"{folder} holds no {path.name} (a checkpoint of an older latentdlm): start the run again")
-        weights = load_file(str(path))
-        for shadow, i in zip(self.ema.shadow_params, range(len(weights))):
-            (shadow.to_local() if hasattr(shadow, "to_local") else shadow).copy_(weights[str(i)])
+        weights, shadows = load_file(str(path)), self.ema.shadow_params
+        if len(weights) != len(shadows):
+            raise LatentDLMError(f"{path} holds {len(weights)} EMA tensors, the model has {len(shadows)}: another model's checkpoint")
+        for i, shadow in enumerate(shadows):
+            _local(shadow).copy_(weights[str(i)])
         state = json.loads((folder / self.COUNTERS).read_text())
         self.ema.load_state_dict({**state, "shadow_params": self.ema.shadow_params})
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a (FSDP-sharded) DTensor; a plain tensor as it is."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 
 def _trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:
