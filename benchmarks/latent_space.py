@@ -7,17 +7,17 @@ Parts (models come from the other benchmarks' work folders; each part says which
   interp    50 ROCStories validation pairs (train.jsonl[4500:], consecutive stories paired), 5 points each:
             slerp, lerp and slerp through noise 0.5 on the tiny pipeline without and with robustness
             training of its autoencoder (benchmarks/generation.py's `preset` and `ae_latent_noise` arms),
-            slerp and slerp through noise on the flagship design (b) (benchmarks/quality_ladder.py)
-  vary      the strength -> (similarity to the input, SmolLM2 perplexity) curve of (b)'s variations
-  infill    the middle sentence of held-out stories blanked and filled: design (b) (sampler and
+            slerp and slerp through noise on the flagship design (--flagship, default c; benchmarks/quality_ladder.py)
+  vary      the strength -> (similarity to the input, SmolLM2 perplexity) curve of the flagship's variations
+  infill    the middle sentence of held-out stories blanked and filled: the flagship (sampler and
             resampling chosen on 100 validation stories) vs the ladder's SmolLM2 peer continuing the
             first two sentences; 200 test stories (rocstories/dev.jsonl)
-  agnews    the AG News DiTs on design (b)'s autoencoder: unconditional and class-conditional (CFG)
+  agnews    the AG News DiTs on the flagship's autoencoder: unconditional and class-conditional (CFG)
   guidance  a latent classifier on the unconditional DiT's latents; classifier guidance vs CFG, scales
             chosen on validation samples, then NUM_TEST samples each scored once: topic accuracy by an
             independent classifier (logistic regression on all-mpnet-base-v2 features of real AG News),
             MAUVE (mpnet) against real items, diversity
-  map       a PCA map of design (b)'s latents (AG News by topic, ROCStories) with an interpolation path
+  map       a PCA map of the flagship's latents (AG News by topic, ROCStories) with an interpolation path
 Results: benchmarks/results/latent_space.json (+ .png).
 """
 
@@ -55,7 +55,7 @@ def save_results(results: dict) -> None:
 
 
 def ladder_pipeline(args) -> Path:
-    return pipeline_dir(Path(args.ladder_dir), "b")
+    return pipeline_dir(Path(args.ladder_dir), args.flagship)
 
 
 # ---- interpolation ---------------------------------------------------------------------------------
@@ -66,7 +66,7 @@ def part_interp(args, results: dict, splits: Splits) -> None:
     stories = splits.validation[: 2 * NUM_PAIRS]
     pairs = list(zip(stories[::2], stories[1::2]))
     systems = {**{name: (Path(path), ["slerp", "lerp", "slerp@0.5"]) for name, path in TINY.items()},
-               "b": (ladder_pipeline(args), ["slerp", "slerp@0.5"])}
+               args.flagship: (ladder_pipeline(args), ["slerp", "slerp@0.5"])}
     rows = results.setdefault("interp", {"pairs": "rocstories/train.jsonl[4500:4600] paired", "systems": {}})
     for name, (path, settings) in systems.items():
         if not path.exists():
@@ -90,7 +90,7 @@ NUM_VARY = 50
 
 
 def part_vary(args, results: dict, splits: Splits) -> None:
-    """The strength -> (similarity to the input, fluency) curve of design (b)'s variations: one variation
+    """The strength -> (similarity to the input, fluency) curve of the flagship's variations: one variation
     of each of 50 validation stories per strength; MiniLM cosine and BLEU to the input, perplexity under
     the untouched SmolLM2."""
     import sacrebleu
@@ -194,7 +194,7 @@ def part_infill(args, results: dict, splits: Splits) -> None:
     fills = latentdlm_fills(pipe, parts_list, options[best])
     rows = results["infill"] = {"stories": f"rocstories/dev.jsonl: {len(refs)} with the middle sentence blanked",
                                 "validation_sweep": sweep, "chosen": best, "systems": {}}
-    rows["systems"]["b"] = {**infill_scores(parts_list, list(refs), fills),
+    rows["systems"]["latentdlm"] = {"design": args.flagship, **infill_scores(parts_list, list(refs), fills),
                             "examples": [{"story": [p if p is not None else "___" for p in f[0]], "fill": f[2], "reference": r}
                                          for f, r in list(zip(fills, refs))[:3]]}
     peer, tokenizer = load_adapter(peer_path(argparse.Namespace(work_dir=args.ladder_dir))), peer_tokenizer()
@@ -237,7 +237,7 @@ def part_agnews(args, results: dict, splits: Splits) -> None:
         if not (run / "pipeline").exists():
             print(f"== AG News {kind} DiT: {AGNEWS_DIT_MINUTES} min", flush=True)
             run_cli(["train-diffusion", "--config", str(ROOT / f"configs/diffusion/flagship/concept_agnews_{kind}.yaml"),
-                     f"autoencoder={autoencoder_dir(Path(args.ladder_dir), 'b')}", f"data.source={train}", f"training.output_dir={run}",
+                     f"autoencoder={autoencoder_dir(Path(args.ladder_dir), args.flagship)}", f"data.source={train}", f"training.output_dir={run}",
                      f"training.max_minutes={AGNEWS_DIT_MINUTES}", "training.eval_every=0", "training.overwrite_output_dir=true", *extra],
                     run.with_suffix(".log"))
         results.setdefault("agnews", {})[kind] = last_record(run)
@@ -299,7 +299,7 @@ def part_guidance(args, results: dict, splits: Splits) -> None:
 
 # ---- the picture -----------------------------------------------------------------------------------
 def part_map(args, results: dict, splits: Splits) -> None:
-    """A PCA map of paragraph latents (design (b): mean sentence embedding) of AG News test items by topic
+    """A PCA map of paragraph latents (the concept designs: mean sentence embedding) of AG News test items by topic
     and ROCStories validation stories, with the slerp path from a story to a Sports item drawn on it."""
     from latentdlm.evaluation.plots import paragraph_vectors, plot_latent_map
     from latentdlm.pipelines.latent_text import LatentDiffusionTextPipeline
@@ -314,7 +314,7 @@ def part_map(args, results: dict, splits: Splits) -> None:
     png = RESULTS.with_name("latent_space_map.png")
     plot_latent_map(png, paragraph_vectors(encoded.latents, encoded.segment_mask), labels,
                     paragraph_vectors(path.latents, path.segment_mask), [f"{t:.2f}" for t in path.positions],
-                    title="design (b) latents (mean sentence embedding), PCA; a story -> Sports path")
+                    title=f"design ({args.flagship}) latents (mean sentence embedding), PCA; a story -> Sports path")
     results["map"] = {"png": str(png.relative_to(ROOT)), "points": len(texts), "path": {"source": source, "target": target,
                                                                                        "texts": path.texts}}
 
@@ -325,9 +325,9 @@ SUMMARY_KEYS = ["interp_new_text_rate", "interp_monotonic_rate", "infill_kept_ve
 
 
 def summary_interp_system(results: dict) -> str | None:
-    """The flagship (b) where it ran, else the tiny pipeline with robustness training."""
+    """The flagship (c, else b) where it ran, else the tiny pipeline with robustness training."""
     systems = results.get("interp", {}).get("systems", {})
-    return next((name for name in ("b", "tiny_robust") if "slerp" in systems.get(name, {})), None)
+    return next((name for name in ("c", "b", "tiny_robust") if "slerp" in systems.get(name, {})), None)
 
 
 def summary(results: dict) -> dict:
@@ -338,7 +338,7 @@ def summary(results: dict) -> dict:
         out["interp_new_text_rate"], out["interp_monotonic_rate"] = row["new_text_rate"], row["monotonic_rate"]
         results["interp"]["summary_system"] = f"{system}, slerp"
     if "infill" in results:
-        out["infill_kept_verbatim_rate"] = results["infill"]["systems"]["b"]["kept_verbatim_rate"]
+        out["infill_kept_verbatim_rate"] = results["infill"]["systems"]["latentdlm"]["kept_verbatim_rate"]
     guidance = results.get("guidance", {})
     if "classifier_guidance" in guidance:
         out["classifier_guidance_accuracy"] = guidance["classifier_guidance"]["accuracy"]
@@ -363,7 +363,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", action="append", choices=list(PARTS), required=True)
     parser.add_argument("--work-dir", default="runs/latent-space")
-    parser.add_argument("--ladder-dir", default="runs/ladder", help="benchmarks/quality_ladder.py's work folder (design b, the peer)")
+    parser.add_argument("--ladder-dir", default="runs/ladder", help="benchmarks/quality_ladder.py's work folder (its designs, the peer)")
+    parser.add_argument("--flagship", choices=["b", "c"], default="c", help="the ladder's concept design to run on (c: the best)")
     args = parser.parse_args()
     torch.set_flush_denormal(True)
     torch.set_num_threads(2)

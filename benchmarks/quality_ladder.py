@@ -21,7 +21,7 @@ Parts (each reuses what the earlier ones saved under --work-dir, default runs/la
                 prompts, --dit-minutes more each; guidance chosen on validation titles, test scored once
   summarization Debian description -> synopsis: design (b) trained on the synopses + a document-conditioned
                 DiT vs lead-1 vs SmolLM2 + LoRA fine-tuned on description -> synopsis prompts, same minutes
-  curve         quality against training minutes: the peer's snapshots, design (b) with a shorter DiT
+  curve         quality against training minutes: the peer's snapshots, the best concept design with a shorter DiT
   speed         stories per second at batch 1 and 32
   demo          the README's first command from a fresh clone of HEAD with an empty model cache, timed
 Results: benchmarks/results/quality_ladder.json (+ .png). Splits as benchmarks/generation.py.
@@ -138,7 +138,7 @@ def part_dit(args, results: dict, splits: Splits) -> None:
     work = Path(args.work_dir)
     for design in args.design:
         if design == "c":  # (b)'s DiT as it is: (c) has the same latents (frozen MiniLM), only its decoder differs
-            share_denoiser(work, "b", "c")
+            share_denoiser(pipeline_dir(work, "b"), autoencoder_dir(work, "c"), pipeline_dir(work, "c"))
             results.setdefault("dit", {})["c"] = {"shared_with": "b", **results.get("dit", {}).get("b", {})}
             continue
         preset = DIT_PRESETS[design]
@@ -149,16 +149,15 @@ def part_dit(args, results: dict, splits: Splits) -> None:
         save_results(results)
 
 
-def share_denoiser(work: Path, source: str, target: str) -> None:
-    """A pipeline of `target`'s autoencoder with `source`'s denoiser (both designs share the latent space)."""
+def share_denoiser(source: Path, autoencoder: Path, folder: Path) -> None:
+    """The pipeline `source` with another autoencoder over the same latent space, saved to `folder`."""
     from latentdlm.autoencoder.model import ParagraphAutoencoder
     from latentdlm.pipelines.latent_text import LatentDiffusionTextPipeline
 
-    folder = pipeline_dir(work, target)
     if folder.exists():
         return
-    pipe = LatentDiffusionTextPipeline.from_pretrained(pipeline_dir(work, source))
-    LatentDiffusionTextPipeline(ParagraphAutoencoder.from_pretrained(autoencoder_dir(work, target)), pipe.denoiser, pipe.scheduler,
+    pipe = LatentDiffusionTextPipeline.from_pretrained(source)
+    LatentDiffusionTextPipeline(ParagraphAutoencoder.from_pretrained(autoencoder), pipe.denoiser, pipe.scheduler,
                                 decoding=pipe.decoding).save_pretrained(folder)
 
 
@@ -318,16 +317,22 @@ def stories_scored(system: str, model: Path, score: Scorer, tokenizer, plain) ->
 
 def part_curve(args, results: dict, splits: Splits) -> None:
     """Quality against training minutes: the peer's adapter snapshots (a third and two thirds of its
-    minutes) and design (b) with a DiT trained a third of --dit-minutes; the final points are uncond's."""
+    minutes) and the best concept design with a DiT trained a third of --dit-minutes on (b)'s latents
+    (which (c) shares); the final points are uncond's."""
     work = Path(args.work_dir)
+    best = best_latentdlm(results)
     short = work / "b" / "diffusion-run-short"
     train_stage("train-diffusion", ROOT / f"configs/diffusion/flagship/{DIT_PRESETS['b']}.yaml", short, args.dit_minutes / 3,
                 [f"autoencoder={autoencoder_dir(work, 'b')}", "training.eval_every=0"])
+    pipeline = work / best / "diffusion-run-short" / "pipeline"
+    share_denoiser(short / "pipeline", autoencoder_dir(work, best), pipeline)
     score = Scorer(splits.test, splits.train)
     tokenizer, plain = peer_tokenizer(), peer_model(lora=False).eval()
-    points = results.setdefault("curve", {"b": {}, "peer": {}})
+    points = results.setdefault("curve", {})
+    for system in (best, "peer"):
+        points.setdefault(system, {})
     budget = args.autoencoder_minutes + args.dit_minutes
-    models = {("b", args.autoencoder_minutes + args.dit_minutes / 3): short / "pipeline",
+    models = {(best, args.autoencoder_minutes + args.dit_minutes / 3): pipeline,
               **{("peer", m): peer_path(args, f"uncond-{m:g}min") for m in (budget / 3, 2 * budget / 3)}}
     for (system, minutes), model in models.items():
         if f"{minutes:g}" not in points[system]:
@@ -427,15 +432,18 @@ def part_summarization(args, results: dict, splits: Splits) -> None:
     run = work / "diffusion-run"
     train_stage("train-diffusion", ROOT / "configs/diffusion/flagship/concept_debian.yaml", run, args.dit_minutes,
                 [f"autoencoder={autoencoder / 'autoencoder'}", "training.eval_every=0"], source=train_file, limit=None)
-    rows = results["summarization"] = {"dataset": "debian_descriptions", "train_pairs": len(train), "validation_pairs": len(validation),
-                                       "budget_minutes_per_system": args.autoencoder_minutes + args.dit_minutes,
-                                       "test_pairs": len(test), "autoencoder": last_record(autoencoder), "diffusion": last_record(run)}
-    rows.update(guided_summaries(LatentDiffusionTextPipeline.from_pretrained(run / "pipeline"), validation, test))
-    rows["lead1"] = rouge_scores(lead1(docs), refs)
-    save_results(results)
+    budget = args.autoencoder_minutes + args.dit_minutes
+    rows = results.get("summarization", {})
+    if "latentdlm_mbr5" not in rows or rows.get("budget_minutes_per_system") != budget:  # else resume at the peer
+        rows = results["summarization"] = {"dataset": "debian_descriptions", "train_pairs": len(train),
+                                           "validation_pairs": len(validation), "budget_minutes_per_system": budget,
+                                           "test_pairs": len(test), "autoencoder": last_record(autoencoder), "diffusion": last_record(run)}
+        rows.update(guided_summaries(LatentDiffusionTextPipeline.from_pretrained(run / "pipeline"), validation, test))
+        rows["lead1"] = rouge_scores(lead1(docs), refs)
+        save_results(results)
     path = peer_path(args, "debian")
     if not path.exists():
-        model, record = finetune_smollm2([(synopsis_prompt(d), " " + s) for d, s in train], args.autoencoder_minutes + args.dit_minutes)
+        model, record = finetune_smollm2([(synopsis_prompt(d), " " + s) for d, s in train], budget)
         save_adapter(model, path)
         path.with_suffix(".json").write_text(json.dumps(record))
     outputs = peer_generate(load_adapter(path), peer_tokenizer(), [synopsis_prompt(d) for d in docs], 16, seed=0, sample=False,
@@ -547,8 +555,8 @@ def plot(results: dict, path: Path) -> None:
         axes[1].plot(names, [systems[n]["coherence_ratio"] for n in names], "o", color="tab:red", label="coherence ratio")
         axes[1].set(title="unconditional stories (test)")
         axes[1].legend(fontsize=8)
-    for system, colour in (("b", "tab:blue"), ("peer", "tab:orange")):
-        curve = {float(m): row["mauve_mpnet"] for m, row in results.get("curve", {}).get(system, {}).items()}
+    for system, colour in zip(results.get("curve", {}), ("tab:blue", "tab:orange")):
+        curve = {float(m): row["mauve_mpnet"] for m, row in results["curve"][system].items()}
         if system in systems:
             curve[results["setup"]["budget_minutes_per_system"]] = systems[system]["mauve_mpnet"]
         if curve:

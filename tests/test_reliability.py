@@ -35,7 +35,8 @@ def toy_run(out: Path, resume: bool = False, poison_step: int | None = None, **s
         loss = module(batch[0]).pow(2).mean()
         return {"loss": loss * float("nan") if len(batches) == poison_step else loss}
 
-    step = run_training(accelerator, cfg, model, optimizer, scheduler, loader, loss_fn, resume=resume)
+    step = run_training(accelerator, cfg, model, optimizer, scheduler, loader, loss_fn,
+                        resume_from=latest_checkpoint(out) if resume else None)
     return step, model
 
 

@@ -121,7 +121,7 @@ def latent_gap(model: ParagraphAutoencoder, texts: list[str], max_units: int = 6
 def train_autoencoder(cfg: AutoencoderTrainConfig, resume: bool = False, cpu: bool = False) -> Path:
     """Train and save `<output_dir>/autoencoder`; returns that folder."""
     accelerator = make_accelerator(cfg.training, cpu=cpu)
-    out = prepare_output_dir(cfg.training, resume, FINAL_NAME)
+    out, checkpoint = prepare_output_dir(cfg.training, resume, FINAL_NAME)
     set_seed(cfg.training.seed)
     train_texts, eval_texts = load_corpus(cfg.data, cfg.training.seed)
     if accelerator.is_main_process and not resume:
@@ -159,7 +159,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, resume: bool = False, cpu: bo
     step = run_training(
         accelerator, cfg.training, objective, optimizer, scheduler, loader,
         loss_fn=lambda module, batch, step: module(batch, step),
-        evaluate=evaluate, resume=resume, description="autoencoder",
+        evaluate=evaluate, resume_from=checkpoint, description="autoencoder",
     )
     checksums = rank_checksums(accelerator, objective)
     if is_sharded(accelerator):  # FSDP: a whole copy of the model, from the weights gathered over the ranks

@@ -298,7 +298,7 @@ def build_denoiser(cfg: DiffusionTrainConfig, autoencoder: ParagraphAutoencoder,
 def train_diffusion(cfg: DiffusionTrainConfig, resume: bool = False, cpu: bool = False) -> Path:
     """Train and save `<output_dir>/pipeline`; returns that folder."""
     accelerator = make_accelerator(cfg.training, cpu=cpu)
-    out = prepare_output_dir(cfg.training, resume, FINAL_NAME)
+    out, checkpoint = prepare_output_dir(cfg.training, resume, FINAL_NAME)
     set_seed(cfg.training.seed)  # the same on every rank while the models are built
     objective = cfg.objective
     train_scheduler = training_scheduler(objective.prediction_type, objective.beta_schedule, objective.num_train_timesteps,
@@ -399,7 +399,7 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: bool = False, cpu: bool =
 
     step = run_training(
         accelerator, cfg.training, model, optimizer, scheduler, loader, loss_fn=loss_fn,
-        evaluate=evaluate, resume=resume, description="diffusion",
+        evaluate=evaluate, resume_from=checkpoint, description="diffusion",
         after_step=lambda step: ema.step(_trainable(accelerator.unwrap_model(model))), extra_state=EMACheckpoint(ema, accelerator),
     )
     checksums = rank_checksums(accelerator, model) + rank_checksums(accelerator, _ShadowParams(ema))

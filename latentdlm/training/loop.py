@@ -67,19 +67,22 @@ def set_global_batch(cfg: TrainingConfig, accelerator: Accelerator) -> None:
                       f"{processes} process(es) x {accumulation} accumulation step(s)")
 
 
-def prepare_output_dir(cfg: TrainingConfig, resume: bool, final_name: str) -> Path:
-    """Refuse to train over a finished run unless resuming or asked to overwrite."""
+def prepare_output_dir(cfg: TrainingConfig, resume: bool, final_name: str) -> tuple[Path, Optional[Path]]:
+    """The output folder and, when resuming, the checkpoint to resume from; refuses to train over a
+    finished run unless resuming or asked to overwrite."""
     out = Path(cfg.output_dir)
     if resume:
-        if latest_checkpoint(out) is None:
+        checkpoint = latest_checkpoint(out)
+        if checkpoint is None:
             raise LatentDLMError(f"--resume: no complete checkpoint under {out / 'checkpoints'}")
-    elif (out / final_name).exists() or latest_checkpoint(out) is not None:
+        return out, checkpoint
+    if (out / final_name).exists() or latest_checkpoint(out) is not None:
         if not cfg.overwrite_output_dir:
             raise LatentDLMError(
                 f"{out} already holds a run; pass --resume to continue it, "
                 "training.overwrite_output_dir=true to replace it, or another training.output_dir"
             )
-    return out
+    return out, None
 
 
 def clear_previous_run(out: Path) -> None:
@@ -214,7 +217,7 @@ def run_training(
     dataloader,
     loss_fn: LossFn,
     evaluate: Optional[EvalFn] = None,
-    resume: bool = False,
+    resume_from: Optional[Path] = None,
     after_step: Optional[Callable[[int], None]] = None,
     description: str = "training",
     extra_state: Optional[ExtraState] = None,
@@ -225,13 +228,12 @@ def run_training(
         raise LatentDLMError(f"the training data fills no batch of {cfg.batch_size} (per process): add data or lower training.batch_size")
     log = MetricsLog(accelerator, out)
     step = 0
-    if resume:
-        checkpoint = latest_checkpoint(out)
-        accelerator.load_state(str(checkpoint))
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
         if extra_state is not None:
-            extra_state.load(checkpoint)
-        step = int(checkpoint.name.split("-")[1])
-        accelerator.print(f"resumed from {checkpoint} at step {step}")
+            extra_state.load(resume_from)
+        step = int(resume_from.name.split("-")[1])
+        accelerator.print(f"resumed from {resume_from} at step {step}")
         if accelerator.is_main_process:
             trim_logs(out, step)
     epoch, skip = divmod(step * cfg.gradient_accumulation_steps, len(dataloader))
