@@ -545,9 +545,12 @@ def plot(results: dict, path: Path) -> None:
         axes[0].set_axis_off()
     if recon:
         names = list(recon)
-        axes[0].bar([f"{n}\nBLEU/100" for n in names], [recon[n]["bleu"] / 100 for n in names], color="tab:blue")
-        axes[0].bar([f"{n}\ncosine" for n in names], [recon[n]["cosine_minilm"] for n in names], color="tab:green")
+        places = range(len(names))
+        axes[0].bar([x - 0.2 for x in places], [recon[n]["bleu"] / 100 for n in names], 0.4, color="tab:blue", label="BLEU / 100")
+        axes[0].bar([x + 0.2 for x in places], [recon[n]["cosine_minilm"] for n in names], 0.4, color="tab:green", label="MiniLM cosine")
+        axes[0].set_xticks(list(places), names)
         axes[0].set(title="reconstruction (held-out stories)", ylim=(0, 1))
+        axes[0].legend(fontsize=8)
     if systems:
         names = list(systems)
         axes[1].bar(names, [systems[n]["mauve_mpnet"] for n in names], yerr=[systems[n]["mauve_mpnet_std"] for n in names],
