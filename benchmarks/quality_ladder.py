@@ -17,7 +17,7 @@ Parts (each reuses what the earlier ones saved under --work-dir, default runs/la
   uncond        NUM_EVAL stories per system, scored on the test stories: MAUVE (mpnet and MiniLM features,
                 3 k-means seeds), coherence ratio, diversity, memorization, repeated 4-grams, perplexity under
                 the untouched SmolLM2
-  title2story   title -> story: design (b) with a title-conditioned DiT vs the peer continued on titled
+  title2story   title -> story: the --flagship design (b or c) with a title-conditioned DiT vs the peer continued on titled
                 prompts, --dit-minutes more each; guidance chosen on validation titles, test scored once
   summarization Debian description -> synopsis: design (b) trained on the synopses + a document-conditioned
                 DiT vs lead-1 vs SmolLM2 + LoRA fine-tuned on description -> synopsis prompts, same minutes
