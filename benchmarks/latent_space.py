@@ -128,7 +128,7 @@ def plot_vary(rows: dict, png: Path) -> None:
     right.plot(strengths, [r["perplexity_smollm2"] for r in rows["curve"]], "^-", color="tab:red", label="perplexity (SmolLM2)")
     right.axhline(rows["perplexity_smollm2_of_inputs"], color="tab:red", linestyle=":", linewidth=1)
     right.set_ylabel("perplexity under SmolLM2 (dotted: the inputs)", color="tab:red")
-    left.legend(fontsize=7, loc="lower left")
+    left.legend(fontsize=7, loc="upper right")
     left.set_title("variations (SDEdit): distance from the input against strength")
     fig.tight_layout()
     fig.savefig(png, dpi=110)
@@ -314,7 +314,7 @@ def part_map(args, results: dict, splits: Splits) -> None:
     png = RESULTS.with_name("latent_space_map.png")
     plot_latent_map(png, paragraph_vectors(encoded.latents, encoded.segment_mask), labels,
                     paragraph_vectors(path.latents, path.segment_mask), [f"{t:.2f}" for t in path.positions],
-                    title=f"design ({args.flagship}) latents (mean sentence embedding), PCA; a story -> Sports path")
+                    title=f"design ({args.flagship}) latents (mean sentence embedding), PCA\na story -> Sports path")
     results["map"] = {"png": str(png.relative_to(ROOT)), "points": len(texts), "path": {"source": source, "target": target,
                                                                                        "texts": path.texts}}
 
