@@ -4,7 +4,8 @@ matrix, and memory over long generation.
     python benchmarks/reliability.py --only PART [--only PART ...]   # parts, each merged into one JSON
 
 Parts (all on test-sized models built from configs, trained once under --work-dir, default runs/reliability):
-  kill      KILL_TRIALS per stage: SIGKILL at a random second of the run, or inside a checkpoint write,
+  kill      KILL_TRIALS per stage: SIGKILL at a random moment of the run (within an uninterrupted run's
+            measured length; a run that ends before its kill is listed but not counted), or inside a checkpoint write,
             then --resume (or a fresh start when no checkpoint was complete), final weights compared
             bit for bit with an uninterrupted run (tests/faults.py)
   faults    NaN loss at step k (stop, then resume; and skip mode), a truncated and a bit-flipped
@@ -78,12 +79,20 @@ def part_kill(args, results: dict) -> None:
     done = {(t["stage"], t["trial"]) for t in rows["trials"]}
     for stage in ("autoencoder", "diffusion"):
         expected = reference(stage, work / f"kill-{stage}-straight", autoencoder)
+        if stage not in rows.setdefault("run_seconds", {}):  # random kills fall inside an uninterrupted run's length
+            timing = work / f"kill-{stage}-timing"
+            shutil.rmtree(timing, ignore_errors=True)
+            start = time.monotonic()
+            reference(stage, timing, autoencoder)
+            rows["run_seconds"][stage] = time.monotonic() - start
+            shutil.rmtree(timing, ignore_errors=True)
         for trial in range(KILL_TRIALS):
             if (stage, trial) in done:
                 continue
             out = work / f"kill-{stage}-{trial}"
             shutil.rmtree(out, ignore_errors=True)
-            row = kill_trial(stage, out, trial, expected, autoencoder, during_save=trial % 2 == 1)
+            row = kill_trial(stage, out, trial, expected, autoencoder, during_save=trial % 2 == 1,
+                             seconds=rows["run_seconds"][stage])
             rows["trials"].append({"trial": trial, **row})
             print(json.dumps(rows["trials"][-1]), flush=True)
             shutil.rmtree(out, ignore_errors=True)
@@ -116,7 +125,8 @@ def fault_nan(work: Path, autoencoder: Path, expected: dict) -> tuple[bool, str]
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     stopped = code == 2 and "at step 7" in err and max(steps) == 6 and not (out / "checkpoints" / "step-9").exists()
     resumed = cli(stage_arguments("autoencoder", out) + ["--resume"])[0] == 0 and same(weights(out, "autoencoder"), expected)
-    return stopped and resumed, f"exit {code}: {err.strip().splitlines()[-1]}; resumed identical: {resumed}"
+    message = next((line for line in err.splitlines() if "at step 7" in line), err.strip()[-200:])
+    return stopped and resumed, f"exit {code}: {message.strip()}; resumed identical: {resumed}"
 
 
 def fault_nan_skip(work: Path) -> tuple[bool, str]:
@@ -283,7 +293,7 @@ def part_rss(args, results: dict) -> None:
 
 
 def summary(results: dict) -> dict:
-    trials = results.get("kill", {}).get("trials", [])
+    trials = [t for t in results.get("kill", {}).get("trials", []) if t["killed"]]  # a run that ended first is no trial
     faults = results.get("faults", {})
     bad = results.get("bad_inputs", {})
     rss = results.get("rss", {}).get("rss_mb", {})
