@@ -5,9 +5,11 @@ resume, and compare the final weights with an uninterrupted run of the same sett
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -86,6 +88,15 @@ def reference(stage: str, out: Path, autoencoder: Path | None = None) -> dict[st
     if not (out / FINAL[stage]).exists():
         assert run_child(stage_arguments(stage, out, autoencoder)) == 0
     return load_file(out / FINAL[stage])
+
+
+def timed_reference(stage: str, out: Path, autoencoder: Path | None = None) -> tuple[dict[str, torch.Tensor], float]:
+    """The uninterrupted run trained anew into `out`: its final weights and its length in seconds (the
+    window a random kill is drawn from)."""
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.monotonic()
+    weights = reference(stage, out, autoencoder)
+    return weights, time.monotonic() - start
 
 
 def kill_trial(stage: str, out: Path, trial: int, expected: dict[str, torch.Tensor], autoencoder: Path | None = None,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from faults import kill_trial, reference
+from faults import kill_trial, timed_reference
 from torch.utils.data import DataLoader, TensorDataset
 
 from latentdlm.errors import LatentDLMError
@@ -133,8 +133,8 @@ def test_a_write_error_on_the_final_model_keeps_the_finished_one(tmp_path, monke
 
 @pytest.mark.parametrize("stage", ["autoencoder", "diffusion"])
 def test_sigkill_anywhere_then_resume_ends_with_the_uninterrupted_weights(stage, autoencoder, tmp_path):
-    expected = reference(stage, tmp_path / "straight", autoencoder)
-    random_kill = kill_trial(stage, tmp_path / "random", 1, expected, autoencoder, seconds=12.0)
+    expected, seconds = timed_reference(stage, tmp_path / "straight", autoencoder)
+    random_kill = kill_trial(stage, tmp_path / "random", 1, expected, autoencoder, seconds=seconds)
     save_kill = kill_trial(stage, tmp_path / "save", 2, expected, autoencoder, during_save=True)
     assert save_kill["killed"], save_kill
     for trial in (random_kill, save_kill):
