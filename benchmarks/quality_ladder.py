@@ -163,8 +163,7 @@ def share_denoiser(source: Path, autoencoder: Path, folder: Path) -> None:
 
 # ---- the peer: SmolLM2 fine-tuned as an autoregressive LM -----------------------------------------
 def peer_model(lora: bool = True):
-    from latentdlm.autoencoder.config import LoraSettings, PartConfig
-    from latentdlm.autoencoder.parts import TextDecoder
+    from latentdlm.hf_parts import LoraSettings, PartConfig, TextDecoder
 
     part = PartConfig(kind="causal", name_or_path=SMOLLM2, gguf_file=SMOLLM2_GGUF, freeze=True, lora=LoraSettings() if lora else None)
     return TextDecoder(part).model  # the same frozen base + LoRA as the flagship decoders
@@ -173,7 +172,7 @@ def peer_model(lora: bool = True):
 def peer_tokenizer():
     from transformers import AutoTokenizer
 
-    from latentdlm.autoencoder.parts import pretrained_source
+    from latentdlm.hf_parts import pretrained_source
 
     tokenizer = AutoTokenizer.from_pretrained(pretrained_source(SMOLLM2, SMOLLM2_GGUF))
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token

@@ -60,6 +60,12 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     print(f"BLEU {metrics['bleu']:.1f}, exact match {metrics['exact_match']:.1%} over {len(texts)} texts", file=sys.stderr)
 
 
+def cmd_app(args: argparse.Namespace) -> None:
+    from latentdlm.app import launch
+
+    launch(args.model, args.port, args.host, args.share)
+
+
 def cmd_train_diffusion(args: argparse.Namespace) -> None:
     from latentdlm.config import load_config
     from latentdlm.training.diffusion import DiffusionTrainConfig, train_diffusion
@@ -243,6 +249,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_summarize)
 
     add_latent_commands(sub, _add_decoding_flags, _check_output, _write_jsonl, _decoding)
+
+    p = sub.add_parser("app", help="a browser page on a trained pipeline: generate, interpolate, vary, infill, summarize "
+                                    "(pip install -e '.[app]')")
+    p.add_argument("--model", required=True, help="a pipeline folder saved by train-diffusion, or a hub repo id")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 serves other machines too")
+    p.add_argument("--share", action="store_true", help="also a temporary public gradio.live link (needs internet)")
+    p.set_defaults(func=cmd_app)
 
     p = sub.add_parser("demo", help="the embedded default: train a latent DiT on the bundled corpus and generate "
                                      "(flagship: MiniLM -> SmolLM2 with the shipped decoder adapter; tiny: all from scratch)")

@@ -80,6 +80,7 @@ def bad_input_cases(autoencoder: Path, pipeline: Path, tmp: Path) -> dict[str, l
         cases[f"interpolate --model {kind}"] = ["interpolate", "--model", model, "--source", "A dog ran.", "--target", "A cat sat."]
         cases[f"vary --model {kind}"] = ["vary", "--model", model, "--text", "A dog ran."]
         cases[f"infill --model {kind}"] = ["infill", "--model", model, "--text", "A dog ran. ___"]
+        cases[f"app --model {kind}"] = ["app", "--model", model, "--port", "7861"]
     for kind in ("missing", "not_a_pipeline", "empty"):
         cases[f"reconstruct --autoencoder {kind}"] = ["reconstruct", "--autoencoder", str(f[kind]), "--text", "A dog ran."]
     cases["train-diffusion autoencoder=pipeline folder"] = [*train_dm, f"autoencoder={pipe}"]
@@ -92,6 +93,7 @@ def bad_input_cases(autoencoder: Path, pipeline: Path, tmp: Path) -> dict[str, l
         "generate --num-segments 999": ["generate", "--model", pipe, "--num-segments", "999"],
         "generate --guidance-rescale 3": ["generate", "--model", pipe, "--guidance-rescale", "3"],
         "generate --num-samples abc": ["generate", "--model", pipe, "--num-samples", "abc"],
+        "app --port 70000": ["app", "--model", pipe, "--port", "70000"],
         "vary --strength 1.5": ["vary", "--model", pipe, "--text", "A dog ran.", "--strength", "1.5"],
         "vary --text empty": ["vary", "--model", pipe, "--text", "  "],
         "interpolate --num-points 1": ["interpolate", "--model", pipe, "--source", "A dog ran.", "--target", "A cat sat.",

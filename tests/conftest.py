@@ -53,3 +53,13 @@ def pipeline_dir(autoencoder, tmp_path_factory):
     assert main(["train-diffusion", "--config", str(preset), *tiny_diffusion_overrides(autoencoder, out),
                  "training.eval_every=2"]) == 0
     return out / "pipeline"
+
+
+@pytest.fixture(scope="session")
+def conditional_pipeline(autoencoder, tmp_path_factory):
+    """A tiny text-conditioned pipeline (fable title -> fable) on that autoencoder."""
+    from helpers import train_conditional
+
+    out = tmp_path_factory.mktemp("cond")
+    assert train_conditional(autoencoder, out, "training.eval_every=2") == 0
+    return out / "pipeline"

@@ -1,6 +1,7 @@
-"""Shared helpers for the tests: tiny model configs, a one-call autoencoder builder and a 2-process
-CPU launch through `accelerate launch`."""
+"""Shared helpers for the tests: tiny model configs, a one-call autoencoder builder, tiny conditional
+trainings and a 2-process CPU launch through `accelerate launch`."""
 
+import csv
 import json
 import os
 import socket
@@ -8,7 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from latentdlm.cli import main
 from latentdlm.config import load_config
+from latentdlm.data.sources import load_texts
 from latentdlm.training.autoencoder import AutoencoderTrainConfig
 
 # A tiny autoencoder for tests: random BERT encoder and BART decoder, width 32, BPE trained on Aesop.
@@ -99,3 +102,23 @@ def launch_two_cpu_processes(script: str, config: str, overrides: list[str], out
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((Path(output_dir) / "run_info.json").read_text())
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def labeled_csv(path: Path) -> Path:
+    """24 fables and 24 novel passages with a `topic` column (fable / novel): a class-conditional corpus."""
+    rows = [(t, "fable") for t in load_texts("bundled:aesop", limit=24)]
+    rows += [(t, "novel") for t in load_texts("bundled:austen", limit=24)]
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["content", "topic"])
+        writer.writerows(rows)
+    return path
+
+
+def train_conditional(autoencoder, out, *extra) -> int:
+    """A tiny text-conditioned DiT (fable title -> fable) on `autoencoder`; the command's exit code."""
+    return main(["train-diffusion", "--config", str(ROOT / "configs/diffusion/tiny_cond.yaml"),
+                 *tiny_diffusion_overrides(autoencoder, out), *tiny_condition_overrides(), *extra])

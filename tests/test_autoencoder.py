@@ -203,7 +203,7 @@ def test_pretrained_parts_from_local_folders_bring_their_own_tokenizers(tmp_path
 def test_package_paths_resolve_inside_installed_packages():
     from pathlib import Path
 
-    from latentdlm.autoencoder.parts import resolve_model_path
+    from latentdlm.hf_parts import resolve_model_path
 
     assert Path(resolve_model_path("package:latentdlm/data/corpus")).joinpath("aesop.jsonl").is_file()
     assert resolve_model_path("facebook/bart-base") == "facebook/bart-base"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import launch_two_cpu_processes, tiny_condition_overrides, tiny_diffusion_overrides
+from helpers import launch_two_cpu_processes, tiny_condition_overrides, tiny_diffusion_overrides, train_conditional
 from rouge_score import rouge_scorer
 from safetensors.torch import load_file
 
@@ -113,18 +113,6 @@ def test_a_tiny_conditional_dit_learns_to_copy_a_class_like_condition(minilm):
 
 
 # ---- training, the pipeline and the commands -------------------------------------------------------
-def train_conditional(autoencoder, out, *extra):
-    return main(["train-diffusion", "--config", DM_COND, *tiny_diffusion_overrides(autoencoder, out),
-                 *tiny_condition_overrides(), *extra])
-
-
-@pytest.fixture(scope="module")
-def conditional_pipeline(autoencoder, tmp_path_factory):
-    out = tmp_path_factory.mktemp("cond")
-    assert train_conditional(autoencoder, out, "training.eval_every=2") == 0
-    return out / "pipeline"
-
-
 def test_conditional_training_saves_the_condition_encoder_in_the_pipeline(conditional_pipeline, tmp_path):
     assert (conditional_pipeline / "condition_encoder" / "model.safetensors").is_file()
     samples = [json.loads(line) for line in (conditional_pipeline.parent / "samples.jsonl").read_text().splitlines()]

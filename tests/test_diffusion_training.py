@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import launch_two_cpu_processes, tiny_diffusion_overrides, tiny_overrides
+from helpers import labeled_csv, launch_two_cpu_processes, tiny_diffusion_overrides, tiny_overrides
 from safetensors.torch import load_file
 
 import latentdlm.demo
@@ -208,18 +208,8 @@ def test_resume_continues_from_the_saved_step_exactly(autoencoder, tmp_path, cap
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
-def _labeled_csv(path: Path) -> Path:
-    rows = [(t, "fable") for t in load_texts("bundled:aesop", limit=24)]
-    rows += [(t, "novel") for t in load_texts("bundled:austen", limit=24)]
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["content", "topic"])
-        writer.writerows(rows)
-    return path
-
-
 def test_class_conditional_training_and_guided_generation(autoencoder, tmp_path, capsys):
-    data = _labeled_csv(tmp_path / "labeled.csv")
+    data = labeled_csv(tmp_path / "labeled.csv")
     out = tmp_path / "cond"
     assert train(autoencoder, out, f"data.source={data}", "data.column=content", "data.label_column=topic",
                  "data.limit=null", "sampling.guidance_scale=2", "training.eval_every=2") == 0
@@ -266,7 +256,7 @@ def test_two_process_cpu_ddp_through_accelerate_launch(autoencoder, tmp_path):
 
 
 def test_labels_from_a_column_or_the_first_word(tmp_path):
-    data = _labeled_csv(tmp_path / "labeled.csv")
+    data = labeled_csv(tmp_path / "labeled.csv")
     pairs = load_labeled_texts(str(data), "content", "topic")
     assert len(pairs) == 48 and pairs[0][1] == "fable" and pairs[-1][1] == "novel"
     sst = tmp_path / "sst.txt"
@@ -367,7 +357,7 @@ def test_sentence_features_come_from_the_offline_minilm():
 
 
 # ---- label names, bad generate input, the output path and the decoder's settings ---------------------
-def _raw_labeled_csv(path: Path) -> Path:
+def _rawlabeled_csv(path: Path) -> Path:
     """Like AG News: raw labels 1 and 2, their names kept elsewhere."""
     rows = [(t, 1) for t in load_texts("bundled:aesop", limit=24)] + [(t, 2) for t in load_texts("bundled:austen", limit=24)]
     with path.open("w", newline="") as f:
@@ -378,7 +368,7 @@ def _raw_labeled_csv(path: Path) -> Path:
 
 
 def test_label_names_turn_raw_labels_into_class_names(autoencoder, tmp_path, capsys):
-    data = _raw_labeled_csv(tmp_path / "raw.csv")
+    data = _rawlabeled_csv(tmp_path / "raw.csv")
     common = [f"data.source={data}", "data.column=content", "data.label_column=label", "data.limit=null"]
     out = tmp_path / "named"
     assert train(autoencoder, out, *common, "data.label_names={1: Fable, 2: Novel}") == 0

@@ -17,7 +17,7 @@ from latentdlm.autoencoder.build import build_autoencoder
 from latentdlm.autoencoder.embedding_cache import unit_embeddings, uses_embedding_cache
 from latentdlm.autoencoder.model import ParagraphAutoencoder
 from latentdlm.autoencoder.objective import ObjectiveConfig, autoencoder_loss
-from latentdlm.autoencoder.parts import resolve_model_path
+from latentdlm.hf_parts import resolve_model_path
 from latentdlm.config import load_config
 from latentdlm.data.sources import load_texts
 from latentdlm.data.tokenization import train_bpe_tokenizer

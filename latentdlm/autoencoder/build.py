@@ -7,11 +7,11 @@ from typing import Sequence
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from latentdlm.autoencoder.config import AutoencoderConfig, PartConfig
+from latentdlm.autoencoder.config import AutoencoderConfig
 from latentdlm.autoencoder.model import ParagraphAutoencoder
-from latentdlm.autoencoder.parts import pretrained_source
 from latentdlm.data.tokenization import train_bpe_tokenizer
 from latentdlm.errors import LatentDLMError
+from latentdlm.hf_parts import PartConfig, pretrained_source
 
 
 def _pretrained_tokenizer(name_or_path: str, gguf_file: str | None = None) -> PreTrainedTokenizerBase:

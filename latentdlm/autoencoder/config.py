@@ -3,35 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 from latentdlm.data.segmentation import SegmentationConfig
-
-
-@dataclass
-class LoraSettings:
-    """Low-rank adapters (peft) on a frozen pretrained part: only these and the latent adapter train."""
-
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
-    target_modules: Any = "all-linear"  # peft's name for every linear layer but the output head
-
-
-@dataclass
-class PartConfig:
-    """An encoder or decoder: pretrained from `name_or_path`, or random from `config`.
-
-    `config` holds Hugging Face config fields with a `model_type` (e.g. {model_type: bert,
-    hidden_size: 256}); with `name_or_path` set it overrides fields of the pretrained config.
-    """
-
-    kind: str = "hf"  # encoder: hf | sentence_transformers ; decoder: seq2seq | causal
-    name_or_path: Optional[str] = None
-    config: dict[str, Any] = field(default_factory=dict)
-    gguf_file: Optional[str] = None  # a GGUF file inside name_or_path (dequantised to float32)
-    freeze: bool = False
-    lora: Optional[LoraSettings] = None  # with freeze: true, adapt the frozen weights through LoRA
+from latentdlm.hf_parts import PartConfig
 
 
 @dataclass

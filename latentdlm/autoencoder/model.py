@@ -26,12 +26,14 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from latentdlm import __version__
 from latentdlm.autoencoder.bottleneck import Bottleneck, Posterior
 from latentdlm.autoencoder.config import AutoencoderConfig
-from latentdlm.autoencoder.parts import TextDecoder, TextEncoder, left_pad
 from latentdlm.autoencoder.perceiver import LatentToMemory, PerceiverResampler
 from latentdlm.config import config_from_dict
 from latentdlm.data.segmentation import SentenceSegmenter
 from latentdlm.errors import LatentDLMError
-from latentdlm.io import atomic_directory, check_saved_folder
+from latentdlm.hf_parts import TextDecoder, TextEncoder, left_pad
+from latentdlm.hub import HubMixin
+from latentdlm.io import check_saved_folder
+from latentdlm.model_card import autoencoder_card
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -52,7 +54,7 @@ class EncodedText:
     segment_mask: torch.Tensor  # (B, S) bool: True where a segment exists
 
 
-class ParagraphAutoencoder(nn.Module):
+class ParagraphAutoencoder(nn.Module, HubMixin):
     def __init__(
         self,
         config: AutoencoderConfig,
@@ -80,6 +82,7 @@ class ParagraphAutoencoder(nn.Module):
             config.memory_layers, config.memory_heads, config.dropout, config.memory_length,
         )
         self.segmenter = SentenceSegmenter(config.segmentation)
+        self.training_record: Optional[dict] = None  # data, length and scores of its training (the model card's)
         self._check_vocab()
         self._check_context()
 
@@ -204,7 +207,7 @@ class ParagraphAutoencoder(nn.Module):
         for idx in tqdm(batches, desc="encoding", unit="batch", disable=not progress):
             ids, mask = _pad([tokens.encoder_ids[i] for i in idx], _pad_id(self.encoder_tokenizer))
             post = self.posterior(ids.to(self.device), mask.to(self.device))
-            latents[idx] = post.sample() if sample else post.mean
+            latents[idx] = (post.sample() if sample else post.mean).float()  # latents stay float32 whatever the weights
         return latents
 
     @torch.no_grad()
@@ -261,7 +264,7 @@ class ParagraphAutoencoder(nn.Module):
             latents = onto_sphere(latents)
         pieces: list[str] = []
         for start in range(0, latents.shape[0], batch_size):
-            memory = self.to_memory(latents[start : start + batch_size].to(self.device))
+            memory = self.to_memory(latents[start : start + batch_size].to(self.device, self.dtype))
             batch_contexts = None if contexts is None else contexts[start : start + batch_size]
             ids = self.decoder.generate(memory, max_new_tokens or self.config.max_length, context_ids=batch_contexts, **generate_kwargs)
             pieces += [t.strip() for t in self.decoder_tokenizer.batch_decode(ids, skip_special_tokens=True)]
@@ -279,7 +282,7 @@ class ParagraphAutoencoder(nn.Module):
         out = torch.empty(len(targets))
         for start in range(0, len(targets), batch_size):
             batch = self.collate(None, targets[start : start + batch_size], None if contexts is None else contexts[start : start + batch_size])
-            logits = self.decoder_logits(latents[start : start + batch_size].to(self.device),
+            logits = self.decoder_logits(latents[start : start + batch_size].to(self.device, self.dtype),
                                          batch["decoder_input_ids"].to(self.device), batch["decoder_attention_mask"].to(self.device))
             labels = batch["labels"].to(self.device)
             nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2).float(), labels, ignore_index=-100, reduction="none")
@@ -290,25 +293,26 @@ class ParagraphAutoencoder(nn.Module):
         return self.decode(self.encode(texts, batch_size), batch_size)
 
     # ---- saving ------------------------------------------------------------------------------
-    def save_pretrained(self, path: str | Path) -> None:
-        """One folder: config.json, model.safetensors and both tokenizers. Written atomically."""
-        with atomic_directory(path) as tmp:
-            meta = {
-                "model_type": MODEL_TYPE,
-                "latentdlm_version": __version__,
-                "autoencoder": dataclasses.asdict(self.config),
-                "encoder_hf_config": self.encoder.hf_config,
-                "decoder_hf_config": self.decoder.hf_config,
-            }
-            external = [name for name in ("encoder", "decoder") if getattr(self, name).external]
-            if external:  # frozen pretrained weights reload from name_or_path: save the trained ones only
-                meta["external_parts"] = external
-                save_file(self._saved_state(), str(tmp / WEIGHTS_NAME))
-            else:
-                save_model(self, str(tmp / WEIGHTS_NAME))
-            (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
-            self.encoder_tokenizer.save_pretrained(tmp / "encoder_tokenizer")
-            self.decoder_tokenizer.save_pretrained(tmp / "decoder_tokenizer")
+    # save_pretrained / from_pretrained / push_to_hub: latentdlm.hub.HubMixin (a folder or a hub repo id)
+    def _save_folder(self, folder: Path) -> None:
+        """One folder: config.json (with the training record), model.safetensors and both tokenizers."""
+        meta = {
+            "model_type": MODEL_TYPE,
+            "latentdlm_version": __version__,
+            "autoencoder": dataclasses.asdict(self.config),
+            "encoder_hf_config": self.encoder.hf_config,
+            "decoder_hf_config": self.decoder.hf_config,
+            "training": self.training_record,
+        }
+        external = [name for name in ("encoder", "decoder") if getattr(self, name).external]
+        if external:  # frozen pretrained weights reload from name_or_path: save the trained ones only
+            meta["external_parts"] = external
+            save_file(self._saved_state(), str(folder / WEIGHTS_NAME))
+        else:
+            save_model(self, str(folder / WEIGHTS_NAME))
+        (folder / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
+        self.encoder_tokenizer.save_pretrained(folder / "encoder_tokenizer")
+        self.decoder_tokenizer.save_pretrained(folder / "decoder_tokenizer")
 
     def _saved_state(self) -> dict[str, torch.Tensor]:
         """The state dict without the external parts' frozen base weights (their LoRA weights stay), one
@@ -323,9 +327,11 @@ class ParagraphAutoencoder(nn.Module):
             state[name] = tensor.contiguous()
         return state
 
+    def model_card(self):
+        return autoencoder_card(self)
+
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> "ParagraphAutoencoder":
-        path = Path(path)
+    def _load_folder(cls, path: Path) -> "ParagraphAutoencoder":
         if path.is_dir():
             check_saved_folder(path, "the autoencoder folder")
         meta = read_autoencoder_meta(path)
@@ -348,6 +354,7 @@ class ParagraphAutoencoder(nn.Module):
                 f"weights in {path} do not fit the saved architecture "
                 f"({len(missing)} missing, {len(unexpected)} unexpected, e.g. {(missing or unexpected)[0]})"
             )
+        model.training_record = meta.get("training")
         return model.eval()
 
 

@@ -19,10 +19,9 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from latentdlm.autoencoder.config import PartConfig
-from latentdlm.autoencoder.parts import TextEncoder, resolve_model_path
 from latentdlm.config import config_from_dict
 from latentdlm.errors import LatentDLMError
+from latentdlm.hf_parts import PartConfig, TextEncoder, resolve_model_path
 from latentdlm.io import atomic_directory, check_saved_folder
 
 CONFIG_NAME = "config.json"

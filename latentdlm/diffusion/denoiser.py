@@ -175,9 +175,13 @@ class LatentDiT(ModelMixin, ConfigMixin):
         """sample (B, S*k, d) noisy latents; latent_mask (B, S*k) True where a segment exists;
         self_condition (B, S*k, d) the previous x0 estimate (zeros for none); class_labels (B,) with
         `null_class` for unconditional; condition_states (B, L, C) with condition_mask (B, L).
-        Returns the prediction, shaped like `sample`."""
+        Returns the prediction, shaped like `sample` and in its dtype (the weights may be bf16 while the
+        sampler keeps its latents in float32)."""
         cfg = self.config
         batch, length, _ = sample.shape
+        given_dtype, dtype = sample.dtype, self.proj_in.weight.dtype
+        sample = sample.to(dtype)
+        self_condition = None if self_condition is None else self_condition.to(dtype)
         if length % cfg.num_latents or length // cfg.num_latents > cfg.max_segments:
             raise ValueError(f"sample length {length} is not a multiple of {cfg.num_latents} latents "
                              f"within {cfg.max_segments} segments")
@@ -212,4 +216,4 @@ class LatentDiT(ModelMixin, ConfigMixin):
             hidden = block(hidden, attention_mask=self_bias, encoder_hidden_states=context,
                            encoder_attention_mask=context_bias, timestep=modulation)
         shift, scale = (self.out_shift_scale[None] + embedding[:, None]).chunk(2, dim=1)
-        return self.proj_out(self.norm_out(hidden) * (1 + scale) + shift).reshape(batch, length, -1)
+        return self.proj_out(self.norm_out(hidden) * (1 + scale) + shift).reshape(batch, length, -1).to(given_dtype)

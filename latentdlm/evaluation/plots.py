@@ -49,10 +49,11 @@ def paragraph_vectors(latents, segment_mask):
 
 
 def plot_latent_map(png_path: str | Path, background=None, background_labels=None, path=None, path_labels=None,
-                    title: str = "latent space (PCA)") -> Path:
+                    title: str = "latent space (PCA)", highlight: Optional[int] = None) -> Path:
     """A PCA map (scikit-learn) of paragraph vectors: `background` (N, D) points coloured by
     `background_labels` (classes or sources), and an interpolation `path` (P, D) drawn on top as a line
-    with its points annotated by `path_labels` (e.g. t). The PCA is fitted on everything shown."""
+    with its points annotated by `path_labels` (e.g. t), point `highlight` marked. The PCA is fitted on
+    everything shown."""
     import matplotlib
     import numpy as np
     from sklearn.decomposition import PCA
@@ -76,6 +77,8 @@ def plot_latent_map(png_path: str | Path, background=None, background_labels=Non
         ax.plot(xy[:, 0], xy[:, 1], "-o", color="black", markersize=4, linewidth=1.2, label="interpolation path")
         for i, label in enumerate(path_labels if path_labels is not None else range(len(xy))):
             ax.annotate(str(label), xy[i], fontsize=7, xytext=(3, 3), textcoords="offset points")
+        if highlight is not None:
+            ax.plot(*xy[highlight], "*", color="crimson", markersize=16, label="this point")
     ratio = pca.explained_variance_ratio_
     ax.set(title=title, xlabel=f"PC1 ({ratio[0]:.0%} of variance)", ylabel=f"PC2 ({ratio[1]:.0%})")
     ax.legend(fontsize=7, markerscale=1.5)

@@ -27,7 +27,9 @@ from latentdlm.diffusion.classifier import LatentClassifier, check_classifier, c
 from latentdlm.diffusion.sampling import ClassifierGuidance, sample_latents
 from latentdlm.diffusion.schedulers import SCHEDULERS, make_scheduler, scheduler_name
 from latentdlm.errors import LatentDLMError
-from latentdlm.io import atomic_directory, check_saved_folder
+from latentdlm.hub import HubMixin
+from latentdlm.io import check_saved_folder
+from latentdlm.model_card import pipeline_card
 from latentdlm.pipelines import latent_edits
 from latentdlm.pipelines.latent_edits import InfillOutput, InterpolationOutput
 
@@ -65,7 +67,7 @@ class LatentTextOutput(BaseOutput):
     segment_mask: Optional[torch.Tensor] = None
 
 
-class LatentDiffusionTextPipeline(DiffusionPipeline):
+class LatentDiffusionTextPipeline(HubMixin, DiffusionPipeline):
     def __init__(self, autoencoder: ParagraphAutoencoder, denoiser: LatentDiT, scheduler,
                  condition_encoder: Optional[ConditionEncoder] = None, decoding: Optional[dict] = None):
         super().__init__()
@@ -73,6 +75,7 @@ class LatentDiffusionTextPipeline(DiffusionPipeline):
         self.register_modules(autoencoder=autoencoder, denoiser=denoiser, scheduler=scheduler, condition_encoder=condition_encoder)
         # the decoder's default settings (DECODING_DEFAULTS' keys): saved in model_index.json; call arguments override them
         self.decoding = check_decoding({**DECODING_DEFAULTS, **(decoding or {})})
+        self.training_record: Optional[dict] = None  # data, length and scores of the DiT's training (the model card's)
 
     @torch.no_grad()
     def __call__(
@@ -298,28 +301,28 @@ class LatentDiffusionTextPipeline(DiffusionPipeline):
             kwargs.update(self.condition_encoder.encode(conditions, warn=False))
         return kwargs
 
-    # ---- one folder --------------------------------------------------------------------------
-    def save_pretrained(self, save_directory: str | Path, **_) -> None:
-        """autoencoder/, denoiser/, scheduler/ (condition_encoder/) and model_index.json in one folder,
-        written atomically."""
-        with atomic_directory(save_directory) as tmp:
-            self.autoencoder.save_pretrained(tmp / "autoencoder")
-            self.denoiser.save_pretrained(tmp / "denoiser")
-            self.scheduler.save_pretrained(tmp / "scheduler")
-            index = {
-                "_class_name": type(self).__name__, "latentdlm_version": __version__,
-                "autoencoder": ["latentdlm", "ParagraphAutoencoder"], "denoiser": ["latentdlm", "LatentDiT"],
-                "scheduler": ["diffusers", type(self.scheduler).__name__],
-                "decoding": self.decoding,
-            }
-            if self.condition_encoder is not None:
-                self.condition_encoder.save_pretrained(tmp / "condition_encoder")
-                index["condition_encoder"] = ["latentdlm", "ConditionEncoder"]
-            (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2))
+    # ---- one folder: save_pretrained / from_pretrained / push_to_hub come from latentdlm.hub.HubMixin --------
+    def _save_folder(self, folder: Path) -> None:
+        """autoencoder/, denoiser/, scheduler/ (condition_encoder/) and model_index.json."""
+        self.autoencoder.save_pretrained(folder / "autoencoder")
+        self.denoiser.save_pretrained(folder / "denoiser")
+        self.scheduler.save_pretrained(folder / "scheduler")
+        index = {
+            "_class_name": type(self).__name__, "latentdlm_version": __version__,
+            "autoencoder": ["latentdlm", "ParagraphAutoencoder"], "denoiser": ["latentdlm", "LatentDiT"],
+            "scheduler": ["diffusers", type(self.scheduler).__name__],
+            "decoding": self.decoding, "training": self.training_record,
+        }
+        if self.condition_encoder is not None:
+            self.condition_encoder.save_pretrained(folder / "condition_encoder")
+            index["condition_encoder"] = ["latentdlm", "ConditionEncoder"]
+        (folder / INDEX_NAME).write_text(json.dumps(index, indent=2))
+
+    def model_card(self):
+        return pipeline_card(self)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, **_) -> "LatentDiffusionTextPipeline":
-        path = Path(path)
+    def _load_folder(cls, path: Path) -> "LatentDiffusionTextPipeline":
         if not (path / INDEX_NAME).is_file():
             raise LatentDLMError(f"{path} is not a latentdlm pipeline folder (no {INDEX_NAME})")
         check_saved_folder(path, "the pipeline folder")
@@ -344,7 +347,9 @@ class LatentDiffusionTextPipeline(DiffusionPipeline):
             decoding = check_decoding(index.get("decoding") or {})  # older folders have none: the defaults
         except LatentDLMError as exc:
             raise LatentDLMError(f"{path / INDEX_NAME}: {exc}") from None
-        return cls(ParagraphAutoencoder.from_pretrained(path / "autoencoder"), denoiser, scheduler, condition_encoder, decoding)
+        pipe = cls(ParagraphAutoencoder.from_pretrained(path / "autoencoder"), denoiser, scheduler, condition_encoder, decoding)
+        pipe.training_record = index.get("training")
+        return pipe
 
     @property
     def sampler_name(self) -> str:

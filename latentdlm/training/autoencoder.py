@@ -23,6 +23,7 @@ from latentdlm.data.sources import load_texts, train_eval_split
 from latentdlm.evaluation.plots import plot_training_curves
 from latentdlm.evaluation.reconstruction import reconstruction_metrics
 from latentdlm.io import write_errors_explained
+from latentdlm.model_card import training_record
 from latentdlm.training.config import TrainingConfig
 from latentdlm.training.loop import (
     clear_previous_run, finish_training, gathered_weights, global_batch, is_sharded, make_accelerator, make_optimizer,
@@ -173,8 +174,10 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, resume: bool = False, cpu: bo
             info = {"world_size": accelerator.num_processes, "global_batch_size": global_batch(cfg.training, accelerator),
                     "final_step": step, "rank_weight_checksums": checksums}
             (out / "run_info.json").write_text(json.dumps(info, indent=2))
-            model.save_pretrained(final)
             metrics, recons = evaluate_autoencoder(model, eval_texts, cfg.eval_batch_size)
+            held_out = {f"held-out {name}": value for name, value in metrics.items()}
+            model.training_record = training_record(cfg, out, len(train_texts), held_out, info["world_size"], info["global_batch_size"])
+            model.save_pretrained(final)
             with (out / "reconstructions.jsonl").open("w") as f:
                 for original, recon in zip(eval_texts, recons):
                     f.write(json.dumps({"text": original, "reconstruction": recon}) + "\n")

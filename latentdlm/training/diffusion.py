@@ -33,6 +33,7 @@ from latentdlm.errors import LatentDLMError
 from latentdlm.evaluation.generation import distinct_n
 from latentdlm.evaluation.plots import plot_training_curves
 from latentdlm.io import atomic_file, file_sha256, write_errors_explained
+from latentdlm.model_card import training_record
 from latentdlm.pipelines.latent_text import DECODING_DEFAULTS, LatentDiffusionTextPipeline, check_decoding
 from latentdlm.training.config import TrainingConfig
 from latentdlm.training.loop import (
@@ -424,9 +425,12 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: bool = False, cpu: bool =
                     "final_step": step, "rank_weight_checksums": checksums,
                     "rank_first_timestep_mean": drawn.tolist()}
             (out / "run_info.json").write_text(json.dumps(info, indent=2))
-            pipeline().save_pretrained(final)
             tqdm.write(f"samples after {step} steps:")
-            samples(step, show=True)
+            texts = samples(step, show=True)
+            final_pipeline = pipeline()
+            final_pipeline.training_record = training_record(cfg, out, len(data["counts"]), {"sample distinct-2": distinct_n(texts, 2)},
+                                                             info["world_size"], info["global_batch_size"])
+            final_pipeline.save_pretrained(final)
             plot_training_curves(out / "metrics.jsonl", out / "training_curves.png", f"diffusion: {out.name}")
             accelerator.print(f"saved the pipeline to {final}")
     finish_training(accelerator)

