@@ -68,7 +68,8 @@ def browser() -> webdriver.Chrome:
 
 def field(driver, label: str, tag: str = "textarea"):
     """The visible input under the block labelled `label`."""
-    for element in driver.find_elements(By.XPATH, f"//span[normalize-space()='{label}']/ancestor::*[self::label or contains(@class,'block')][1]//{tag}"):
+    block = "ancestor::div[contains(concat(' ', normalize-space(@class), ' '), ' block ')][1]"
+    for element in driver.find_elements(By.XPATH, f"//span[normalize-space()=\"{label}\"]/{block}//{tag}"):
         if element.is_displayed():
             return element
     raise LookupError(f"no visible {tag} labelled '{label}'")

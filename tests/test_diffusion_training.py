@@ -41,7 +41,7 @@ def records(out, name="metrics.jsonl"):
 
 def test_training_saves_one_pipeline_folder_with_samples_and_curves(pipeline_dir):
     out = pipeline_dir.parent
-    assert sorted(p.name for p in pipeline_dir.iterdir()) == ["autoencoder", "denoiser", "model_index.json", "scheduler"]
+    assert sorted(p.name for p in pipeline_dir.iterdir()) == ["README.md", "autoencoder", "denoiser", "model_index.json", "scheduler"]
     assert [r["step"] for r in records(out) if "loss" in r] == [1, 2, 3, 4]
     assert any("eval/distinct_2" in r for r in records(out))
     assert {r["step"] for r in records(out, "samples.jsonl")} == {2, 4}  # periodic + final samples

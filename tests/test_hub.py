@@ -85,11 +85,11 @@ def test_trained_folders_carry_a_hub_model_card_from_their_training(pipeline_dir
     card = ModelCard.load(pipeline_dir / "README.md")
     assert card.data.library_name == "latentdlm" and card.data.pipeline_tag == "text-generation"
     assert {"latentdlm", "latent-diffusion", "text-generation"} <= set(card.data.tags)
-    assert "sample distinct-2" in card.data.metrics and "autoencoder_held-out bleu" in card.data.metrics
+    assert "sample_distinct_2" in card.data.metrics and "autoencoder_heldout_bleu" in card.data.metrics
     assert "bundled public-domain corpus (aesop)" in card.text and "4 optimizer steps" in card.text
     assert "LatentDiffusionTextPipeline.from_pretrained" in card.text and "```yaml" in card.text
     ae_card = ModelCard.load(autoencoder / "README.md")
-    assert ae_card.data.library_name == "latentdlm" and "held-out bleu" in ae_card.data.metrics
+    assert ae_card.data.library_name == "latentdlm" and "heldout_bleu" in ae_card.data.metrics
     assert "ParagraphAutoencoder.from_pretrained" in ae_card.text
     # the record comes back with the model, so a re-saved or pushed copy keeps its card
     pipe = LatentDiffusionTextPipeline.from_pretrained(pipeline_dir)
@@ -103,7 +103,7 @@ def test_a_hub_dataset_goes_into_the_card_metadata_with_its_scores(pipeline_dir,
     pipe.save_pretrained(tmp_path / "copy")
     card = ModelCard.load(tmp_path / "copy" / "README.md")
     assert card.data.datasets == ["ag_news"]
-    assert {r.metric_type for r in card.data.eval_results} >= {"sample distinct-2"}
+    assert {r.metric_type for r in card.data.eval_results} >= {"sample_distinct_2"}
     assert "`ag_news`" in card.text
 
 

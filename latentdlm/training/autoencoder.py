@@ -175,7 +175,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, resume: bool = False, cpu: bo
                     "final_step": step, "rank_weight_checksums": checksums}
             (out / "run_info.json").write_text(json.dumps(info, indent=2))
             metrics, recons = evaluate_autoencoder(model, eval_texts, cfg.eval_batch_size)
-            held_out = {f"held-out {name}": value for name, value in metrics.items()}
+            held_out = {f"heldout_{name}": value for name, value in metrics.items()}
             model.training_record = training_record(cfg, out, len(train_texts), held_out, info["world_size"], info["global_batch_size"])
             model.save_pretrained(final)
             with (out / "reconstructions.jsonl").open("w") as f:

@@ -428,7 +428,7 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: bool = False, cpu: bool =
             tqdm.write(f"samples after {step} steps:")
             texts = samples(step, show=True)
             final_pipeline = pipeline()
-            final_pipeline.training_record = training_record(cfg, out, len(data["counts"]), {"sample distinct-2": distinct_n(texts, 2)},
+            final_pipeline.training_record = training_record(cfg, out, len(data["counts"]), {"sample_distinct_2": distinct_n(texts, 2)},
                                                              info["world_size"], info["global_batch_size"])
             final_pipeline.save_pretrained(final)
             plot_training_curves(out / "metrics.jsonl", out / "training_curves.png", f"diffusion: {out.name}")
