@@ -22,6 +22,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from
 
 MAX_STEPS = 200
 BACKGROUND_TEXTS = 64  # bundled passages encoded once as the map's background
+POSITION = "position on the path (0 = text A)"
 
 
 @dataclass
@@ -110,11 +111,14 @@ class Handlers:
         return "\n\n".join(f"{i + 1}. {text}" for i, text in enumerate(texts))
 
     def interpolate(self, source, target, num_points, method):
+        import gradio as gr
+
         source, target = self._text(source, "Text A"), self._text(target, "Text B")
         out = self.pipe.interpolate(source, target, num_points=int(num_points), method=method)
         path = {"texts": out.texts, "positions": out.positions, "vectors": self._vectors(out.latents, out.segment_mask)}
         listing = "\n".join(f"t={t:.2f}  {' '.join(text.split())}" for t, text in zip(out.positions, out.texts))  # a line each
-        return listing, *self.show_point(0, path), path
+        slider = gr.Slider(0, len(out.texts) - 1, value=0, step=1, label=POSITION)  # back to text A, over this path
+        return listing, *self.show_point(0, path), path, slider
 
     def show_point(self, index, path):
         if not path:
@@ -220,15 +224,13 @@ def build_app(pipe, title: str = "latentdlm"):
                 method = gr.Radio(["slerp", "lerp"], value="slerp", label="path")
             button = gr.Button("Interpolate", variant="primary")
             path = gr.State(None)
-            position = gr.Slider(0, 10, value=0, step=1, label="position on the path (0 = text A)")
+            position = gr.Slider(0, 6, value=0, step=1, label=POSITION)
             point_text = gr.Textbox(label="decoded text at this point", lines=3)
             with gr.Row():
                 listing = gr.Textbox(label="the whole path", lines=11)
                 latent_map = gr.Image(label="the path on the latent map", type="filepath")
             button.click(event(h.interpolate, 4), [text_a, text_b, points, method],
-                         [listing, point_text, latent_map, path], api_name="interpolate")
-            points.change(lambda n: gr.Slider(0, int(n) - 1, value=0, step=1, label="position on the path (0 = text A)"),
-                          points, position, api_name=False)
+                         [listing, point_text, latent_map, path, position], api_name="interpolate")
             position.change(lambda i, p: h.run(h.show_point, i, p), [position, path], [point_text, latent_map], api_name="show_point")
         with gr.Tab("Vary"):
             text = gr.Textbox(label="text", lines=3)

@@ -66,13 +66,18 @@ def browser() -> webdriver.Chrome:
     return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
 
 
-def field(driver, label: str, tag: str = "textarea"):
-    """The visible input under the block labelled `label`."""
-    block = "ancestor::div[contains(concat(' ', normalize-space(@class), ' '), ' block ')][1]"
-    for element in driver.find_elements(By.XPATH, f"//span[normalize-space()=\"{label}\"]/{block}//{tag}"):
+def visible(driver, xpath: str, what: str):
+    """The first element of `xpath` that is on screen (Gradio keeps hidden copies of some buttons)."""
+    for element in driver.find_elements(By.XPATH, xpath):
         if element.is_displayed():
             return element
-    raise LookupError(f"no visible {tag} labelled '{label}'")
+    raise LookupError(f"no visible {what}")
+
+
+def field(driver, label: str, tag: str = "textarea"):
+    """The input under the block labelled `label`."""
+    block = "ancestor::div[contains(concat(' ', normalize-space(@class), ' '), ' block ')][1]"
+    return visible(driver, f"//span[normalize-space()=\"{label}\"]/{block}//{tag}", f"{tag} labelled '{label}'")
 
 
 def visible_errors(driver) -> list[str]:
@@ -84,13 +89,13 @@ def run_tab(driver, tab: str, out: Path, timeout: float, conditioned: bool) -> s
     inputs, button, output, moves = TABS[tab]
     if tab == "Generate" and conditioned:
         inputs = CONDITION
-    driver.find_element(By.XPATH, f"//button[@role='tab' and normalize-space()='{tab}']").click()
+    visible(driver, f"//button[@role='tab' and normalize-space()='{tab}']", f"tab {tab}").click()
     time.sleep(1)
     for label, text in inputs.items():
         box = field(driver, label)
         box.clear()
         box.send_keys(text)
-    driver.find_element(By.XPATH, f"//button[normalize-space()='{button}' and not(@role='tab')]").click()
+    visible(driver, f"//button[normalize-space()='{button}' and contains(@class, 'primary')]", f"button {button}").click()
     result, deadline = "", time.time() + timeout
     while time.time() < deadline and not result:
         time.sleep(2)
@@ -131,7 +136,7 @@ def main() -> int:
         try:
             driver.get(url)
             time.sleep(3)
-            tabs = [t.text.strip() for t in driver.find_elements(By.XPATH, "//button[@role='tab']")]
+            tabs = [t.text.strip() for t in driver.find_elements(By.XPATH, "//button[@role='tab']") if t.is_displayed()]
             conditioned = "Summarize" in tabs
             print(f"tabs on the page: {', '.join(tabs)}")
             for tab in [t for t in TABS if t in tabs]:

@@ -74,7 +74,8 @@ def test_generate_tab(unconditional):
 
 
 def test_interpolate_tab_walks_the_path_and_draws_it(unconditional):
-    listing, point, latent_map = unconditional.predict(FABLE, CROW, 5, "slerp", api_name="/interpolate")
+    listing, point, latent_map, position = unconditional.predict(FABLE, CROW, 5, "slerp", api_name="/interpolate")
+    assert (position["value"], position["maximum"]) == (0, 4)  # the slider goes back to text A, over this path's 5 points
     assert [line.split()[0] for line in listing.splitlines()] == ["t=0.00", "t=0.25", "t=0.50", "t=0.75", "t=1.00"]
     assert point.startswith("t=0.00: ")
     with open(latent_map, "rb") as f:
