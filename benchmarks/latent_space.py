@@ -8,6 +8,8 @@ Parts (models come from the other benchmarks' work folders; each part says which
             slerp, lerp and slerp through noise 0.5 on the tiny pipeline without and with robustness
             training of its autoencoder (benchmarks/generation.py's `preset` and `ae_latent_noise` arms),
             slerp and slerp through noise on the flagship design (--flagship, default c; benchmarks/quality_ladder.py)
+  robust    the flagship's autoencoder trained again with latent-noise robustness (30 min), on the flagship's DiT,
+            and its interpolation paths (slerp, slerp through noise 0.5)
   vary      the strength -> (similarity to the input, SmolLM2 perplexity) curve of the flagship's variations
   infill    the middle sentence of held-out stories blanked and filled: the flagship (sampler and
             resampling chosen on 100 validation stories) vs the ladder's SmolLM2 peer continuing the
@@ -35,7 +37,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from generation import Splits, last_record, load_results, run_cli, run_parts, write_results  # noqa: E402
 from quality_ladder import (  # noqa: E402
-    autoencoder_dir, load_adapter, peer_generate, peer_model, peer_path, peer_tokenizer, perplexity, pipeline_dir,
+    AUTOENCODER_MINUTES, DESIGN_OVERRIDES, DESIGNS, ROC_AUTOENCODER, autoencoder_dir, load_adapter, peer_generate, peer_model,
+    peer_path, peer_tokenizer, perplexity, pipeline_dir, share_denoiser, train_stage,
 )
 
 from latentdlm.data.sources import data_root, load_labeled_texts  # noqa: E402
@@ -60,13 +63,18 @@ def ladder_pipeline(args) -> Path:
 
 # ---- interpolation ---------------------------------------------------------------------------------
 def part_interp(args, results: dict, splits: Splits) -> None:
+    systems = {**{name: (Path(path), ["slerp", "lerp", "slerp@0.5"]) for name, path in TINY.items()},
+               args.flagship: (ladder_pipeline(args), ["slerp", "slerp@0.5"])}
+    interpolation_rows(results, splits, systems)
+
+
+def interpolation_rows(results: dict, splits: Splits, systems: dict[str, tuple[Path, list[str]]]) -> None:
+    """Each system's paths over the validation pairs, per setting (method[@noise]), unless already in the results."""
     from latentdlm.evaluation.interpolation import interpolation_experiment
     from latentdlm.pipelines.latent_text import LatentDiffusionTextPipeline
 
     stories = splits.validation[: 2 * NUM_PAIRS]
     pairs = list(zip(stories[::2], stories[1::2]))
-    systems = {**{name: (Path(path), ["slerp", "lerp", "slerp@0.5"]) for name, path in TINY.items()},
-               args.flagship: (ladder_pipeline(args), ["slerp", "slerp@0.5"])}
     rows = results.setdefault("interp", {"pairs": "rocstories/train.jsonl[4500:4600] paired", "systems": {}})
     for name, (path, settings) in systems.items():
         if not path.exists():
@@ -82,6 +90,21 @@ def part_interp(args, results: dict, splits: Splits) -> None:
             rows["systems"].setdefault(name, {})[setting] = {k: v for k, v in result.items() if k != "paths"}
             print(f"{name} {setting}: new {result['new_text_rate']:.3f}, monotonic {result['monotonic_rate']:.3f}", flush=True)
             save_results(results)
+
+
+ROBUST_LATENT_NOISE = 0.3  # std of the noise on the latents while the decoder trains (the tiny robust arm's value)
+
+
+def part_robust(args, results: dict, splits: Splits) -> None:
+    """The flagship's autoencoder trained again with latent-noise robustness (objective.latent_noise), for the
+    same minutes, paired with the flagship's DiT (the latents are the same frozen MiniLM embeddings), and its paths."""
+    work = Path(args.work_dir) / f"{args.flagship}_robust"
+    run = work / "autoencoder-run"
+    train_stage("train-autoencoder", ROOT / f"configs/autoencoder/{DESIGNS[args.flagship]}.yaml", run, AUTOENCODER_MINUTES,
+                ROC_AUTOENCODER + DESIGN_OVERRIDES.get(args.flagship, []) + [f"objective.latent_noise={ROBUST_LATENT_NOISE}"])
+    share_denoiser(ladder_pipeline(args), run / "autoencoder", work / "pipeline")
+    results.setdefault("robust", {})[args.flagship] = {"latent_noise": ROBUST_LATENT_NOISE, **last_record(run)}
+    interpolation_rows(results, splits, {f"{args.flagship}_robust": (work / "pipeline", ["slerp", "slerp@0.5"])})
 
 
 # ---- variations ------------------------------------------------------------------------------------
@@ -325,9 +348,10 @@ SUMMARY_KEYS = ["interp_new_text_rate", "interp_monotonic_rate", "infill_kept_ve
 
 
 def summary_interp_system(results: dict) -> str | None:
-    """The flagship (c, else b) where it ran, else the tiny pipeline with robustness training."""
+    """The flagship with robustness training (the target's condition) where it ran, else the flagship (c,
+    else b), else the tiny pipeline with robustness training."""
     systems = results.get("interp", {}).get("systems", {})
-    return next((name for name in ("c", "b", "tiny_robust") if "slerp" in systems.get(name, {})), None)
+    return next((name for name in ("c_robust", "c", "b", "tiny_robust") if "slerp" in systems.get(name, {})), None)
 
 
 def summary(results: dict) -> dict:
@@ -356,7 +380,7 @@ def plot(results: dict, path: Path) -> None:
         plot_interpolation_curves(curves, path)
 
 
-PARTS = {"interp": part_interp, "vary": part_vary, "infill": part_infill, "agnews": part_agnews, "guidance": part_guidance, "map": part_map}
+PARTS = {"interp": part_interp, "robust": part_robust, "vary": part_vary, "infill": part_infill, "agnews": part_agnews, "guidance": part_guidance, "map": part_map}
 
 
 def main() -> None:

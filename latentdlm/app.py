@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from latentdlm.errors import LatentDLMError
+from latentdlm.model_card import pipeline_summary
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from an offline machine
 
@@ -200,9 +201,7 @@ def build_app(pipe, title: str = "latentdlm"):
         return handler
 
     with gr.Blocks(title=title) as demo:
-        gr.Markdown(f"# {title}\nA latent paragraph diffusion model: sample, walk between two texts, vary, fill blanks."
-                    + (" This model writes from a source text." if caps.text_conditioned else "")
-                    + (f" Classes: {', '.join(caps.class_names)}." if caps.class_names else ""))
+        gr.Markdown(f"# {title}\n{pipeline_summary(pipe)}")
         with gr.Tab("Generate"):
             with gr.Row():
                 num_samples = gr.Slider(1, 8, value=2, step=1, label="number of samples")
@@ -275,6 +274,6 @@ def launch(model: str, port: int = 7860, host: str = "127.0.0.1", share: bool = 
     _gradio()
     check_port(host, port)
     pipe = LatentDiffusionTextPipeline.from_pretrained(model)
-    demo = build_app(pipe, title=f"latentdlm: {Path(str(model)).name}")
+    demo = build_app(pipe, title=f"latentdlm: {model}")
     demo.queue().launch(server_name=host, server_port=port, share=share, show_error=False, prevent_thread_lock=not block, quiet=not block)
     return demo

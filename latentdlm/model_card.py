@@ -95,18 +95,26 @@ def autoencoder_card(model) -> ModelCard:
                  ["autoencoder"], [c.encoder.name_or_path, c.decoder.name_or_path])
 
 
+def pipeline_summary(pipe) -> str:
+    """One paragraph on what a pipeline is (its card's opening, the app's header)."""
+    ae, dn = pipe.autoencoder.config, pipe.denoiser.config
+    condition = (f"conditioned on a class ({', '.join(dn.class_names)})" if dn.class_names else
+                 "conditioned on a source text (e.g. summarization)" if dn.condition_dim else "unconditional")
+    return (f"A latentdlm latent diffusion language model, {condition}: a DiT ({dn.num_layers} layers, width "
+            f"{dn.hidden_size}) denoises {ae.num_latents} x {ae.latent_dim} latents per "
+            f"{'segment' if ae.segmentation.mode != 'none' else 'paragraph'}, sampled with {pipe.sampler_name}, and "
+            f"the paragraph autoencoder ({_part_name(ae.encoder)} -> {_part_name(ae.decoder)}) decodes them to text.")
+
+
 def pipeline_card(pipe) -> ModelCard:
     ae, dn = pipe.autoencoder.config, pipe.denoiser.config
     if dn.class_names:
-        condition, call = f"conditioned on a class ({', '.join(dn.class_names)})", f"pipe(num_samples=4, class_labels={dn.class_names[0]!r}, guidance_scale=2.0)"
+        call = f"pipe(num_samples=4, class_labels={dn.class_names[0]!r}, guidance_scale=2.0)"
     elif dn.condition_dim:
-        condition, call = "conditioned on a source text (e.g. summarization)", "pipe(conditions=[\"A long document ...\"], guidance_scale=2.0)"
+        call = "pipe(conditions=[\"A long document ...\"], guidance_scale=2.0)"
     else:
-        condition, call = "unconditional", "pipe(num_samples=4, num_inference_steps=50)"
-    summary = (f"A latentdlm latent diffusion language model, {condition}: a DiT ({dn.num_layers} layers, width "
-               f"{dn.hidden_size}) denoises {ae.num_latents} x {ae.latent_dim} latents per "
-               f"{'segment' if ae.segmentation.mode != 'none' else 'paragraph'}, sampled with {pipe.sampler_name}, and "
-               f"the paragraph autoencoder ({_part_name(ae.encoder)} -> {_part_name(ae.decoder)}) decodes them to text.")
+        call = "pipe(num_samples=4, num_inference_steps=50)"
+    summary = pipeline_summary(pipe)
     usage = ("from latentdlm import LatentDiffusionTextPipeline\n\n"
              "pipe = LatentDiffusionTextPipeline.from_pretrained(\"REPO_OR_FOLDER\")\n"
              f"print({call}.texts)\n"
