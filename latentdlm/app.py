@@ -181,7 +181,7 @@ def build_app(pipe, title: str = "latentdlm"):
         if caps.text_conditioned:
             shown.append(gr.Textbox(label="source text (condition)", lines=3))
         if caps.guidance:
-            shown.append(gr.Slider(1.0, 8.0, value=2.0, step=0.5, label="guidance scale (classifier-free; 1 = none)"))
+            shown.append(gr.Slider(1.0, 8.0, value=1.0, step=0.5, label="guidance scale (classifier-free; 1 = none)"))
         return shown
 
     condition_keys = (["class_label"] if caps.class_names else []) + (["condition"] if caps.text_conditioned else []) + \
@@ -256,7 +256,8 @@ def build_app(pipe, title: str = "latentdlm"):
             with gr.Tab("Summarize"):
                 document = gr.Textbox(label="document", lines=8)
                 with gr.Row():
-                    guidance = gr.Slider(1.0, 8.0, value=2.0, step=0.5, label="guidance scale", visible=caps.guidance)
+                    guidance = gr.Slider(1.0, 8.0, value=1.0, step=0.5, label="guidance scale (classifier-free; 1 = none)",
+                                         visible=caps.guidance)
                     candidates = gr.Slider(1, 8, value=1, step=1, label="candidates (3+: the minimum-Bayes-risk one)")
                     sum_steps = gr.Slider(1, caps.max_steps, value=min(20, caps.max_steps), step=1, label="steps")
                     sum_seed = gr.Number(0, precision=0, label="seed")

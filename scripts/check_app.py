@@ -36,7 +36,7 @@ TABS = {
                "Fill the blanks", "filled text", {}),
     "Summarize": ({"document": "The Science Fair"}, "Summarize", "summary", {}),
 }
-CONDITION = {"source text (condition)": "The Science Fair"}  # the Generate tab of a text-conditioned model
+CONDITION = {"source text (condition)": "The Science Fair"}  # Generate and Infill of a text-conditioned model
 
 
 def free_port() -> int:
@@ -87,8 +87,9 @@ def visible_errors(driver) -> list[str]:
 
 def run_tab(driver, tab: str, out: Path, timeout: float, conditioned: bool) -> str:
     inputs, button, output, moves = TABS[tab]
-    if tab == "Generate" and conditioned:
-        inputs = CONDITION
+    if tab in ("Generate", "Infill") and conditioned:
+        inputs = {**inputs, **CONDITION}
+    driver.execute_script("document.querySelectorAll(\"[data-testid='toast-body'], .toast-body\").forEach(e => e.remove())")
     visible(driver, f"//button[@role='tab' and normalize-space()='{tab}']", f"tab {tab}").click()
     time.sleep(1)
     for label, text in inputs.items():
