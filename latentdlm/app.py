@@ -57,6 +57,10 @@ def check_port(host: str, port: int) -> None:
             raise LatentDLMError(f"port {port} on {host} is in use: choose another with --port") from None
 
 
+def numbered(texts: list[str]) -> str:
+    return "\n\n".join(f"{i + 1}. {text}" for i, text in enumerate(texts))
+
+
 def _gradio():
     try:
         import gradio
@@ -109,7 +113,7 @@ class Handlers:
             kwargs["conditions"] = [kwargs["conditions"]] * count
         texts = self.pipe(num_samples=count, num_inference_steps=int(steps), scheduler=sampler, seed=int(seed),
                           num_segments=int(num_segments) if self.caps.segments and num_segments else None, **kwargs).texts
-        return "\n\n".join(f"{i + 1}. {text}" for i, text in enumerate(texts))
+        return numbered(texts)
 
     def interpolate(self, source, target, num_points, method):
         import gradio as gr
@@ -130,7 +134,7 @@ class Handlers:
     def vary(self, text, strength, num_samples, steps, seed) -> str:
         texts = self.pipe.vary(self._text(text, "The text"), strength=float(strength), num_samples=int(num_samples),
                                num_inference_steps=int(steps), seed=int(seed))
-        return "\n\n".join(f"{i + 1}. {t}" for i, t in enumerate(texts))
+        return numbered(texts)
 
     def infill(self, text, steps, seed, class_label=None, condition=None, guidance=1.0) -> str:
         out = self.pipe.infill(self._text(text, "The text"), num_inference_steps=int(steps), seed=int(seed),

@@ -2,6 +2,7 @@
 one tiny model of each kind (unconditional, class-conditional, text-conditioned), a bad input per tab."""
 
 import socket
+import time
 from contextlib import contextmanager
 
 import pytest
@@ -71,6 +72,16 @@ def test_generate_tab(unconditional):
     assert text == unconditional.predict(3, 2, 2, "ddim", 7, api_name="/generate")  # the seed repeats
     refused(lambda: unconditional.predict(2, 0, 2, "euler", 0, api_name="/generate"), "euler is not in the list of choices")
     refused(lambda: unconditional.predict(2, 99, 2, "ddim", 0, api_name="/generate"), "Value 99 is greater than maximum value")
+
+
+def test_the_sampling_progress_reaches_the_page(unconditional):
+    job = unconditional.submit(8, 0, 200, "ddpm", 0, api_name="/generate")
+    seen = set()
+    while not job.done():
+        seen |= {(p.desc, p.length) for p in job.status().progress_data or []}
+        time.sleep(0.02)
+    assert ("sampling", 200) in seen  # the pipeline's tqdm bar, step by step
+    assert job.result().startswith("1. ")
 
 
 def test_interpolate_tab_walks_the_path_and_draws_it(unconditional):
