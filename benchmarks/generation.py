@@ -49,6 +49,7 @@ from latentdlm.evaluation.generation import (  # noqa: E402
     coherence_ratio, consecutive_cosine, distinct_n, diversity, glued_random_sentences, mauve_seeds, memorization,
     repeated_ngram_rate, sentence_features,
 )
+from latentdlm.training.loop import logged_minutes, read_metrics  # noqa: E402
 
 RESULTS = ROOT / "benchmarks/results/generation.json"
 TRAIN_LIMIT, NUM_EVAL = 4500, 500
@@ -84,9 +85,8 @@ def run_cli(args: list[str], log: Path) -> None:
 
 def last_record(run: Path) -> dict:
     """Steps, final loss and training minutes of a run, summed over its resumed parts (each restarts the clock)."""
-    records = [r for r in (json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
-    minutes = sum(a["train_minutes"] for a, b in zip(records, records[1:]) if b["train_minutes"] < a["train_minutes"])
-    return {"train_minutes": minutes + records[-1]["train_minutes"], "steps": records[-1]["step"], "final_loss": records[-1]["loss"]}
+    records = [r for r in read_metrics(run) if "loss" in r]
+    return {"train_minutes": logged_minutes(records), "steps": records[-1]["step"], "final_loss": records[-1]["loss"]}
 
 
 def timed(fn):

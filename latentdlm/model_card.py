@@ -4,7 +4,6 @@ metadata, then text), written from the model's config and the record of its trai
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -17,18 +16,14 @@ TAGS = ["latentdlm", "latent-diffusion", "paragraph-autoencoder", "text-generati
 LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".txt")
 
 
-def training_record(config, output_dir: str | Path, num_texts: int, metrics: dict, world_size: int, global_batch_size: int) -> dict:
-    """What the card says of a finished training run: its data, length, final scores and whole config."""
-    steps, minutes = 0, 0.0
-    log = Path(output_dir) / "metrics.jsonl"
-    if log.is_file():
-        for line in log.read_text().splitlines():
-            row = json.loads(line)
-            steps, minutes = row.get("step", steps), row.get("train_minutes", minutes)
+def training_record(config, num_texts: int, metrics: dict, run_info: dict, minutes: float) -> dict:
+    """What the card says of a finished training run: its data, length (`run_info`: the trainer's final step,
+    world size and global batch; `minutes` over every resumed part), final scores and whole config."""
     data = config.data
     return {
         "data": {"source": data.source, "column": data.column, "split": data.split, "num_texts": num_texts},
-        "steps": steps, "train_minutes": round(minutes, 1), "world_size": world_size, "global_batch_size": global_batch_size,
+        "steps": run_info["final_step"], "train_minutes": round(minutes, 1), "world_size": run_info["world_size"],
+        "global_batch_size": run_info["global_batch_size"],
         "metrics": {name: round(value, 4) for name, value in metrics.items() if isinstance(value, (int, float))},
         "config": dataclasses.asdict(config),
     }

@@ -96,6 +96,16 @@ def test_trained_folders_carry_a_hub_model_card_from_their_training(pipeline_dir
     assert pipe.training_record["steps"] == 4 and pipe.autoencoder.training_record["metrics"]
 
 
+def test_the_card_counts_the_minutes_of_every_resumed_part():
+    from latentdlm.training.loop import logged_minutes
+
+    # each resumed part restarts the clock: 0.2 min, then a resume that ran 0.15 more, then one of 0.3
+    records = [{"step": 2, "train_minutes": 0.1}, {"step": 4, "train_minutes": 0.2}, {"step": 6, "train_minutes": 0.05},
+               {"step": 8, "train_minutes": 0.15}, {"step": 8, "eval/bleu": 3.0}, {"step": 10, "train_minutes": 0.1},
+               {"step": 12, "train_minutes": 0.3}]
+    assert logged_minutes(records) == pytest.approx(0.65) and logged_minutes([]) == 0.0
+
+
 def test_a_hub_dataset_goes_into_the_card_metadata_with_its_scores(pipeline_dir, tmp_path):
     assert hub_dataset("bundled:aesop") is None and hub_dataset("stories.jsonl") is None and hub_dataset("ag_news") == "ag_news"
     pipe = LatentDiffusionTextPipeline.from_pretrained(pipeline_dir)

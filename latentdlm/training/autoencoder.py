@@ -26,8 +26,8 @@ from latentdlm.io import write_errors_explained
 from latentdlm.model_card import training_record
 from latentdlm.training.config import TrainingConfig
 from latentdlm.training.loop import (
-    clear_previous_run, finish_training, gathered_weights, global_batch, is_sharded, make_accelerator, make_optimizer,
-    prepare_output_dir, rank_checksums, run_training,
+    clear_previous_run, finish_training, gathered_weights, global_batch, is_sharded, logged_minutes, make_accelerator,
+    make_optimizer, prepare_output_dir, rank_checksums, read_metrics, run_training,
 )
 
 FINAL_NAME = "autoencoder"
@@ -176,7 +176,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, resume: bool = False, cpu: bo
             (out / "run_info.json").write_text(json.dumps(info, indent=2))
             metrics, recons = evaluate_autoencoder(model, eval_texts, cfg.eval_batch_size)
             held_out = {f"heldout_{name}": value for name, value in metrics.items()}
-            model.training_record = training_record(cfg, out, len(train_texts), held_out, info["world_size"], info["global_batch_size"])
+            model.training_record = training_record(cfg, len(train_texts), held_out, info, logged_minutes(read_metrics(out)))
             model.save_pretrained(final)
             with (out / "reconstructions.jsonl").open("w") as f:
                 for original, recon in zip(eval_texts, recons):

@@ -37,8 +37,8 @@ from latentdlm.model_card import training_record
 from latentdlm.pipelines.latent_text import DECODING_DEFAULTS, LatentDiffusionTextPipeline, check_decoding
 from latentdlm.training.config import TrainingConfig
 from latentdlm.training.loop import (
-    clear_previous_run, finish_training, gathered_weights, global_batch, is_sharded, make_accelerator, make_optimizer,
-    prepare_output_dir, rank_checksums, run_training,
+    clear_previous_run, finish_training, gathered_weights, global_batch, is_sharded, logged_minutes, make_accelerator,
+    make_optimizer, prepare_output_dir, rank_checksums, read_metrics, run_training,
 )
 
 FINAL_NAME = "pipeline"
@@ -428,8 +428,8 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: bool = False, cpu: bool =
             tqdm.write(f"samples after {step} steps:")
             texts = samples(step, show=True)
             final_pipeline = pipeline()
-            final_pipeline.training_record = training_record(cfg, out, len(data["counts"]), {"sample_distinct_2": distinct_n(texts, 2)},
-                                                             info["world_size"], info["global_batch_size"])
+            final_pipeline.training_record = training_record(cfg, len(data["counts"]), {"sample_distinct_2": distinct_n(texts, 2)},
+                                                             info, logged_minutes(read_metrics(out)))
             final_pipeline.save_pretrained(final)
             plot_training_curves(out / "metrics.jsonl", out / "training_curves.png", f"diffusion: {out.name}")
             accelerator.print(f"saved the pipeline to {final}")

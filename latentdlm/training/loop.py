@@ -167,6 +167,19 @@ class MetricsLog:
                 f.write(json.dumps({"step": step, "train_minutes": round(minutes, 3), **metrics}) + "\n")
 
 
+def logged_minutes(records: list[dict]) -> float:
+    """Training minutes over every part of a run from its metrics.jsonl records: each resumed part restarts
+    the clock, so a drop in train_minutes starts a new part."""
+    minutes = [r["train_minutes"] for r in records if "train_minutes" in r]
+    return sum(a for a, b in zip(minutes, minutes[1:]) if b < a) + (minutes[-1] if minutes else 0.0)
+
+
+def read_metrics(out: Path) -> list[dict]:
+    """The records of a run's metrics.jsonl (none when it has not logged yet)."""
+    path = Path(out) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
 class ExtraState(Protocol):
     """State kept beside accelerate's in every checkpoint (save and load run on every rank)."""
 
