@@ -88,7 +88,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         num_samples=args.num_samples, num_inference_steps=args.steps, scheduler=args.scheduler, seed=args.seed,
         class_labels=args.class_label, conditions=args.condition, guidance_scale=args.guidance_scale,
         guidance_rescale=args.guidance_rescale, num_segments=args.num_segments, batch_size=args.batch_size,
-        classifier=classifier, classifier_scale=args.classifier_scale, **_decoding(args),
+        classifier=classifier, classifier_scale=args.classifier_scale, decoding=_decoding(args),
     )
     if args.output:
         _write_jsonl(args.output, [{"text": text, "class_label": args.class_label, "condition": args.condition}
@@ -115,7 +115,7 @@ def cmd_summarize(args: argparse.Namespace) -> None:
     pipe = LatentDiffusionTextPipeline.from_pretrained(args.model)
     summaries = summarize(
         pipe, documents, args.num_candidates, args.steps, args.guidance_scale, args.guidance_rescale,
-        args.scheduler, args.seed, args.batch_size, **_decoding(args),
+        args.scheduler, args.seed, args.batch_size, decoding=_decoding(args),
     )
     if args.output:
         records = [{"document": document, "summary": summary} for document, summary in zip(documents, summaries)]
@@ -157,6 +157,7 @@ def _write_jsonl(path: str, records: list[dict], what: str) -> None:
 
 
 def _decoding(args: argparse.Namespace) -> dict:
+    """The decoder settings given on the command line (None: the pipeline's), over its DecodingConfig."""
     return dict(decode_beams=args.decode_beams, no_repeat_ngram_size=args.no_repeat_ngram_size,
                 repetition_penalty=args.repetition_penalty, top_p=args.top_p)
 

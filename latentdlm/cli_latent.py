@@ -15,7 +15,7 @@ def cmd_interpolate(args: argparse.Namespace, check_output, write_jsonl, decodin
     check_output(args.output)
     check_output(args.plot)
     pipe = LatentDiffusionTextPipeline.from_pretrained(args.model)
-    out = pipe.interpolate(args.source, args.target, args.num_points, args.method, args.through_noise, args.steps, **decoding(args))
+    out = pipe.interpolate(args.source, args.target, args.num_points, args.method, args.through_noise, args.steps, decoding=decoding(args))
     for t, text in zip(out.positions, out.texts):
         print(f"t={t:.2f}  {text}")
     if args.output:
@@ -50,7 +50,7 @@ def cmd_vary(args: argparse.Namespace, check_output, write_jsonl, decoding) -> N
     check_output(args.output)
     pipe = LatentDiffusionTextPipeline.from_pretrained(args.model)
     texts = pipe.vary(args.text, args.strength, args.num_samples, args.steps, args.seed, args.class_label, args.condition,
-                      args.guidance_scale, **decoding(args))
+                      args.guidance_scale, decoding=decoding(args))
     _emit(texts, args, write_jsonl, lambda text: {"input": args.text, "strength": args.strength, "text": text})
 
 
@@ -63,7 +63,7 @@ def cmd_infill(args: argparse.Namespace, check_output, write_jsonl, decoding) ->
         raise LatentDLMError("--num-segments sets the length of an edit: use it with --keep (with ___ blanks, each blank is one segment)")
     pipe = LatentDiffusionTextPipeline.from_pretrained(args.model)
     out = pipe.infill(args.text, keep, args.num_segments, args.num_samples, args.steps, args.seed, args.resample, args.scheduler,
-                      args.class_label, args.condition, args.guidance_scale, **decoding(args))
+                      args.class_label, args.condition, args.guidance_scale, decoding=decoding(args))
     _emit(out.texts, args, write_jsonl, lambda text: {"input": args.text, "generated_segments": out.generated, "text": text})
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+from latentdlm.autoencoder.decoding import DecodingConfig
 from latentdlm.errors import LatentDLMError
 from latentdlm.evaluation.summarization import minimum_bayes_risk
 
@@ -15,10 +16,9 @@ from latentdlm.evaluation.summarization import minimum_bayes_risk
 def summarize(
     pipe, documents: Sequence[str], num_candidates: int = 1, num_inference_steps: int = 20,
     guidance_scale: float = 1.0, guidance_rescale: float = 0.0, scheduler: Optional[str] = None,
-    seed: int = 0, batch_size: int = 32, show_progress: bool = True, decode_beams: Optional[int] = None,
-    no_repeat_ngram_size: Optional[int] = None, repetition_penalty: Optional[float] = None, top_p: Optional[float] = None,
+    seed: int = 0, batch_size: int = 32, show_progress: bool = True, decoding: Optional[DecodingConfig | dict] = None,
 ) -> list[str]:
-    """The decoder's settings (None: the pipeline's defaults) go to the pipeline as they are."""
+    """`decoding`: the decoder's settings over the pipeline's defaults (as in the pipeline's call)."""
     if pipe.condition_encoder is None:
         raise LatentDLMError("this pipeline was trained without a source text condition: it cannot summarize "
                              "(train one with data.condition_column, e.g. configs/diffusion/xsum_cond.yaml)")
@@ -31,8 +31,7 @@ def summarize(
     texts = pipe(
         num_samples=len(repeated), conditions=repeated, num_inference_steps=num_inference_steps, scheduler=scheduler,
         seed=seed, guidance_scale=guidance_scale, guidance_rescale=guidance_rescale, batch_size=batch_size,
-        show_progress=show_progress, decode_beams=decode_beams, no_repeat_ngram_size=no_repeat_ngram_size,
-        repetition_penalty=repetition_penalty, top_p=top_p,
+        show_progress=show_progress, decoding=decoding,
     ).texts
     candidates = [texts[i : i + num_candidates] for i in range(0, len(texts), num_candidates)]
     return [group[minimum_bayes_risk(group)] for group in candidates]

@@ -77,7 +77,7 @@ def outputs() -> dict:
 
     for scheduler in ("dpm", "ddim", "ddpm"):
         sample(f"uncond_{scheduler}", pipes["uncond"], scheduler=scheduler)
-    sample("uncond_top_p", pipes["uncond"], top_p=0.9)
+    sample("uncond_top_p", pipes["uncond"], decoding={"top_p": 0.9})
     sample("pooled_context_dpm", pipes["pooled_dm"])
     sample("class_cfg", pipes["class"], class_labels=["fable", "novel", "fable"], guidance_scale=3.0)
     sample("class_cfg_rescale", pipes["class"], class_labels="novel", guidance_scale=3.0, guidance_rescale=0.7)

@@ -27,9 +27,9 @@ def tiny_model(decoder_type="bart", **model_fields) -> ParagraphAutoencoder:
 
 
 def one_batch(model, texts):
-    units = [u for per_text in model.split_units(texts) for u in per_text]
-    tokens = model.tokenize(units)
-    return model.collate(tokens.encoder_ids, tokens.decoder_ids)
+    units = [u for per_text in model.processor.split_units(texts) for u in per_text]
+    tokens = model.processor.tokenize(units)
+    return model.processor.collate(tokens.encoder_ids, tokens.decoder_ids)
 
 
 @pytest.mark.parametrize("decoder", ["bart", "t5", "gpt2", "llama"])
@@ -46,10 +46,10 @@ def test_each_decoder_adapter_trains_and_decodes(decoder):
     ids = model.decoder.generate(model.to_memory(encoded.latents[0]), max_new_tokens=3, min_new_tokens=3, pad_token_id=0)
     assert ids.shape == (4, 3)  # one row per segment, start token not included
     texts = model.decode(encoded, max_new_tokens=3)
-    tokenizer = model.decoder_tokenizer
+    tokenizer = model.processor.decoder_tokenizer
     greedy = model.decoder.generate(model.to_memory(encoded.latents[0]), max_new_tokens=3, do_sample=False, num_beams=1,
-                                    pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id, eos_token_id=model.decoder_tokenizer.eos_token_id)
-    pieces = [t.strip() for t in model.decoder_tokenizer.batch_decode(greedy, skip_special_tokens=True)]
+                                    pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id, eos_token_id=model.processor.decoder_tokenizer.eos_token_id)
+    pieces = [t.strip() for t in model.processor.decoder_tokenizer.batch_decode(greedy, skip_special_tokens=True)]
     assert texts == [" ".join(p for p in pieces if p)]  # every segment decoded, rejoined in order
 
 
@@ -68,7 +68,7 @@ def test_sentence_transformers_encoder_from_a_local_folder(tmp_path):
 
     base = tmp_path / "bert"
     AutoModel.from_config(AutoConfig.for_model(**{**TINY_ENCODER, "vocab_size": 600})).save_pretrained(base)
-    tiny_model().encoder_tokenizer.save_pretrained(base)
+    tiny_model().processor.encoder_tokenizer.save_pretrained(base)
     transformer = Transformer(str(base))
     st = SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension())])
     st.save(str(tmp_path / "st"))
@@ -154,7 +154,7 @@ def test_free_bits_floor_the_penalty():
 def test_long_units_are_truncated_with_a_count():
     model = tiny_model()
     with pytest.warns(UserWarning, match=r"1 of 2 texts are longer than max_length=32 tokens"):
-        tokens = model.tokenize(["short text.", "word " * 200])
+        tokens = model.processor.tokenize(["short text.", "word " * 200])
     assert tokens.num_truncated == 1
     assert max(len(ids) for ids in tokens.encoder_ids + tokens.decoder_ids) <= 32
 
@@ -186,7 +186,7 @@ def test_pretrained_parts_from_local_folders_bring_their_own_tokenizers(tmp_path
     from helpers import TINY_DECODERS
     from transformers import AutoModelForCausalLM
 
-    tokenizer = tiny_model().encoder_tokenizer
+    tokenizer = tiny_model().processor.encoder_tokenizer
     AutoModel.from_config(AutoConfig.for_model(**{**TINY_ENCODER, "vocab_size": len(tokenizer)})).save_pretrained(tmp_path / "enc")
     tokenizer.save_pretrained(tmp_path / "enc")
     gpt2 = {**TINY_DECODERS["gpt2"], "vocab_size": len(tokenizer), "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
@@ -194,7 +194,7 @@ def test_pretrained_parts_from_local_folders_bring_their_own_tokenizers(tmp_path
     tokenizer.save_pretrained(tmp_path / "dec")
     part = type(tiny_train_config().model.encoder)
     model = tiny_model(encoder=part(name_or_path=str(tmp_path / "enc")), decoder=part(kind="causal", name_or_path=str(tmp_path / "dec")))
-    assert model.encoder_tokenizer is not model.decoder_tokenizer  # each part loaded its own
+    assert model.processor.encoder_tokenizer is not model.processor.decoder_tokenizer  # each part loaded its own
     assert model.encode([STORY]).latents.shape == (1, 4, 4, 8)
     with pytest.raises(LatentDLMError, match="cannot load"):
         tiny_model(encoder=part(name_or_path=str(tmp_path / "missing")), decoder=part(kind="causal", name_or_path=str(tmp_path / "dec")))
@@ -229,7 +229,7 @@ def test_frozen_parts_stay_in_eval_mode_under_train():
     batch = one_batch(model, [STORY])
     states = [model.encoder(batch["input_ids"], batch["attention_mask"]) for _ in range(2)]
     assert torch.equal(states[0], states[1])
-    memory = model.to_memory(model.posterior(batch["input_ids"], batch["attention_mask"]).mean)
+    memory = model.to_memory(model.encode_tokens(batch["input_ids"], batch["attention_mask"]).mean)
     logits = [model.decoder(memory, batch["decoder_input_ids"], batch["decoder_attention_mask"]) for _ in range(2)]
     assert torch.equal(logits[0], logits[1])
     model.eval().train()  # and again after a round trip
@@ -261,7 +261,7 @@ def styled_pretrained_decoder(tmp_path, style):
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     kind, ids, template = DECODER_STYLES[style]
-    tokenizer = tiny_model().decoder_tokenizer
+    tokenizer = tiny_model().processor.decoder_tokenizer
     specials = [(t, tokenizer.convert_tokens_to_ids(t)) for t in ("<s>", "</s>") if t in template]
     tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(single=template, special_tokens=specials)
     if style == "t5":
@@ -277,8 +277,8 @@ def styled_pretrained_decoder(tmp_path, style):
 @pytest.mark.parametrize("style", ["bart", "t5", "llama", "gpt2"])
 def test_decoder_sees_the_start_sequence_it_was_trained_with(tmp_path, style):
     model = styled_pretrained_decoder(tmp_path, style)
-    x = model.decoder_tokenizer(SENTENCE, add_special_tokens=False)["input_ids"]
-    assert model.decoder_tokenizer(SENTENCE)["input_ids"] != x or style == "gpt2"  # the tokenizer adds its specials
+    x = model.processor.decoder_tokenizer(SENTENCE, add_special_tokens=False)["input_ids"]
+    assert model.processor.decoder_tokenizer(SENTENCE)["input_ids"] != x or style == "gpt2"  # the tokenizer adds its specials
     batch = one_batch(model, [SENTENCE])
     expected = {  # (decoder inputs, labels)
         "bart": ([2, 1] + x, [1] + x + [2]),  # </s> <s> x  ->  <s> x </s>
@@ -299,7 +299,7 @@ def test_from_scratch_tokenizer_keeps_start_then_text():
     """The in-memory BPE adds <s> ... </s>; a random decoder starts with <s>, so targets are x </s>."""
     for decoder in ("bart", "gpt2"):
         model = tiny_model(decoder)
-        x = model.decoder_tokenizer(SENTENCE, add_special_tokens=False)["input_ids"]
+        x = model.processor.decoder_tokenizer(SENTENCE, add_special_tokens=False)["input_ids"]
         batch = one_batch(model, [SENTENCE])
         assert batch["decoder_input_ids"][0].tolist() == [1] + x
         assert batch["labels"][0].tolist() == x + [2]
@@ -310,13 +310,14 @@ def _loss_on(num_units, tokens_per_unit, kl_per_unit, cfg):
     """autoencoder_loss on a stub model: uniform decoder (NLL = log V per token), posterior with a known KL."""
     from types import SimpleNamespace
 
-    from latentdlm.autoencoder.bottleneck import Posterior
+    from latentdlm.autoencoder.bottleneck import Latents
+    from latentdlm.autoencoder.designs import LatentDesign
 
     k, d, vocab = 2, 4, 50
     mean = torch.full((num_units, k, d), math.sqrt(2 * kl_per_unit / (k * d)))  # KL = 0.5 * mean^2 per dim
     stub = SimpleNamespace(
-        encoder_tokenizer=None, decoder_tokenizer=None,
-        posterior=lambda ids, mask: Posterior(mean, torch.zeros_like(mean)),
+        processor=SimpleNamespace(encoder_tokenizer=None, decoder_tokenizer=None), latent_design=LatentDesign(),
+        encode_tokens=lambda ids, mask: Latents(mean, torch.zeros_like(mean)),
         decoder_logits=lambda latents, ids, mask: torch.zeros(*ids.shape, vocab) + 0 * latents.sum(),
     )
     shape = (num_units, tokens_per_unit)

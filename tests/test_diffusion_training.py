@@ -440,7 +440,7 @@ def _repeats(ids: torch.Tensor, special: set) -> int:
 def test_decoding_settings_reach_the_decoder(pipeline_dir, monkeypatch):
     pipe = LatentDiffusionTextPipeline.from_pretrained(pipeline_dir)
     calls = _spy_on_generate(pipe, monkeypatch)
-    tokenizer = pipe.autoencoder.decoder_tokenizer
+    tokenizer = pipe.autoencoder.processor.decoder_tokenizer
     special = set(tokenizer.all_special_ids)
     run = dict(num_samples=6, num_inference_steps=2, seed=0, show_progress=False)
     greedy = pipe(**run).texts

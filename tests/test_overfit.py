@@ -20,8 +20,8 @@ def test_tiny_autoencoder_overfits_paragraphs_to_exact_reconstruction():
     cfg = tiny_train_config().model
     cfg.segmentation.mode = "none"
     model = build_autoencoder(cfg, load_texts("bundled:aesop"))
-    tokens = model.tokenize(PARAGRAPHS)
-    batch = model.collate(tokens.encoder_ids, tokens.decoder_ids)
+    tokens = model.processor.tokenize(PARAGRAPHS)
+    batch = model.processor.collate(tokens.encoder_ids, tokens.decoder_ids)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     objective = ObjectiveConfig(kl_weight=1e-4, kl_anneal_steps=100, word_dropout=0.3)
     model.train()

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from latentdlm.autoencoder.build import build_autoencoder
-from latentdlm.autoencoder.embedding_cache import unit_embeddings, uses_embedding_cache
+from latentdlm.autoencoder.latent_cache import cached_unit_latents
 from latentdlm.autoencoder.model import ParagraphAutoencoder
 from latentdlm.autoencoder.objective import ObjectiveConfig, autoencoder_loss
 from latentdlm.hf_parts import resolve_model_path
@@ -70,7 +70,7 @@ def test_pooled_latent_is_the_normalised_mean_of_the_encoder_states(stand_ins):
     encoded = model.encode([STORY, "A dog barked."])
     assert encoded.latents.shape == (2, 3, 1, 32)
     assert encoded.segment_mask.tolist() == [[True, True, True], [True, False, False]]
-    ids = model.encoder_tokenizer(["A dog barked."], return_tensors="pt")
+    ids = model.processor.encoder_tokenizer(["A dog barked."], return_tensors="pt")
     states = model.encoder.model(**ids).last_hidden_state[0]
     expected = torch.nn.functional.normalize(states.mean(dim=0), dim=-1) * 32**0.5
     torch.testing.assert_close(encoded.latents[1, 0, 0], expected, atol=1e-5, rtol=1e-5)
@@ -84,9 +84,9 @@ def test_only_lora_and_the_latent_adapter_train(stand_ins):
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n or n.startswith("to_memory.") for n in trainable)
     assert any("lora_" in n for n in trainable) and any(n.startswith("to_memory.") for n in trainable)
-    units = [u for per_text in model.split_units(TEXTS[:2]) for u in per_text]
-    tokens = model.tokenize(units)
-    batch = model.collate(tokens.encoder_ids, tokens.decoder_ids)
+    units = [u for per_text in model.processor.split_units(TEXTS[:2]) for u in per_text]
+    tokens = model.processor.tokenize(units)
+    batch = model.processor.collate(tokens.encoder_ids, tokens.decoder_ids)
     model.train()
     assert not model.encoder.model.training and not model.decoder.model.training  # frozen parts: no dropout
     autoencoder_loss(model, batch, ObjectiveConfig(), step=1)["loss"].backward()
@@ -115,19 +115,19 @@ def test_saving_keeps_only_trained_weights_and_reloads_the_same_model(stand_ins,
     )
 
 
-def test_embedding_cache_computes_once_and_follows_the_units(stand_ins, tmp_path, monkeypatch):
+def test_latent_cache_computes_once_and_follows_the_units(stand_ins, tmp_path, monkeypatch):
     monkeypatch.setenv("LATENTDLM_CACHE", str(tmp_path / "cache"))
     model = concept_model(stand_ins)
-    assert uses_embedding_cache(model)
+    assert model.fixed_latents
     units = ["The Fox was hungry.", "A dog barked.", "They were too high."]
-    first = unit_embeddings(model, units)
+    first = cached_unit_latents(model, units)
     torch.testing.assert_close(first, model.unit_latents(units))
     assert len(list((tmp_path / "cache" / "embeddings").iterdir())) == 1
-    monkeypatch.setattr(model, "posterior", lambda *a: pytest.fail("the cached embeddings were computed again"))
-    torch.testing.assert_close(unit_embeddings(model, units), first)
+    monkeypatch.setattr(model, "encode_tokens", lambda *a: pytest.fail("the cached latents were computed again"))
+    torch.testing.assert_close(cached_unit_latents(model, units), first)
     monkeypatch.undo()
     monkeypatch.setenv("LATENTDLM_CACHE", str(tmp_path / "cache"))
-    other = unit_embeddings(model, units[:2])  # other units: another file
+    other = cached_unit_latents(model, units[:2])  # other units: another file
     assert other.shape == (2, 1, 32) and len(list((tmp_path / "cache" / "embeddings").iterdir())) == 2
 
 
@@ -147,25 +147,25 @@ def test_training_a_concept_autoencoder_reads_the_cache(stand_ins, tmp_path, mon
 
 def test_decoder_context_is_the_previous_segments_text_left_padded_and_unlabelled(stand_ins):
     model = concept_model(stand_ins, **{"model.decoder_context": 1})
-    per_text = model.split_units([STORY, "A dog barked."])
-    contexts = model.context_ids(per_text)
-    tokenize = lambda text: model.decoder_tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    per_text = model.processor.split_units([STORY, "A dog barked."])
+    contexts = model.processor.context_ids(per_text)
+    tokenize = lambda text: model.processor.decoder_tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     assert contexts == [[], tokenize("The Fox was hungry."), tokenize("He saw some grapes on a vine."), []]
     units = [u for units in per_text for u in units]
-    tokens = model.tokenize(units)
-    batch = model.collate(None, tokens.decoder_ids, contexts)
+    tokens = model.processor.tokenize(units)
+    batch = model.processor.collate(None, tokens.decoder_ids, contexts)
     width = max(map(len, contexts))
     assert (batch["labels"][:, :width] == -100).all()  # the context is read, never a target
-    assert batch["labels"][:, width:].tolist() == model.collate(None, tokens.decoder_ids)["labels"].tolist()
+    assert batch["labels"][:, width:].tolist() == model.processor.collate(None, tokens.decoder_ids)["labels"].tolist()
     assert batch["decoder_input_ids"][1, width - len(contexts[1]) : width].tolist() == contexts[1]
     # left padding and positions: a row's logits do not depend on the longer contexts batched with it
     latents = torch.randn(len(units), 1, 32)
     together = model.decoder_logits(latents, batch["decoder_input_ids"], batch["decoder_attention_mask"])
-    alone = model.collate(None, tokens.decoder_ids[:1], contexts[:1])
+    alone = model.processor.collate(None, tokens.decoder_ids[:1], contexts[:1])
     first = model.decoder_logits(latents[:1], alone["decoder_input_ids"], alone["decoder_attention_mask"])
     torch.testing.assert_close(together[0, width:][: first.shape[1]], first[0], atol=1e-4, rtol=1e-4)
     # and the context is read: another previous sentence changes the prediction
-    other = model.collate(None, tokens.decoder_ids[1:2], [tokenize("A dog barked loudly at night.")])
+    other = model.processor.collate(None, tokens.decoder_ids[1:2], [tokenize("A dog barked loudly at night.")])
     changed = model.decoder_logits(latents[1:2], other["decoder_input_ids"], other["decoder_attention_mask"])
     assert not torch.allclose(changed[0, -len(tokens.decoder_ids[1]) :], together[1, -len(tokens.decoder_ids[1]) :][: changed.shape[1]])
     # the decoder's loss on a text reads the same context: only the previous sentence differs here
@@ -185,7 +185,7 @@ def test_decoding_in_context_goes_segment_by_segment_and_keeps_fixed_text(stand_
     assert len(seen) == 2  # position 0 (both texts), then position 2 (the story); position 1 is given
     assert texts[0][1] == "He saw some grapes." and len(texts[0]) == 3 and len(texts[1]) == 1
     # the third sentence reads the decoded first and the given second
-    assert seen[0] == [[], []] and seen[1] == [model._context_tokens([texts[0][0], "He saw some grapes."])]
+    assert seen[0] == [[], []] and seen[1] == [model.processor.context_tokens([texts[0][0], "He saw some grapes."])]
 
 
 def test_training_with_decoder_context(stand_ins, tmp_path, monkeypatch):

@@ -16,9 +16,11 @@ INITIAL_LOGVAR = -5.0
 
 
 @dataclass
-class Posterior:
-    mean: torch.Tensor  # (B, k, d): the deterministic latent (used at inference)
-    logvar: Optional[torch.Tensor]  # VAE only
+class Latents:
+    """A design's latents for a batch of units: deterministic (`logvar` None), or a VAE's Gaussian posterior."""
+
+    mean: torch.Tensor  # (B, k, d): the latent used at inference
+    logvar: Optional[torch.Tensor] = None  # VAE only
 
     def sample(self) -> torch.Tensor:
         if self.logvar is None:
@@ -48,11 +50,11 @@ class Bottleneck(nn.Module):
             with torch.no_grad():
                 self.projection.bias[latent_dim:].fill_(INITIAL_LOGVAR)
 
-    def forward(self, features: torch.Tensor) -> Posterior:
+    def forward(self, features: torch.Tensor) -> Latents:
         out = self.projection(features)
         if self.regularization == "vae":
             mean, logvar = out.chunk(2, dim=-1)
-            return Posterior(mean, logvar.clamp(-12.0, 6.0))
+            return Latents(mean, logvar.clamp(-12.0, 6.0))
         if self.regularization == "l2":
             out = nn.functional.normalize(out, dim=-1) * math.sqrt(self.latent_dim)
-        return Posterior(out, None)
+        return Latents(out, None)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from latentdlm.autoencoder.bottleneck import Posterior
+from latentdlm.autoencoder.bottleneck import Latents
 from latentdlm.autoencoder.model import ParagraphAutoencoder
 
 
@@ -68,16 +68,14 @@ def _contrastive(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.
 
 def autoencoder_loss(model: ParagraphAutoencoder, batch: dict[str, torch.Tensor], cfg: ObjectiveConfig, step: int) -> dict[str, torch.Tensor]:
     """All terms of one step; `loss` is what to backpropagate, the rest are for logging."""
-    enc_tok, dec_tok = model.encoder_tokenizer, model.decoder_tokenizer
-    if "latents" in batch:  # fixed latents of a frozen encoder, read from the embedding cache
-        posterior, noisy = Posterior(batch["latents"], None), None
+    enc_tok, dec_tok = model.processor.encoder_tokenizer, model.processor.decoder_tokenizer
+    if "latents" in batch:  # fixed latents of a frozen encoder, read from the latent cache
+        posterior, noisy = Latents(batch["latents"]), None
     else:
         ids, mask = batch["input_ids"], batch["attention_mask"]
         noisy = lambda: _substitute_tokens(ids, mask, cfg.token_noise, len(enc_tok), enc_tok.all_special_ids)  # noqa: E731
-        posterior = model.posterior(noisy() if cfg.token_noise > 0 else ids, mask)
-    latents = posterior.sample()
-    if cfg.latent_noise > 0:
-        latents = latents + cfg.latent_noise * torch.randn_like(latents)
+        posterior = model.encode_tokens(noisy() if cfg.token_noise > 0 else ids, mask)
+    latents = model.latent_design.perturb(posterior.sample(), cfg.latent_noise)
 
     dec_in, dec_mask = batch["decoder_input_ids"], batch["decoder_attention_mask"]
     if cfg.word_dropout > 0:
@@ -105,7 +103,7 @@ def autoencoder_loss(model: ParagraphAutoencoder, batch: dict[str, torch.Tensor]
         )
 
     if cfg.contrastive_weight > 0 and noisy is not None:
-        second_view = model.posterior(noisy() if cfg.token_noise > 0 else ids, mask).sample()
+        second_view = model.encode_tokens(noisy() if cfg.token_noise > 0 else ids, mask).sample()
         terms["contrastive"] = cfg.contrastive_weight * _contrastive(posterior.mean, second_view, cfg.contrastive_temperature)
 
     terms["loss"] = nll + sum(v for k, v in terms.items() if k in ("kl_penalty", "adversarial", "contrastive"))
@@ -115,7 +113,7 @@ def autoencoder_loss(model: ParagraphAutoencoder, batch: dict[str, torch.Tensor]
 @torch.no_grad()
 def latent_usage_gap(model: ParagraphAutoencoder, batch: dict[str, torch.Tensor]) -> float:
     """NLL with latents shuffled across the batch minus NLL with the right ones (0 = latent ignored)."""
-    latents = batch["latents"] if "latents" in batch else model.posterior(batch["input_ids"], batch["attention_mask"]).mean
+    latents = batch["latents"] if "latents" in batch else model.encode_tokens(batch["input_ids"], batch["attention_mask"]).mean
     right = _reconstruction_nll(model.decoder_logits(latents, batch["decoder_input_ids"], batch["decoder_attention_mask"]), batch["labels"])
     shuffled = latents.roll(1, dims=0)
     wrong = _reconstruction_nll(model.decoder_logits(shuffled, batch["decoder_input_ids"], batch["decoder_attention_mask"]), batch["labels"])

@@ -48,6 +48,9 @@ def resolve_class_label(class_names: Optional[Sequence[str]], label: str | int) 
 
 
 class LatentDiT(ModelMixin, ConfigMixin):
+    # folders saved before the latent space's statistics moved to the autoencoder: the pipeline reads them there
+    _keys_to_ignore_on_load_unexpected = ["latent_mean", "latent_std"]
+
     @register_to_config
     def __init__(
         self,
@@ -101,11 +104,8 @@ class LatentDiT(ModelMixin, ConfigMixin):
         self.proj_out = nn.Linear(hidden_size, token_dim)
         nn.init.zeros_(self.proj_out.weight)
         nn.init.zeros_(self.proj_out.bias)
-        # statistics of the training latents, set once before training: normalisation per latent
-        # dimension, and how often each number of segments occurred (the default length at sampling),
-        # per class (row i) and over all texts (the last row, also the null class's)
-        self.register_buffer("latent_mean", torch.zeros(latent_dim))
-        self.register_buffer("latent_std", torch.ones(latent_dim))
+        # how often each number of segments occurred in training (the default length at sampling), set once
+        # before training, per class (row i) and over all texts (the last row, also the null class's)
         rows = len(class_names or []) + 1
         self.register_buffer("segment_count_freq", torch.full((rows, max_segments), 1.0 / max_segments))
 
@@ -123,15 +123,11 @@ class LatentDiT(ModelMixin, ConfigMixin):
         states = self.null_condition.unsqueeze(0).expand(batch_size, -1, -1)
         return states, torch.ones(batch_size, 1, dtype=torch.bool, device=states.device)
 
-    # ---- latent normalisation ----------------------------------------------------------------
+    # ---- lengths -------------------------------------------------------------------------------
     @torch.no_grad()
-    def set_latent_statistics(self, units: torch.Tensor, segment_counts: torch.Tensor, labels: Optional[torch.Tensor] = None) -> None:
-        """units (N, k, d): every training segment's latents; segment_counts: segments per text; labels:
-        each text's class index (class-conditional models: the length distribution per class)."""
-        flat = units.reshape(-1, units.shape[-1]).double()
-        self.latent_mean.copy_(flat.mean(0))
-        self.latent_std.copy_(flat.std(0).clamp_min(1e-5))
-
+    def set_segment_statistics(self, segment_counts: torch.Tensor, labels: Optional[torch.Tensor] = None) -> None:
+        """segment_counts: segments per training text; labels: each text's class index (class-conditional
+        models: the length distribution per class)."""
         def freq(counts: torch.Tensor) -> torch.Tensor:
             hist = torch.bincount(counts.long() - 1, minlength=self.config.max_segments)[: self.config.max_segments].double()
             return hist / hist.sum() if hist.sum() > 0 else self.segment_count_freq[-1]
@@ -154,12 +150,6 @@ class LatentDiT(ModelMixin, ConfigMixin):
         keep = condition_mask.unsqueeze(-1).to(condition_states.dtype)
         pooled = (condition_states * keep).sum(dim=1) / keep.sum(dim=1).clamp_min(1)
         return self.length_head(pooled)
-
-    def normalize(self, latents: torch.Tensor) -> torch.Tensor:
-        return (latents - self.latent_mean) / self.latent_std
-
-    def denormalize(self, latents: torch.Tensor) -> torch.Tensor:
-        return latents * self.latent_std + self.latent_mean
 
     # ---- forward -----------------------------------------------------------------------------
     def forward(

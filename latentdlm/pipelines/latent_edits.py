@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 import torch
 from diffusers import DDIMInverseScheduler
 
+from latentdlm.autoencoder.decoding import DecodingConfig
 from latentdlm.autoencoder.model import EncodedText
 from latentdlm.data.segmentation import SegmentationConfig, SentenceSegmenter
 from latentdlm.diffusion.sampling import RESAMPLING_SAMPLERS, Held, noised, sample_latents
@@ -87,7 +88,7 @@ def interpolation_path(a: torch.Tensor, b: torch.Tensor, positions: Sequence[flo
 
 
 def interpolate(pipe, source: str, target: str, num_points: int = 5, method: str = "slerp", through_noise: Optional[float] = None,
-                num_inference_steps: int = 20, decoding: Optional[dict] = None) -> InterpolationOutput:
+                num_inference_steps: int = 20, decoding: Optional[DecodingConfig] = None) -> InterpolationOutput:
     """Decode `num_points` evenly spaced points between the latents of `source` and `target`. With
     `through_noise` (a strength in (0, 1]) both are first carried to that noise level by deterministic DDIM
     inversion, the noisy latents are interpolated, and DDIM denoises every point back: points stay on the
@@ -124,12 +125,12 @@ def first_step(strength: float, num_inference_steps: int, name: str = "strength"
 def flat(pipe, latents: torch.Tensor, segment_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, S, k, d) autoencoder latents -> the denoiser's normalised (B, S*k, d) and mask (B, S*k)."""
     size, segments, k, d = latents.shape
-    return pipe.denoiser.normalize(latents.reshape(size, segments * k, d)), segment_mask.repeat_interleave(k, dim=1)
+    return pipe.autoencoder.latent_space.normalize(latents.reshape(size, segments * k, d)), segment_mask.repeat_interleave(k, dim=1)
 
 
 def unflat(pipe, latents: torch.Tensor) -> torch.Tensor:
     k, d = pipe.denoiser.config.num_latents, pipe.denoiser.config.latent_dim
-    return pipe.denoiser.denormalize(latents).reshape(latents.shape[0], -1, k, d)
+    return pipe.autoencoder.latent_space.denormalize(latents).reshape(latents.shape[0], -1, k, d)
 
 
 @torch.no_grad()
@@ -173,7 +174,7 @@ def denoise_from(pipe, noisy: torch.Tensor, segment_mask: torch.Tensor, num_infe
 
 # ---- variations -----------------------------------------------------------------------------------
 def vary(pipe, text: str, strength: float = 0.3, num_samples: int = 4, num_inference_steps: int = 20, seed: Optional[int] = None,
-         conditions: Optional[dict] = None, guidance_scale: float = 1.0, decoding: Optional[dict] = None) -> list[str]:
+         conditions: Optional[dict] = None, guidance_scale: float = 1.0, decoding: Optional[DecodingConfig] = None) -> list[str]:
     """SDEdit: `text`'s latents noised to the level `strength` names, denoised back by the pipeline's
     sampler, decoded. Small strengths paraphrase, large ones rewrite; `conditions` (the denoiser's class or
     source-text kwargs for all samples) steer the rewrite (style or topic transfer)."""
@@ -223,7 +224,7 @@ def keep_segments(pipe, text: str, keep: Sequence[int], num_segments: Optional[i
 
 def infill(pipe, parts: Sequence[Optional[str]], num_samples: int = 1, num_inference_steps: int = 50, seed: Optional[int] = None,
            resample: int = 1, sampler: Optional[str] = None, conditions: Optional[dict] = None, guidance_scale: float = 1.0,
-           decoding: Optional[dict] = None) -> InfillOutput:
+           decoding: Optional[DecodingConfig] = None) -> InfillOutput:
     """Generate the None segments of `parts` with the known ones held (their latents re-noised to every
     step's level, RePaint style; `resample` > 1 repeats each step, needs a ddpm or ddim sampler). The
     known segments are returned verbatim."""

@@ -17,9 +17,11 @@ from typing import Optional, Sequence
 import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
+from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from latentdlm import __version__
+from latentdlm.autoencoder.decoding import DecodingConfig, decode_with_settings
 from latentdlm.autoencoder.model import EncodedText, ParagraphAutoencoder
 from latentdlm.diffusion.condition import ConditionEncoder
 from latentdlm.diffusion.denoiser import LatentDiT
@@ -35,31 +37,6 @@ from latentdlm.pipelines.latent_edits import InfillOutput, InterpolationOutput
 
 INDEX_NAME = "model_index.json"
 PARTS = ("autoencoder", "denoiser", "scheduler")
-# the decoder's settings: beam width (1: greedy), no-repeat n-gram size (0: off), repetition penalty
-# (1: off), top-p (None: no sampling); a pipeline's own defaults live in model_index.json ("decoding")
-DECODING_DEFAULTS = {"decode_beams": 1, "no_repeat_ngram_size": 0, "repetition_penalty": 1.0, "top_p": None}
-
-
-def check_decoding(settings: dict) -> dict:
-    """`settings` (keys of DECODING_DEFAULTS, all optional) checked; a clear error for a bad value or key."""
-    unknown = sorted(set(settings) - set(DECODING_DEFAULTS))
-    if unknown:
-        raise LatentDLMError(f"unknown decoding setting(s) {', '.join(unknown)}; known: {', '.join(DECODING_DEFAULTS)}")
-    beams, ngram = settings.get("decode_beams", 1), settings.get("no_repeat_ngram_size", 0)
-    penalty, top_p = settings.get("repetition_penalty", 1.0), settings.get("top_p")
-    if isinstance(beams, bool) or not isinstance(beams, int) or beams < 1:
-        raise LatentDLMError(f"decode beams must be at least 1, got {beams}")
-    if isinstance(ngram, bool) or not isinstance(ngram, int) or ngram < 0:
-        raise LatentDLMError(f"no-repeat n-gram size must be at least 0 (0: off), got {ngram}")
-    if not isinstance(penalty, (int, float)) or not penalty > 0:
-        raise LatentDLMError(f"repetition penalty must be above 0 (1: none), got {penalty}")
-    if top_p is not None and (not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
-        raise LatentDLMError(f"top-p must be within (0, 1], got {top_p}")
-    return dict(settings)
-
-
-
-
 @dataclass
 class LatentTextOutput(BaseOutput):
     texts: list[str]
@@ -69,19 +46,19 @@ class LatentTextOutput(BaseOutput):
 
 class LatentDiffusionTextPipeline(HubMixin, DiffusionPipeline):
     def __init__(self, autoencoder: ParagraphAutoencoder, denoiser: LatentDiT, scheduler,
-                 condition_encoder: Optional[ConditionEncoder] = None, decoding: Optional[dict] = None):
+                 condition_encoder: Optional[ConditionEncoder] = None, decoding: Optional[DecodingConfig | dict] = None):
         super().__init__()
         check_compatible(autoencoder, denoiser, condition_encoder)
         self.register_modules(autoencoder=autoencoder, denoiser=denoiser, scheduler=scheduler, condition_encoder=condition_encoder)
-        # the decoder's default settings (DECODING_DEFAULTS' keys): saved in model_index.json; call arguments override them
-        self.decoding = check_decoding({**DECODING_DEFAULTS, **(decoding or {})})
+        # the decoder's default settings: saved in model_index.json; a call's `decoding` overrides them
+        self.decoding = DecodingConfig().merged(decoding)
         self.training_record: Optional[dict] = None  # data, length and scores of the DiT's training (the model card's)
 
     @torch.no_grad()
     def __call__(
         self,
         num_samples: int = 1,
-        num_inference_steps: int = 50,
+        num_inference_steps: int = 20,
         scheduler: Optional[str] = None,
         seed: Optional[int] = None,
         generator: Optional[torch.Generator] = None,
@@ -93,10 +70,7 @@ class LatentDiffusionTextPipeline(HubMixin, DiffusionPipeline):
         batch_size: int = 32,
         return_latents: bool = False,
         show_progress: bool = True,
-        decode_beams: Optional[int] = None,
-        no_repeat_ngram_size: Optional[int] = None,
-        repetition_penalty: Optional[float] = None,
-        top_p: Optional[float] = None,
+        decoding: Optional[DecodingConfig | dict] = None,
         classifier: Optional[LatentClassifier] = None,
         classifier_scale: float = 1.0,
     ) -> LatentTextOutput:
@@ -104,10 +78,9 @@ class LatentDiffusionTextPipeline(HubMixin, DiffusionPipeline):
         `class_labels` is one label for all samples or one per sample (names or indices); `conditions`
         is one source text for all samples or one per sample (text-conditioned models; without them a
         conditional model samples from its null condition); `num_segments` fixes the number of sentence
-        segments (segment-mode models; default: drawn from the training distribution). The decoder's
-        settings `decode_beams` (1: greedy), `no_repeat_ngram_size` (0: off), `repetition_penalty` (1: off)
-        and `top_p` (nucleus sampling when set, repeatable through `seed`/`generator`) default to
-        `self.decoding`, the pipeline's saved defaults, when None. With a `classifier` (a
+        segments (segment-mode models; default: drawn from the training distribution). `decoding`: the
+        decoder's settings (a DecodingConfig, or a dict of some of its fields over `self.decoding`, the
+        pipeline's saved defaults; top-p sampling is repeatable through `seed`/`generator`). With a `classifier` (a
         `LatentClassifier` trained on this pipeline's latents) the `class_labels` are its classes and its
         gradient steers sampling, scaled by `classifier_scale` (classifier guidance)."""
         steering = None
@@ -115,10 +88,9 @@ class LatentDiffusionTextPipeline(HubMixin, DiffusionPipeline):
             check_classifier(classifier, self.denoiser)
             steering, class_labels = classifier_labels(classifier, class_labels, num_samples), None
         conditions = self._check_conditions(conditions, num_samples)
-        decoding = self._decoding_for(dict(decode_beams=decode_beams, no_repeat_ngram_size=no_repeat_ngram_size,
-                                           repetition_penalty=repetition_penalty, top_p=top_p))
+        decoding = self.decoding.merged(decoding)
         labels = self._check_call(num_samples, num_inference_steps, batch_size, class_labels, conditions, guidance_scale, num_segments,
-                                  guidance_rescale=guidance_rescale, decoding=decoding)
+                                  guidance_rescale=guidance_rescale)
         # the pipeline's sampler, or another by name, always with this library's settings (trailing spacing)
         sampler = make_scheduler(scheduler or self.sampler_name, self.scheduler)
         generators = self._generators(num_samples, seed, generator)
@@ -153,7 +125,7 @@ class LatentDiffusionTextPipeline(HubMixin, DiffusionPipeline):
                     generators[start : start + size], condition_kwargs, guidance_scale, guidance_rescale, progress,
                     classifier=None if steering is None else ClassifierGuidance(classifier, steering[start : start + size], classifier_scale),
                 )
-                latents = self.denoiser.denormalize(latents).reshape(size, -1, k, self.denoiser.config.latent_dim)
+                latents = self.autoencoder.latent_space.denormalize(latents).reshape(size, -1, k, self.denoiser.config.latent_dim)
                 # every segment of the chunk in one decoder batch: one generate loop, not several
                 texts += self._decode(EncodedText(latents, segment_mask), int(chunk_counts.sum()), decoding, generators[start])
                 if return_latents:
@@ -163,7 +135,7 @@ class LatentDiffusionTextPipeline(HubMixin, DiffusionPipeline):
         return LatentTextOutput(texts, torch.cat(all_latents), torch.arange(width)[None] < counts.cpu()[:, None])
 
     def _check_call(self, num_samples, steps, batch_size, class_labels, conditions, guidance_scale, num_segments,
-                    guidance_rescale: float = 0.0, decoding: Optional[dict] = None) -> Optional[torch.Tensor]:
+                    guidance_rescale: float = 0.0) -> Optional[torch.Tensor]:
         for name, value in (("number of samples", num_samples), ("number of inference steps", steps), ("batch size", batch_size)):
             if value < 1:
                 raise LatentDLMError(f"the {name} must be at least 1, got {value}")
@@ -180,7 +152,6 @@ class LatentDiffusionTextPipeline(HubMixin, DiffusionPipeline):
         if guidance_rescale and guidance_scale == 1.0:
             raise LatentDLMError("guidance rescale only applies with guidance: set a guidance scale other than 1, "
                                  "or drop --guidance-rescale")
-        check_decoding(decoding or {})
         if guidance_scale != 1.0 and not conditional:
             raise LatentDLMError("guidance needs a conditional model; this one is unconditional (use guidance scale 1)")
         if guidance_scale != 1.0 and denoiser.config.condition_dropout == 0:
@@ -198,20 +169,9 @@ class LatentDiffusionTextPipeline(HubMixin, DiffusionPipeline):
             raise LatentDLMError(f"{len(class_labels)} class labels for {num_samples} samples")
         return torch.tensor([denoiser.class_index(label) for label in class_labels], device=self.device)
 
-    def _decode(self, encoded: EncodedText, batch_size: int, decoding: dict, generator: torch.Generator,
+    def _decode(self, encoded: EncodedText, batch_size: int, decoding: DecodingConfig, generator: torch.Generator,
                 joined: bool = True, fixed=None) -> list[str] | list[list[str]]:
-        """The decoder with the call's settings; top-p sampling draws from a seed taken from `generator`
-        (repeatable with the pipeline's seed) on a forked global RNG (which `generate` samples from)."""
-        kwargs = dict(num_beams=decoding["decode_beams"], no_repeat_ngram_size=decoding["no_repeat_ngram_size"],
-                      repetition_penalty=decoding["repetition_penalty"], do_sample=decoding["top_p"] is not None, joined=joined, fixed=fixed)
-        if not kwargs["do_sample"]:
-            return self.autoencoder.decode(encoded, batch_size=batch_size, **kwargs)
-        kwargs.update(top_p=decoding["top_p"], top_k=0)  # nucleus sampling only, without generate's default top-k 50
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            return self.autoencoder.decode(encoded, batch_size=batch_size, **kwargs)
+        return decode_with_settings(self.autoencoder, encoded, decoding, generator, batch_size, joined, fixed)
 
     def _check_conditions(self, conditions: Optional[Sequence[str] | str], num_samples: int) -> Optional[list[str]]:
         if conditions is None:
@@ -248,27 +208,28 @@ class LatentDiffusionTextPipeline(HubMixin, DiffusionPipeline):
         return self.autoencoder.encode([texts] if isinstance(texts, str) else list(texts))
 
     def interpolate(self, source: str, target: str, num_points: int = 5, method: str = "slerp",
-                    through_noise: Optional[float] = None, num_inference_steps: int = 20, **decoding) -> InterpolationOutput:
+                    through_noise: Optional[float] = None, num_inference_steps: int = 20,
+                    decoding: Optional[DecodingConfig | dict] = None) -> InterpolationOutput:
         """Texts decoded along the path from `source`'s latents to `target`'s (`method` slerp or lerp);
         `through_noise` (0..1] walks between their DDIM inversions at that noise level and denoises each
-        point back. `decoding`: the decoder's settings (decode_beams, no_repeat_ngram_size, ...)."""
+        point back. `decoding`: the decoder's settings over the pipeline's (as in `__call__`)."""
         self._check_steps(num_inference_steps)
         return latent_edits.interpolate(self, source, target, num_points, method, through_noise, num_inference_steps,
-                                        self._decoding_for(decoding))
+                                        self.decoding.merged(decoding))
 
     def vary(self, text: str, strength: float = 0.3, num_samples: int = 4, num_inference_steps: int = 20, seed: Optional[int] = None,
-             class_labels=None, conditions=None, guidance_scale: float = 1.0, **decoding) -> list[str]:
+             class_labels=None, conditions=None, guidance_scale: float = 1.0, decoding: Optional[DecodingConfig | dict] = None) -> list[str]:
         """Variations of `text` (SDEdit): noised to `strength` (0..1] of the schedule and denoised back,
         optionally towards a class or source text with guidance."""
         self._check_steps(num_inference_steps)
         kwargs = self._condition_kwargs(num_samples, class_labels, conditions, guidance_scale)
         return latent_edits.vary(self, text, strength, num_samples, num_inference_steps, seed, kwargs, guidance_scale,
-                                 self._decoding_for(decoding))
+                                 self.decoding.merged(decoding))
 
     def infill(self, text: str | Sequence[Optional[str]], keep: Optional[Sequence[int]] = None, num_segments: Optional[int] = None,
                num_samples: int = 1, num_inference_steps: int = 50, seed: Optional[int] = None, resample: int = 1,
                scheduler: Optional[str] = None, class_labels=None, conditions=None, guidance_scale: float = 1.0,
-               **decoding) -> InfillOutput:
+               decoding: Optional[DecodingConfig | dict] = None) -> InfillOutput:
         """Fill blanks: `text` with `___` for each segment to write ("S1 ___ S3"), or a list of segments with
         None for the blanks, or (editing) a paragraph with `keep` = the indices of the segments to keep and
         `num_segments` its new length. The known segments come back verbatim."""
@@ -283,11 +244,7 @@ class LatentDiffusionTextPipeline(HubMixin, DiffusionPipeline):
             parts = list(text)
         kwargs = self._condition_kwargs(num_samples, class_labels, conditions, guidance_scale)
         return latent_edits.infill(self, parts, num_samples, num_inference_steps, seed, resample, scheduler, kwargs, guidance_scale,
-                                   self._decoding_for(decoding))
-
-    def _decoding_for(self, settings: dict) -> dict:
-        """The pipeline's decoder defaults, overridden by the settings a call gives (None: keep the default)."""
-        return check_decoding({**self.decoding, **{key: value for key, value in settings.items() if value is not None}})
+                                   self.decoding.merged(decoding))
 
     def _check_steps(self, steps: int) -> None:
         self._check_call(1, steps, 1, None, None, 1.0, None)
@@ -311,7 +268,7 @@ class LatentDiffusionTextPipeline(HubMixin, DiffusionPipeline):
             "_class_name": type(self).__name__, "latentdlm_version": __version__,
             "autoencoder": ["latentdlm", "ParagraphAutoencoder"], "denoiser": ["latentdlm", "LatentDiT"],
             "scheduler": ["diffusers", type(self.scheduler).__name__],
-            "decoding": self.decoding, "training": self.training_record,
+            "decoding": self.decoding.to_dict(), "training": self.training_record,
         }
         if self.condition_encoder is not None:
             self.condition_encoder.save_pretrained(folder / "condition_encoder")
@@ -344,16 +301,26 @@ class LatentDiffusionTextPipeline(HubMixin, DiffusionPipeline):
         scheduler = scheduler_cls[scheduler_config["_class_name"]].from_pretrained(path / "scheduler")
         condition_encoder = ConditionEncoder.from_pretrained(path / "condition_encoder") if "condition_encoder" in index else None
         try:
-            decoding = check_decoding(index.get("decoding") or {})  # older folders have none: the defaults
+            decoding = DecodingConfig.from_dict(index.get("decoding"))  # older folders have none: the defaults
         except LatentDLMError as exc:
             raise LatentDLMError(f"{path / INDEX_NAME}: {exc}") from None
-        pipe = cls(ParagraphAutoencoder.from_pretrained(path / "autoencoder"), denoiser, scheduler, condition_encoder, decoding)
+        autoencoder = ParagraphAutoencoder.from_pretrained(path / "autoencoder")
+        _legacy_latent_statistics(autoencoder, path / "denoiser")
+        pipe = cls(autoencoder, denoiser, scheduler, condition_encoder, decoding)
         pipe.training_record = index.get("training")
         return pipe
 
     @property
     def sampler_name(self) -> str:
         return scheduler_name(self.scheduler)
+
+
+def _legacy_latent_statistics(autoencoder: ParagraphAutoencoder, denoiser_folder: Path) -> None:
+    """Folders saved before the latent space's statistics moved to the autoencoder keep them in the denoiser's weights."""
+    with safe_open(str(denoiser_folder / "diffusion_pytorch_model.safetensors"), "pt") as weights:
+        if "latent_mean" in weights.keys():
+            autoencoder.latent_space.mean.copy_(weights.get_tensor("latent_mean"))
+            autoencoder.latent_space.std.copy_(weights.get_tensor("latent_std"))
 
 
 def check_compatible(autoencoder: ParagraphAutoencoder, denoiser: LatentDiT, condition_encoder: Optional[ConditionEncoder] = None) -> None:

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from latentdlm.autoencoder.build import build_autoencoder
 from latentdlm.autoencoder.config import AutoencoderConfig
-from latentdlm.autoencoder.embedding_cache import unit_embeddings, uses_embedding_cache
+from latentdlm.autoencoder.latent_cache import cached_unit_latents
 from latentdlm.autoencoder.model import ParagraphAutoencoder
 from latentdlm.autoencoder.objective import AutoencoderObjective, ObjectiveConfig, latent_usage_gap
 from latentdlm.config import save_config
@@ -80,18 +80,19 @@ class UnitDataset(torch.utils.data.Dataset):
 def make_dataloader(model: ParagraphAutoencoder, texts: list[str], batch_size: int, seed: int, num_workers: int = 0) -> DataLoader:
     """Every unit (a segment, or a whole paragraph) of every text is one example (with decoder_context,
     together with the text of the units before it)."""
-    per_text = model.split_units(texts)
+    processor = model.processor
+    per_text = processor.split_units(texts)
     units = [u for units in per_text for u in units]
-    tokens = model.tokenize(units)
-    contexts = model.context_ids(per_text) if model.config.decoder_context else None
-    cached = uses_embedding_cache(model)  # a frozen pooled encoder: its latents are computed once, not every step
-    dataset = UnitDataset(unit_embeddings(model, units) if cached else tokens.encoder_ids, tokens.decoder_ids, contexts)
+    tokens = processor.tokenize(units)
+    contexts = processor.context_ids(per_text)
+    cached = model.fixed_latents  # a frozen encoder under a weightless design: its latents are computed once, not every step
+    dataset = UnitDataset(cached_unit_latents(model, units) if cached else tokens.encoder_ids, tokens.decoder_ids, contexts)
 
     def collate(items):
         context = None if contexts is None else [c for _, _, c in items]
         if not cached:
-            return model.collate([a for a, _, _ in items], [b for _, b, _ in items], context)
-        return {**model.collate(None, [b for _, b, _ in items], context), "latents": torch.stack([a for a, _, _ in items])}
+            return processor.collate([a for a, _, _ in items], [b for _, b, _ in items], context)
+        return {**processor.collate(None, [b for _, b, _ in items], context), "latents": torch.stack([a for a, _, _ in items])}
 
     sampler = LengthGroupedSampler([len(ids) for ids in tokens.decoder_ids], batch_size, seed)
     return DataLoader(
@@ -111,11 +112,13 @@ def evaluate_autoencoder(model: ParagraphAutoencoder, texts: list[str], batch_si
 
 def latent_gap(model: ParagraphAutoencoder, texts: list[str], max_units: int = 64) -> float:
     """How much the decoder relies on the latent: NLL(shuffled latents) - NLL(own latents)."""
-    per_text = model.split_units(texts)
+    processor = model.processor
+    per_text = processor.split_units(texts)
     units = [u for units in per_text for u in units][:max_units]
-    tokens = model.tokenize(units)
-    contexts = model.context_ids(per_text)[:max_units] if model.config.decoder_context else None  # as in training
-    batch = {k: v.to(model.device) for k, v in model.collate(tokens.encoder_ids, tokens.decoder_ids, contexts).items()}
+    tokens = processor.tokenize(units)
+    contexts = processor.context_ids(per_text)
+    contexts = None if contexts is None else contexts[:max_units]  # as in training
+    batch = {k: v.to(model.device) for k, v in processor.collate(tokens.encoder_ids, tokens.decoder_ids, contexts).items()}
     return latent_usage_gap(model, batch)
 
 

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from latentdlm.autoencoder.embedding_cache import unit_embeddings, uses_embedding_cache
+from latentdlm.autoencoder.latent_cache import cache_path, cached_unit_latents
 from latentdlm.autoencoder.model import ParagraphAutoencoder
 from latentdlm.config import save_config
 from latentdlm.data.sources import load_labeled_texts, load_pairs, load_texts
@@ -34,7 +34,8 @@ from latentdlm.evaluation.generation import distinct_n
 from latentdlm.evaluation.plots import plot_training_curves
 from latentdlm.io import atomic_file, file_sha256, write_errors_explained
 from latentdlm.model_card import training_record
-from latentdlm.pipelines.latent_text import DECODING_DEFAULTS, LatentDiffusionTextPipeline, check_decoding
+from latentdlm.autoencoder.decoding import DecodingConfig
+from latentdlm.pipelines.latent_text import LatentDiffusionTextPipeline
 from latentdlm.training.config import TrainingConfig
 from latentdlm.training.loop import (
     clear_previous_run, finish_training, gathered_weights, global_batch, is_sharded, logged_minutes, make_accelerator,
@@ -86,8 +87,8 @@ class SamplingConfig:
     repetition_penalty: float = 1.0  # 1: off
     top_p: Optional[float] = None  # nucleus sampling when set
 
-    def decoding(self) -> dict:
-        return {key: getattr(self, key) for key in DECODING_DEFAULTS}
+    def decoding(self) -> DecodingConfig:
+        return DecodingConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(DecodingConfig)})
 
 
 @dataclass
@@ -106,7 +107,7 @@ class DiffusionTrainConfig:
 # ---- the latent cache ----------------------------------------------------------------------------
 def _cache_key(cfg: DiffusionTrainConfig) -> str:
     """Changes whenever the autoencoder weights or the data settings change."""
-    settings = {k: v for k, v in cfg.data.__dict__.items() if not (k == "label_names" and v is None)}  # older caches stay valid
+    settings = {**cfg.data.__dict__, "units": "latent_cache"}  # the units' latents live in the one latent cache
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     digest.update((Path(cfg.autoencoder) / "config.json").read_bytes())  # names any external pretrained parts
     return file_sha256(Path(cfg.autoencoder) / "model.safetensors", digest)
@@ -122,26 +123,13 @@ def _cache_is_current(path: Path, meta: Path, key: str) -> bool:
     return "sha256" not in info or info["sha256"] == file_sha256(path)  # caches from before the checksum: trusted
 
 
-def encode_corpus(autoencoder: ParagraphAutoencoder, texts: list[str], batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """All segments' latents (N_units, k, d) in text order, and the number of segments of each text."""
-    if uses_embedding_cache(autoencoder):  # the embeddings the autoencoder stage cached (or computed once now)
-        per_text = autoencoder.split_units(texts)
-        counts = torch.tensor([len(units) for units in per_text])
-        return unit_embeddings(autoencoder, [u for units in per_text for u in units], batch_size), counts
-    units, counts = [], []
-    chunk = batch_size * 4
-    with warnings.catch_warnings(record=True) as truncations:  # one summary instead of one line per chunk
-        warnings.simplefilter("always")
-        for start in tqdm(range(0, len(texts), chunk), desc="encoding the corpus", unit="chunk"):
-            encoded = autoencoder.encode(texts[start : start + chunk], batch_size)
-            units.append(encoded.latents[encoded.segment_mask].cpu())
-            counts.append(encoded.segment_mask.sum(dim=1).cpu())
-    units, counts = torch.cat(units), torch.cat(counts)
-    truncated = sum(int(str(w.message).split()[0]) for w in truncations if "were truncated" in str(w.message))
-    if truncated:
-        warnings.warn(f"{truncated} of {len(units)} segments are longer than max_length="
-                      f"{autoencoder.config.max_length} tokens and were truncated before encoding")
-    return units, counts
+def encode_corpus(autoencoder: ParagraphAutoencoder, texts: list[str], batch_size: int, folder: Path) -> tuple[Path, torch.Tensor]:
+    """All segments' latents in text order, through the latent cache (its file's path), and the number of
+    segments of each text."""
+    per_text = autoencoder.processor.split_units(texts)
+    units = [u for segments in per_text for u in segments]
+    cached_unit_latents(autoencoder, units, batch_size, folder)
+    return cache_path(autoencoder, units, folder), torch.tensor([len(segments) for segments in per_text])
 
 
 def load_or_encode(cfg: DiffusionTrainConfig, autoencoder: ParagraphAutoencoder, out: Path, is_main: bool, wait) -> dict:
@@ -151,7 +139,7 @@ def load_or_encode(cfg: DiffusionTrainConfig, autoencoder: ParagraphAutoencoder,
     data_cfg = cfg.data
     if is_main:
         key = _cache_key(cfg)
-        if not _cache_is_current(path, meta, key):
+        if not (_cache_is_current(path, meta, key) and Path(json.loads(meta.read_text()).get("units_file", "")).is_file()):
             names = sources = None
             if data_cfg.label_column and data_cfg.condition_column:
                 raise LatentDLMError("data.label_column and data.condition_column: condition on a class or on a text, not both")
@@ -165,8 +153,8 @@ def load_or_encode(cfg: DiffusionTrainConfig, autoencoder: ParagraphAutoencoder,
                 sources, texts = [s for s, _ in pairs], [t for _, t in pairs]
             else:
                 texts = load_texts(data_cfg.source, data_cfg.column, data_cfg.split, data_cfg.limit)
-            units, counts = encode_corpus(autoencoder, texts, cfg.encode_batch_size)
-            tensors = {"units": units.contiguous(), "counts": counts}
+            units_file, counts = encode_corpus(autoencoder, texts, cfg.encode_batch_size, out)
+            tensors = {"counts": counts}
             raw_of = {name: raw for raw, name in (data_cfg.label_names or {}).items()}  # classes in the raw labels' order
             class_names = sorted(set(names), key=lambda n: _natural(raw_of.get(n, n))) if names else None
             if names:
@@ -174,10 +162,11 @@ def load_or_encode(cfg: DiffusionTrainConfig, autoencoder: ParagraphAutoencoder,
             with atomic_file(path) as tmp:
                 save_file(tensors, str(tmp))
             meta.write_text(json.dumps({"key": key, "sha256": file_sha256(path), "class_names": class_names, "texts": len(texts),
-                                        "sources": sources}))
+                                        "sources": sources, "units_file": str(units_file)}))
     wait()
     data = load_file(str(path))
     info = json.loads(meta.read_text())
+    data["units"] = load_file(info["units_file"])["latents"]
     data["class_names"], data["sources"] = info["class_names"], info.get("sources")
     return data
 
@@ -292,7 +281,8 @@ def build_denoiser(cfg: DiffusionTrainConfig, autoencoder: ParagraphAutoencoder,
         class_names=data["class_names"], condition_dim=condition_dim,
         condition_dropout=cfg.objective.condition_dropout if conditional else None,
     )
-    denoiser.set_latent_statistics(data["units"], data["counts"], data.get("labels"))
+    denoiser.set_segment_statistics(data["counts"], data.get("labels"))
+    autoencoder.latent_space.fit(data["units"])  # the latent space's shift and scale: applied around the denoiser
     return denoiser
 
 
@@ -305,7 +295,7 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: bool = False, cpu: bool =
     train_scheduler = training_scheduler(objective.prediction_type, objective.beta_schedule, objective.num_train_timesteps,
                                          objective.noise_shift)
     make_scheduler(cfg.sampling.scheduler, train_scheduler)  # an unknown name fails now, not after training
-    check_decoding(cfg.sampling.decoding())  # and so does a bad decoding setting
+    cfg.sampling.decoding()  # and so does a bad decoding setting
     if not 1 <= cfg.sampling.num_inference_steps <= cfg.objective.num_train_timesteps:
         raise LatentDLMError(f"sampling.num_inference_steps must be within 1..{cfg.objective.num_train_timesteps} "
                              f"(objective.num_train_timesteps), got {cfg.sampling.num_inference_steps}")
@@ -323,7 +313,7 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: bool = False, cpu: bool =
                              f"({cfg.training.batch_size} per process x {accelerator.num_processes})")
     condition_encoder = None
     if data["sources"] is not None:
-        condition_encoder = ConditionEncoder.build(cfg.condition, autoencoder.encoder_tokenizer)
+        condition_encoder = ConditionEncoder.build(cfg.condition, autoencoder.processor.encoder_tokenizer)
         condition_encoder.warn_truncated(data["sources"])  # once, with the count of truncated sources
     denoiser = build_denoiser(cfg, autoencoder, data, None if condition_encoder is None else condition_encoder.hidden_size)
     accelerator.print(f"denoiser: {sum(p.numel() for p in denoiser.parameters()) / 1e6:.1f} M parameters over "
@@ -332,7 +322,7 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: bool = False, cpu: bool =
     if condition_encoder is not None and condition_encoder.config.freeze:
         conditions = load_or_encode_conditions(cfg, condition_encoder.to(accelerator.device), data["sources"], out,
                                                accelerator.is_main_process, accelerator.wait_for_everyone)
-    dataset = LatentDataset(denoiser.normalize(data["units"]), data["counts"], data.get("labels"), conditions)
+    dataset = LatentDataset(autoencoder.latent_space.normalize(data["units"]), data["counts"], data.get("labels"), conditions)
     loader = DataLoader(dataset, batch_size=cfg.training.batch_size, shuffle=True, drop_last=True,
                         collate_fn=lambda items: collate_latents(items, condition_encoder),
                         generator=torch.Generator().manual_seed(cfg.training.seed))
@@ -414,7 +404,7 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: bool = False, cpu: bool =
         if accelerator.is_main_process:
             final_parts["denoiser"] = LatentDiT.from_config(denoiser.config)
             if reads_sources:
-                final_parts["condition_encoder"] = ConditionEncoder.build(cfg.condition, autoencoder.encoder_tokenizer)
+                final_parts["condition_encoder"] = ConditionEncoder.build(cfg.condition, autoencoder.processor.encoder_tokenizer)
             for name, part in final_parts.items():
                 part.load_state_dict(weights[name])
                 part.eval()

@@ -1,0 +1,116 @@
+"""Latent designs: how a unit's encoder states become its k x d latents, and what that space is.
+
+Each design is one small module behind one interface:
+- `forward(states, mask) -> Latents`: encoder states -> latents (a Gaussian posterior or deterministic);
+- `project(latents)`: back onto the design's manifold (what the decoder reads from sampled latents);
+- `perturb(latents, std)`: the training-time latent noise;
+- `check(config, encoder_width)`: the config values the design needs, as one clear error;
+- `fixed`: whether latents are a fixed function of a frozen encoder's states (then they are cached).
+A new design is one new class here, registered in `LATENT_DESIGNS`; nothing else reads `latent_type`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from latentdlm.autoencoder.bottleneck import Bottleneck, Latents
+from latentdlm.autoencoder.perceiver import PerceiverResampler
+from latentdlm.errors import LatentDLMError
+
+
+class LatentDesign(nn.Module):
+    fixed = False  # latents depend on trained weights of the design itself
+
+    @staticmethod
+    def check(config, encoder_width: int) -> None:
+        pass
+
+    def project(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents
+
+    def perturb(self, latents: torch.Tensor, std: float) -> torch.Tensor:
+        return latents + std * torch.randn_like(latents) if std > 0 else latents
+
+
+class PerceiverLatents(LatentDesign):
+    """LD4LG / SLD: token states -> Perceiver resampler -> k x d latents (VAE, L2 or plain); reconstructs wording."""
+
+    def __init__(self, config, encoder_width: int):
+        super().__init__()
+        self.compressor = PerceiverResampler(encoder_width, config.compressor_dim, config.num_latents, config.compressor_layers,
+                                             config.compressor_heads, config.dropout)
+        self.bottleneck = Bottleneck(config.compressor_dim, config.latent_dim, config.regularization)
+
+    def forward(self, states: torch.Tensor, attention_mask: torch.Tensor) -> Latents:
+        return self.bottleneck(self.compressor(states, attention_mask))
+
+
+class PooledLatents(LatentDesign):
+    """The Large Concept Model's: the encoder's mean-pooled, L2-normalised sentence embedding, scaled to
+    norm sqrt(d) (unit-scale coordinates, as LD4LG's normalised latents), is the unit's one latent."""
+
+    fixed = True  # no weights of its own: with a frozen encoder the latent is a fixed function of the text
+
+    @staticmethod
+    def check(config, encoder_width: int) -> None:
+        if config.num_latents != 1 or config.latent_dim != encoder_width or config.regularization != "none":
+            raise LatentDLMError(
+                f"latent_type: pooled makes the encoder's {encoder_width}-d sentence embedding the latent: set num_latents: 1, "
+                f"latent_dim: {encoder_width}, regularization: none (got {config.num_latents}, {config.latent_dim}, "
+                f"{config.regularization})"
+            )
+
+    def __init__(self, config, encoder_width: int):
+        super().__init__()
+
+    def forward(self, states: torch.Tensor, attention_mask: torch.Tensor) -> Latents:
+        mask = attention_mask.unsqueeze(-1).to(states.dtype)
+        pooled = (states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        return Latents(onto_sphere(pooled).unsqueeze(1))
+
+    def project(self, latents: torch.Tensor) -> torch.Tensor:
+        """Sampled latents drift off the sphere the decoder was trained on."""
+        return onto_sphere(latents)
+
+
+LATENT_DESIGNS = {"perceiver": PerceiverLatents, "pooled": PooledLatents}
+
+
+def make_latent_design(config, encoder_width: int) -> LatentDesign:
+    if config.latent_type not in LATENT_DESIGNS:
+        raise LatentDLMError(f"unknown latent_type '{config.latent_type}': choose one of {', '.join(LATENT_DESIGNS)}")
+    design = LATENT_DESIGNS[config.latent_type]
+    design.check(config, encoder_width)
+    return design(config, encoder_width)
+
+
+def onto_sphere(vectors: torch.Tensor) -> torch.Tensor:
+    """Each vector rescaled to norm sqrt(d): where pooled latents live."""
+    return torch.nn.functional.normalize(vectors, dim=-1) * math.sqrt(vectors.shape[-1])
+
+
+class LatentSpace(nn.Module):
+    """The latent space as the denoiser sees it: per-dimension mean and std of the latents it was trained
+    on (set once before training; identity until then), applied by the pipeline around the denoiser, as
+    diffusers keeps a VAE's shift and scale with its autoencoder."""
+
+    def __init__(self, latent_dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(latent_dim))
+        self.register_buffer("std", torch.ones(latent_dim))
+
+    @torch.no_grad()
+    def fit(self, units: torch.Tensor) -> None:
+        """units (N, k, d): every training unit's latents."""
+        flat = units.reshape(-1, units.shape[-1]).double()
+        self.mean.copy_(flat.mean(0))
+        self.std.copy_(flat.std(0).clamp_min(1e-5))
+
+    def normalize(self, latents: torch.Tensor) -> torch.Tensor:
+        return (latents - self.mean) / self.std
+
+    def denormalize(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents * self.std + self.mean
