@@ -131,7 +131,7 @@ class ARSummarizer(torch.nn.Module):
 def ar_summarizer(pipe, train_pairs, test_docs, minutes: float, batch_size: int = 32) -> tuple[dict, list[str]]:
     """An ARSummarizer on `pipe`'s condition encoder and target tokenizer, as many parameters as the
     pipeline trains, trained for `minutes` on (document, summary) pairs; its greedy summaries of `test_docs`."""
-    condition, tokenizer = pipe.condition_encoder, pipe.autoencoder.decoder_tokenizer
+    condition, tokenizer = pipe.condition_encoder, pipe.autoencoder.processor.decoder_tokenizer
     condition.eval()
     target = parameters(pipe.denoiser, trained=True) + sum(parameters(m) for m in (pipe.autoencoder.decoder, pipe.autoencoder.to_memory))
 

@@ -117,7 +117,7 @@ def train_arm(args, arm: str, overrides: list[str]) -> Path:
 def sample(pipeline_dir: Path, count: int, steps: int = 20, scheduler: str = "dpm", **decoding) -> tuple[list[str], float]:
     pipe = load_pipeline(pipeline_dir)
     output, seconds = timed(lambda: pipe(num_samples=count, num_inference_steps=steps, scheduler=scheduler, seed=0,
-                                         batch_size=64, **decoding))
+                                         batch_size=64, decoding=decoding))
     return output.texts, seconds / count
 
 
@@ -182,7 +182,7 @@ def part_ar(args, results: dict) -> None:
     pipe = load_pipeline(pipeline_dir)
     decoder_side = sum(parameters(m) for m in (pipe.autoencoder.decoder, pipe.autoencoder.to_memory))
     denoiser = parameters(pipe.denoiser)
-    tokenizer = pipe.autoencoder.decoder_tokenizer
+    tokenizer = pipe.autoencoder.processor.decoder_tokenizer
     baseline = build_baseline(tokenizer, decoder_side + denoiser)
     arm = results["ablation"]["arms"][results["ablation"]["best"]]
     budget = results["autoencoder"]["train_minutes"] + arm["train_minutes"]
@@ -204,9 +204,9 @@ def part_speed(args, results: dict) -> None:
     pipeline_dir, decoding = chosen(args, results)
     pipe = load_pipeline(pipeline_dir)
     baseline = GPT2LMHeadModel.from_pretrained(baseline_path(args)).eval()
-    tokenizer = pipe.autoencoder.decoder_tokenizer
+    tokenizer = pipe.autoencoder.processor.decoder_tokenizer
     ours = lambda size, seed: pipe(num_samples=size, num_inference_steps=20, scheduler="dpm", seed=seed,  # noqa: E731
-                                   show_progress=False, **decoding)
+                                   show_progress=False, decoding=decoding)
     theirs = lambda size, seed: baseline_generate(baseline, tokenizer, size, size, seed)  # noqa: E731
     results["speed"] = {name: {"batch_1": speed(fn, 1, 12), "batch_32": speed(fn, 32, 3)}
                         for name, fn in (("latentdlm", ours), ("ar", theirs))}

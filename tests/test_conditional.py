@@ -286,11 +286,10 @@ def test_summarize_passes_the_decoding_settings_through(tmp_path):
             return type("Out", (), {"texts": ["a summary"] * kwargs["num_samples"]})()
 
     pipe = Pipe()
-    assert summarize(pipe, ["A fox."], decode_beams=3, no_repeat_ngram_size=2, repetition_penalty=1.3, top_p=0.8) == ["a summary"]
-    assert {k: pipe.calls[-1][k] for k in ("decode_beams", "no_repeat_ngram_size", "repetition_penalty", "top_p")} == \
-        {"decode_beams": 3, "no_repeat_ngram_size": 2, "repetition_penalty": 1.3, "top_p": 0.8}
+    assert summarize(pipe, ["A fox."], decoding=dict(decode_beams=3, no_repeat_ngram_size=2, repetition_penalty=1.3, top_p=0.8)) == ["a summary"]
+    assert pipe.calls[-1]["decoding"] == {"decode_beams": 3, "no_repeat_ngram_size": 2, "repetition_penalty": 1.3, "top_p": 0.8}
     summarize(pipe, ["A fox."])
-    assert pipe.calls[-1]["top_p"] is None and pipe.calls[-1]["decode_beams"] is None  # None: the pipeline's defaults
+    assert pipe.calls[-1]["decoding"] is None  # None: the pipeline's defaults
     args = build_parser().parse_args(["summarize", "--model", "m", "--text", "t", "--decode-beams", "2",
                                       "--no-repeat-ngram-size", "3", "--repetition-penalty", "1.1", "--top-p", "0.9"])
     assert (args.decode_beams, args.no_repeat_ngram_size, args.repetition_penalty, args.top_p) == (2, 3, 1.1, 0.9)

@@ -13,6 +13,7 @@ from helpers import labeled_csv, launch_two_cpu_processes, tiny_diffusion_overri
 from safetensors.torch import load_file
 
 import latentdlm.demo
+from latentdlm.autoencoder.decoding import DecodingConfig
 from latentdlm.cli import main
 from latentdlm.config import load_config, save_config
 from latentdlm.data.sources import load_labeled_texts, load_texts
@@ -48,10 +49,11 @@ def test_training_saves_one_pipeline_folder_with_samples_and_curves(pipeline_dir
     assert (out / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((out / "latents.json").read_text())["texts"] == 64
     pipe = LatentDiffusionTextPipeline.from_pretrained(pipeline_dir)
-    # statistics of the training latents (the cached ones) travel with the model
-    units = load_file(str(out / "latents.safetensors"))["units"].reshape(-1, pipe.denoiser.config.latent_dim).double()
-    assert torch.allclose(pipe.denoiser.latent_std.double(), units.std(0), rtol=1e-4)
-    assert torch.allclose(pipe.denoiser.latent_mean.double(), units.mean(0), atol=1e-5)
+    # statistics of the training latents (the cached ones) travel with the model's autoencoder
+    units_file = json.loads((out / "latents.json").read_text())["units_file"]
+    units = load_file(units_file)["latents"].reshape(-1, pipe.denoiser.config.latent_dim).double()
+    assert torch.allclose(pipe.autoencoder.latent_space.std.double(), units.std(0), rtol=1e-4)
+    assert torch.allclose(pipe.autoencoder.latent_space.mean.double(), units.mean(0), atol=1e-5)
 
 
 def test_pipeline_round_trip_is_exact(pipeline_dir, tmp_path):
@@ -446,28 +448,28 @@ def test_decoding_settings_reach_the_decoder(pipeline_dir, monkeypatch):
     greedy = pipe(**run).texts
     assert calls[-1][0]["num_beams"] == 1 and calls[-1][0]["do_sample"] is False
     assert _repeats(calls[-1][1], special) > 0  # a tiny barely-trained decoder loops: the setting has work to do
-    blocked = pipe(**run, no_repeat_ngram_size=1).texts
+    blocked = pipe(**run, decoding={"no_repeat_ngram_size": 1}).texts
     assert calls[-1][0]["no_repeat_ngram_size"] == 1
     assert _repeats(calls[-1][1], special) == 0 and blocked != greedy
-    pipe(**run, decode_beams=2, repetition_penalty=1.3)
+    pipe(**run, decoding={"decode_beams": 2, "repetition_penalty": 1.3})
     assert calls[-1][0]["num_beams"] == 2 and calls[-1][0]["repetition_penalty"] == 1.3
-    sampled = pipe(**run, top_p=0.9).texts
+    sampled = pipe(**run, decoding={"top_p": 0.9}).texts
     assert calls[-1][0]["do_sample"] is True and calls[-1][0]["top_p"] == 0.9
-    assert pipe(**run, top_p=0.9).texts == sampled  # the pipeline's seed makes top-p sampling repeatable
+    assert pipe(**run, decoding={"top_p": 0.9}).texts == sampled  # the pipeline's seed makes top-p sampling repeatable
     state = torch.get_rng_state()
-    pipe(**run, top_p=0.9)
+    pipe(**run, decoding={"top_p": 0.9})
     assert torch.equal(state, torch.get_rng_state())  # ... without touching the global RNG
     for bad, message in [(dict(decode_beams=0), "decode beams"), (dict(repetition_penalty=-1.0), "repetition penalty"),
                          (dict(top_p=0.0), "top-p"), (dict(no_repeat_ngram_size=-2), "n-gram size")]:
         with pytest.raises(LatentDLMError, match=message):
-            pipe(**run, **bad)
+            pipe(**run, decoding=bad)
 
 
 def test_decoding_defaults_round_trip_and_calls_override_them(pipeline_dir, tmp_path, monkeypatch):
     pipe = LatentDiffusionTextPipeline.from_pretrained(pipeline_dir)
     # the tiny preset's sampling.* (no repeated 3-grams) became the pipeline's defaults
-    assert pipe.decoding == {"decode_beams": 1, "no_repeat_ngram_size": 3, "repetition_penalty": 1.0, "top_p": None}
-    pipe.decoding = {**pipe.decoding, "no_repeat_ngram_size": 2, "repetition_penalty": 1.2}
+    assert pipe.decoding == DecodingConfig(decode_beams=1, no_repeat_ngram_size=3, repetition_penalty=1.0, top_p=None)
+    pipe.decoding = pipe.decoding.merged({"no_repeat_ngram_size": 2, "repetition_penalty": 1.2})
     pipe.save_pretrained(tmp_path / "copy")
     assert json.loads((tmp_path / "copy" / "model_index.json").read_text())["decoding"]["no_repeat_ngram_size"] == 2
     again = LatentDiffusionTextPipeline.from_pretrained(tmp_path / "copy")
@@ -475,7 +477,7 @@ def test_decoding_defaults_round_trip_and_calls_override_them(pipeline_dir, tmp_
     calls = _spy_on_generate(again, monkeypatch)
     again(num_samples=2, num_inference_steps=2, seed=0, show_progress=False)
     assert calls[-1][0]["no_repeat_ngram_size"] == 2 and calls[-1][0]["repetition_penalty"] == 1.2
-    again(num_samples=2, num_inference_steps=2, seed=0, show_progress=False, no_repeat_ngram_size=0)
+    again(num_samples=2, num_inference_steps=2, seed=0, show_progress=False, decoding={"no_repeat_ngram_size": 0})
     assert calls[-1][0]["no_repeat_ngram_size"] == 0 and calls[-1][0]["repetition_penalty"] == 1.2
 
 
@@ -483,7 +485,7 @@ def test_training_writes_the_sampling_decoding_settings_into_the_pipeline(autoen
     out = tmp_path / "decoding"
     assert train(autoencoder, out, "sampling.no_repeat_ngram_size=3", "sampling.top_p=0.95") == 0
     pipe = LatentDiffusionTextPipeline.from_pretrained(out / "pipeline")
-    assert pipe.decoding["no_repeat_ngram_size"] == 3 and pipe.decoding["top_p"] == 0.95
+    assert pipe.decoding.no_repeat_ngram_size == 3 and pipe.decoding.top_p == 0.95
 
 
 def test_generate_command_takes_the_decoding_flags(pipeline_dir, capsys):

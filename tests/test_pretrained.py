@@ -105,7 +105,7 @@ def test_saving_keeps_only_trained_weights_and_reloads_the_same_model(stand_ins,
                 p.normal_(0, 0.5)
     model.save_pretrained(tmp_path / "ae")
     saved = load_file(str(tmp_path / "ae" / "model.safetensors"))
-    assert saved and all("lora_" in k or k.startswith("to_memory.") for k in saved)
+    assert saved and all("lora_" in k or k.startswith(("to_memory.", "latent_space.")) for k in saved)
     reloaded = ParagraphAutoencoder.from_pretrained(tmp_path / "ae")
     torch.testing.assert_close(reloaded.encode([STORY]).latents, model.encode([STORY]).latents)
     ids = torch.tensor([[1, 5, 6, 7]])
@@ -140,7 +140,7 @@ def test_training_a_concept_autoencoder_reads_the_cache(stand_ins, tmp_path, mon
     assert main(["train-autoencoder", "--config", str(preset), *concept_overrides(stand_ins, tmp_path / "run")]) == 0
     assert len(list((tmp_path / "cache" / "embeddings").glob("*.safetensors"))) == 1
     saved = load_file(str(tmp_path / "run" / "autoencoder" / "model.safetensors"))
-    assert all("lora_" in k or k.startswith("to_memory.") for k in saved)
+    assert all("lora_" in k or k.startswith(("to_memory.", "latent_space.")) for k in saved)
     model = ParagraphAutoencoder.from_pretrained(tmp_path / "run" / "autoencoder")
     assert len(model.reconstruct([STORY])) == 1
 

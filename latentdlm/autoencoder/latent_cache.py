@@ -37,20 +37,27 @@ def _digest(model) -> "hashlib._Hash":
 
 
 def cache_path(model, units: Sequence[str], folder: Optional[Path] = None) -> Path:
+    """The file of `units`' latents: under `folder` (default: the shared cache) unless they are fixed latents,
+    which always live in the shared cache."""
+    if model.fixed_latents or folder is None:
+        folder = cache_dir() / "embeddings"
     digest = _digest(model)
     for unit in units:
         digest.update(unit.encode("utf-8") + b"\0")
-    return (folder or cache_dir() / "embeddings") / f"{digest.hexdigest()[:32]}.safetensors"
+    return folder / f"{digest.hexdigest()[:32]}.safetensors"
+
+
+def ensure_cached(model, units: Sequence[str], batch_size: int = 128, folder: Optional[Path] = None) -> Path:
+    """The file of `units`' latents (posterior means) under `model`, computed now if it is not there yet."""
+    path = cache_path(model, units, folder)
+    if not path.exists():
+        latents = model.unit_latents(units, batch_size, progress=True).float().cpu()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(path) as tmp:
+            save_file({"latents": latents.contiguous()}, str(tmp))
+    return path
 
 
 def cached_unit_latents(model, units: Sequence[str], batch_size: int = 128, folder: Optional[Path] = None) -> torch.Tensor:
-    """The latents (N, k, d) of `units` (posterior means), from the cache or computed once; `folder`
-    overrides where the file lives (fixed latents: the shared cache)."""
-    path = cache_path(model, units, None if model.fixed_latents else folder)
-    if path.exists():
-        return load_file(str(path))["latents"]
-    latents = model.unit_latents(units, batch_size, progress=True).float().cpu()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path) as tmp:
-        save_file({"latents": latents.contiguous()}, str(tmp))
-    return latents
+    """The latents (N, k, d) of `units`, from the cache or computed once."""
+    return load_file(str(ensure_cached(model, units, batch_size, folder)))["latents"]

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from latentdlm.autoencoder.latent_cache import cache_path, cached_unit_latents
+from latentdlm.autoencoder.latent_cache import ensure_cached
 from latentdlm.autoencoder.model import ParagraphAutoencoder
 from latentdlm.config import save_config
 from latentdlm.data.sources import load_labeled_texts, load_pairs, load_texts
@@ -128,8 +128,7 @@ def encode_corpus(autoencoder: ParagraphAutoencoder, texts: list[str], batch_siz
     segments of each text."""
     per_text = autoencoder.processor.split_units(texts)
     units = [u for segments in per_text for u in segments]
-    cached_unit_latents(autoencoder, units, batch_size, folder)
-    return cache_path(autoencoder, units, folder), torch.tensor([len(segments) for segments in per_text])
+    return ensure_cached(autoencoder, units, batch_size, folder), torch.tensor([len(segments) for segments in per_text])
 
 
 def load_or_encode(cfg: DiffusionTrainConfig, autoencoder: ParagraphAutoencoder, out: Path, is_main: bool, wait) -> dict:
