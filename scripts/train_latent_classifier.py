@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> None:
     from latentdlm.diffusion.classifier import train_latent_classifier
     from latentdlm.io import atomic_directory
     from latentdlm.pipelines.latent_text import LatentDiffusionTextPipeline
-    from latentdlm.training.diffusion import name_labels
+    from latentdlm.training.latent_data import name_labels
 
     output = Path(args.output)
     if output.exists() and not args.overwrite:

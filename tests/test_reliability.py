@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from latentdlm.errors import LatentDLMError
 from latentdlm.training.config import TrainingConfig
-from latentdlm.training.loop import latest_checkpoint, make_accelerator, make_optimizer, run_training
+from latentdlm.training.checkpoints import latest_checkpoint
+from latentdlm.training.loop import make_accelerator, make_optimizer, run_training
 
 
 def toy_run(out: Path, resume: bool = False, poison_step: int | None = None, **settings) -> tuple[int, torch.nn.Module]:

@@ -1,15 +1,14 @@
 """Stage 2: train the latent DiT (`latentdlm train-diffusion`, scripts/train_diffusion.py).
 
-The corpus is encoded once with the trained autoencoder (posterior means) and cached; the DiT then
-trains on the cached latents with EMA weights kept on every rank. The result is one pipeline folder.
+The corpus is encoded once with the trained autoencoder (posterior means) and cached (training/latent_data.py);
+the DiT then trains on the cached latents with EMA weights kept on every rank (training/ema.py). The result is
+one pipeline folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -17,14 +16,12 @@ from typing import Any, Optional
 import torch
 from accelerate.utils import set_seed
 from diffusers.training_utils import EMAModel
-from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from latentdlm.autoencoder.latent_cache import ensure_cached
+from latentdlm.autoencoder.decoding import DecodingConfig
 from latentdlm.autoencoder.model import ParagraphAutoencoder
 from latentdlm.config import save_config
-from latentdlm.data.sources import load_labeled_texts, load_pairs, load_texts
 from latentdlm.diffusion.condition import ConditionConfig, ConditionEncoder
 from latentdlm.diffusion.denoiser import LatentDiT
 from latentdlm.diffusion.objective import ConditionedObjective, DiffusionObjectiveConfig, diffusion_loss
@@ -32,19 +29,19 @@ from latentdlm.diffusion.schedulers import make_scheduler, training_scheduler
 from latentdlm.errors import LatentDLMError
 from latentdlm.evaluation.generation import distinct_n
 from latentdlm.evaluation.plots import plot_training_curves
-from latentdlm.io import atomic_file, file_sha256, write_errors_explained
+from latentdlm.io import write_errors_explained
 from latentdlm.model_card import training_record
-from latentdlm.autoencoder.decoding import DecodingConfig
 from latentdlm.pipelines.latent_text import LatentDiffusionTextPipeline
+from latentdlm.training.checkpoints import clear_previous_run, prepare_output_dir
 from latentdlm.training.config import TrainingConfig
+from latentdlm.training.ema import EMACheckpoint, ShadowParams, trainable
+from latentdlm.training.latent_data import LatentDataset, collate_latents, load_or_encode, load_or_encode_conditions
 from latentdlm.training.loop import (
-    clear_previous_run, finish_training, gathered_weights, global_batch, is_sharded, logged_minutes, make_accelerator,
-    make_optimizer, prepare_output_dir, rank_checksums, read_metrics, run_training,
+    finish_training, gathered_weights, global_batch, is_sharded, logged_minutes, make_accelerator, make_optimizer,
+    rank_checksums, read_metrics, run_training,
 )
 
 FINAL_NAME = "pipeline"
-CACHE_NAME = "latents.safetensors"
-CONDITION_CACHE_NAME = "conditions.safetensors"
 
 
 @dataclass
@@ -102,169 +99,6 @@ class DiffusionTrainConfig:
     training: TrainingConfig = field(default_factory=lambda: TrainingConfig(output_dir="runs/diffusion"))
     ema_decay: float = 0.999
     encode_batch_size: int = 128
-
-
-# ---- the latent cache ----------------------------------------------------------------------------
-def _cache_key(cfg: DiffusionTrainConfig) -> str:
-    """Changes whenever the autoencoder weights or the data settings change."""
-    settings = {**cfg.data.__dict__, "units": "latent_cache"}  # the units' latents live in the one latent cache
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    digest.update((Path(cfg.autoencoder) / "config.json").read_bytes())  # names any external pretrained parts
-    return file_sha256(Path(cfg.autoencoder) / "model.safetensors", digest)
-
-
-def _cache_is_current(path: Path, meta: Path, key: str) -> bool:
-    """The cache file exists, was written for `key`, and is whole (its sha256 as recorded)."""
-    if not (path.exists() and meta.exists()):
-        return False
-    info = json.loads(meta.read_text())
-    if info.get("key") != key:
-        return False
-    return "sha256" not in info or info["sha256"] == file_sha256(path)  # caches from before the checksum: trusted
-
-
-def encode_corpus(autoencoder: ParagraphAutoencoder, texts: list[str], batch_size: int, folder: Path) -> tuple[Path, torch.Tensor]:
-    """All segments' latents in text order, through the latent cache (its file's path), and the number of
-    segments of each text."""
-    per_text = autoencoder.processor.split_units(texts)
-    units = [u for segments in per_text for u in segments]
-    return ensure_cached(autoencoder, units, batch_size, folder), torch.tensor([len(segments) for segments in per_text])
-
-
-def load_or_encode(cfg: DiffusionTrainConfig, autoencoder: ParagraphAutoencoder, out: Path, is_main: bool, wait) -> dict:
-    """{units, counts, labels?}, the class names and the source texts, from the cache or encoded once by
-    the main process."""
-    path, meta = out / CACHE_NAME, out / "latents.json"
-    data_cfg = cfg.data
-    if is_main:
-        key = _cache_key(cfg)
-        if not (_cache_is_current(path, meta, key) and Path(json.loads(meta.read_text()).get("units_file", "")).is_file()):
-            names = sources = None
-            if data_cfg.label_column and data_cfg.condition_column:
-                raise LatentDLMError("data.label_column and data.condition_column: condition on a class or on a text, not both")
-            if data_cfg.label_names is not None and not data_cfg.label_column:
-                raise LatentDLMError("data.label_names names the classes of data.label_column, which is not set")
-            if data_cfg.label_column:
-                pairs = load_labeled_texts(data_cfg.source, data_cfg.column, data_cfg.label_column, data_cfg.split, data_cfg.limit)
-                texts, names = [t for t, _ in pairs], name_labels([label for _, label in pairs], data_cfg.label_names)
-            elif data_cfg.condition_column:
-                pairs = load_pairs(data_cfg.source, data_cfg.condition_column, data_cfg.column, data_cfg.split, data_cfg.limit)
-                sources, texts = [s for s, _ in pairs], [t for _, t in pairs]
-            else:
-                texts = load_texts(data_cfg.source, data_cfg.column, data_cfg.split, data_cfg.limit)
-            units_file, counts = encode_corpus(autoencoder, texts, cfg.encode_batch_size, out)
-            tensors = {"counts": counts}
-            raw_of = {name: raw for raw, name in (data_cfg.label_names or {}).items()}  # classes in the raw labels' order
-            class_names = sorted(set(names), key=lambda n: _natural(raw_of.get(n, n))) if names else None
-            if names:
-                tensors["labels"] = torch.tensor([class_names.index(n) for n in names])
-            with atomic_file(path) as tmp:
-                save_file(tensors, str(tmp))
-            meta.write_text(json.dumps({"key": key, "sha256": file_sha256(path), "class_names": class_names, "texts": len(texts),
-                                        "sources": sources, "units_file": str(units_file)}))
-    wait()
-    data = load_file(str(path))
-    info = json.loads(meta.read_text())
-    data["units"] = load_file(info["units_file"])["latents"]
-    data["class_names"], data["sources"] = info["class_names"], info.get("sources")
-    return data
-
-
-def _natural(label: str):
-    return (0, int(label), "") if label.lstrip("-").isdigit() else (1, 0, label)
-
-
-def name_labels(labels: list[str], label_names: Optional[dict[str, str]]) -> list[str]:
-    """The raw labels of the data as class names through `data.label_names` (unchanged without it).
-    A raw label it does not name, or two raw labels with one name, is an error."""
-    if label_names is None:
-        return labels
-    unnamed = sorted({label for label in labels if label.strip() not in label_names}, key=_natural)
-    if unnamed:
-        raise LatentDLMError(
-            f"label{'s' if len(unnamed) > 1 else ''} {', '.join(repr(u) for u in unnamed[:10])} in the data "
-            f"{'have' if len(unnamed) > 1 else 'has'} no name in data.label_names (which names "
-            f"{', '.join(repr(k) for k in label_names) or 'nothing'}): add {'them' if len(unnamed) > 1 else 'it'}"
-        )
-    used = {label.strip() for label in labels}
-    by_name: dict[str, list[str]] = {}
-    for raw, name in label_names.items():
-        if raw in used:
-            by_name.setdefault(name, []).append(raw)
-    shared = {name: raws for name, raws in by_name.items() if len(raws) > 1}
-    if shared:
-        name, raws = next(iter(shared.items()))
-        raise LatentDLMError(f"data.label_names gives the labels {', '.join(map(repr, raws))} one name '{name}'")
-    absent = [raw for raw in label_names if raw not in used]
-    if absent:
-        warnings.warn(f"data.label_names names label(s) {', '.join(map(repr, absent))} that the data does not have: "
-                      "the model will not know those classes")
-    return [label_names[label.strip()] for label in labels]
-
-
-def load_or_encode_conditions(cfg: DiffusionTrainConfig, encoder: ConditionEncoder, sources: list[str], out: Path,
-                               is_main: bool, wait) -> list[torch.Tensor]:
-    """A frozen condition encoder is a fixed function: every source's token states (L_i, C), computed once
-    by the main process (float16 on disk) and reused while the latents and the condition settings stay."""
-    path, meta = out / CONDITION_CACHE_NAME, out / "conditions.json"
-    key = hashlib.sha256((json.loads((out / "latents.json").read_text())["key"]
-                          + json.dumps(dataclasses.asdict(cfg.condition), sort_keys=True)).encode()).hexdigest()
-    if is_main and not _cache_is_current(path, meta, key):
-        states, lengths = [], []
-        chunk = cfg.encode_batch_size
-        for start in tqdm(range(0, len(sources), chunk), desc="encoding the source texts", unit="chunk"):
-            encoded = encoder.encode(sources[start : start + chunk], warn=False)
-            for row, keep in zip(encoded["condition_states"], encoded["condition_mask"]):
-                states.append(row[keep].half().cpu())
-                lengths.append(int(keep.sum()))
-        with atomic_file(path) as tmp:
-            save_file({"states": torch.cat(states).contiguous(), "lengths": torch.tensor(lengths)}, str(tmp))
-        meta.write_text(json.dumps({"key": key, "sha256": file_sha256(path)}))
-    wait()
-    cache = load_file(str(path))
-    return list(torch.split(cache["states"], cache["lengths"].tolist()))
-
-
-class LatentDataset(torch.utils.data.Dataset):
-    """Text i -> its normalised segment latents (S_i, k, d), its label and its condition: the source text
-    (a trainable condition encoder reads it each step) or its cached token states (a frozen one)."""
-
-    def __init__(self, units: torch.Tensor, counts: torch.Tensor, labels: Optional[torch.Tensor],
-                 sources: Optional[list[str] | list[torch.Tensor]] = None):
-        self.units, self.labels, self.sources = units, labels, sources
-        self.offsets = torch.cumsum(counts, 0) - counts
-
-    def __len__(self) -> int:
-        return len(self.offsets)
-
-    def __getitem__(self, i: int):
-        start = int(self.offsets[i])
-        end = int(self.offsets[i + 1]) if i + 1 < len(self.offsets) else len(self.units)
-        return (self.units[start:end], None if self.labels is None else self.labels[i],
-                None if self.sources is None else self.sources[i])
-
-
-def collate_latents(items: list, condition_encoder: Optional[ConditionEncoder] = None) -> dict[str, torch.Tensor]:
-    """Pad to the batch's largest segment count: latents (B, S*k, d), latent_mask (B, S*k); class labels;
-    cached condition states (padded, with their mask), or the source texts' tokens for `condition_encoder`."""
-    width = max(x.shape[0] for x, _, _ in items)
-    k, d = items[0][0].shape[1:]
-    latents = torch.zeros(len(items), width, k, d)
-    mask = torch.zeros(len(items), width, dtype=torch.bool)
-    for row, (x, _, _) in enumerate(items):
-        latents[row, : len(x)] = x
-        mask[row, : len(x)] = True
-    batch = {"latents": latents.reshape(len(items), width * k, d), "latent_mask": mask.repeat_interleave(k, dim=1)}
-    if items[0][1] is not None:
-        batch["class_labels"] = torch.stack([label for _, label, _ in items])
-    if isinstance(items[0][2], torch.Tensor):
-        states = [source for _, _, source in items]
-        batch["condition_states"] = torch.nn.utils.rnn.pad_sequence(states, batch_first=True).float()
-        batch["condition_mask"] = torch.arange(batch["condition_states"].shape[1])[None] < torch.tensor([len(s) for s in states])[:, None]
-    elif condition_encoder is not None:
-        tokens = condition_encoder.tokenize([source for _, _, source in items], warn=False)
-        batch["condition_input_ids"], batch["condition_attention_mask"] = tokens["input_ids"], tokens["attention_mask"]
-    return batch
 
 
 # ---- training ------------------------------------------------------------------------------------
@@ -331,7 +165,7 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: bool = False, cpu: bool =
     trainee = ConditionedObjective(denoiser, condition_encoder, train_scheduler, cfg.objective) if reads_sources else denoiser
     optimizer, scheduler = make_optimizer(cfg.training, trainee, accelerator.num_processes)
     model, optimizer, loader, scheduler = accelerator.prepare(trainee, optimizer, loader, scheduler)
-    ema = EMAModel(_trainable(accelerator.unwrap_model(model)), decay=cfg.ema_decay)  # under FSDP: this rank's shards
+    ema = EMAModel(trainable(accelerator.unwrap_model(model)), decay=cfg.ema_decay)  # under FSDP: this rank's shards
     # from here on every rank draws its own noise, timesteps and dropout (the data order is seeded apart)
     set_seed(cfg.training.seed, device_specific=True)
     if cfg.training.log_with:
@@ -371,7 +205,7 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: bool = False, cpu: bool =
     def evaluate(step: int) -> dict:
         if not accelerator.is_main_process:
             return {}
-        params = _trainable(accelerator.unwrap_model(model))
+        params = trainable(accelerator.unwrap_model(model))
         ema.store(params)
         ema.copy_to(params)  # samples come from the EMA weights
         texts = samples(step, show=True)
@@ -390,11 +224,11 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: bool = False, cpu: bool =
     step = run_training(
         accelerator, cfg.training, model, optimizer, scheduler, loader, loss_fn=loss_fn,
         evaluate=evaluate, resume_from=checkpoint, description="diffusion",
-        after_step=lambda step: ema.step(_trainable(accelerator.unwrap_model(model))), extra_state=EMACheckpoint(ema, accelerator),
+        after_step=lambda step: ema.step(trainable(accelerator.unwrap_model(model))), extra_state=EMACheckpoint(ema, accelerator),
     )
-    checksums = rank_checksums(accelerator, model) + rank_checksums(accelerator, _ShadowParams(ema))
+    checksums = rank_checksums(accelerator, model) + rank_checksums(accelerator, ShadowParams(ema))
     drawn = accelerator.gather(first_timesteps[0] if first_timesteps else torch.full((1,), -1.0, device=accelerator.device))
-    ema.copy_to(_trainable(accelerator.unwrap_model(model)))  # every rank: the EMA weights are the ones saved
+    ema.copy_to(trainable(accelerator.unwrap_model(model)))  # every rank: the EMA weights are the ones saved
     if is_sharded(accelerator):  # FSDP: whole copies of the parts, from the weights gathered over the ranks
         prefix = "denoiser." if reads_sources else ""
         weights = {"denoiser": gathered_weights(accelerator, model, prefix)}
@@ -424,59 +258,6 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: bool = False, cpu: bool =
             accelerator.print(f"saved the pipeline to {final}")
     finish_training(accelerator)
     return final
-
-
-class EMACheckpoint:
-    """The EMA weights in a checkpoint as safetensors, its counters as JSON: never a pickle."""
-
-    WEIGHTS, COUNTERS = "ema.safetensors", "ema.json"
-
-    def __init__(self, ema: EMAModel, accelerator):
-        self.ema, self.accelerator = ema, accelerator
-        self.sharded = is_sharded(accelerator)  # FSDP: every rank keeps (and saves) the EMA of its own shards
-
-    def _weights_file(self, folder: Path) -> Path:
-        rank = self.accelerator.process_index
-        return folder / (f"ema.rank{rank}.safetensors" if self.sharded else self.WEIGHTS)
-
-    def save(self, folder: Path) -> None:
-        if not (self.sharded or self.accelerator.is_main_process):
-            return
-        state = self.ema.state_dict()
-        weights = state.pop("shadow_params")
-        save_file({str(i): _local(p).detach().cpu().contiguous() for i, p in enumerate(weights)}, str(self._weights_file(folder)))
-        if self.accelerator.is_main_process:
-            (folder / self.COUNTERS).write_text(json.dumps(state))
-
-    def load(self, folder: Path) -> None:
-        path = self._weights_file(folder)
-        if not path.exists():
-            raise LatentDLMError(f"{folder} holds no {path.name} (a checkpoint of an older latentdlm): start the run again")
-        weights, shadows = load_file(str(path)), self.ema.shadow_params
-        if len(weights) != len(shadows):
-            raise LatentDLMError(f"{path} holds {len(weights)} EMA tensors, the model has {len(shadows)}: another model's checkpoint")
-        for i, shadow in enumerate(shadows):
-            _local(shadow).copy_(weights[str(i)])
-        state = json.loads((folder / self.COUNTERS).read_text())
-        self.ema.load_state_dict({**state, "shadow_params": self.ema.shadow_params})
-
-
-def _local(tensor: torch.Tensor) -> torch.Tensor:
-    """This rank's part of a (FSDP-sharded) DTensor; a plain tensor as it is."""
-    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
-
-
-def _trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:
-    """The weights EMA follows: the DiT's, and a trainable condition encoder's."""
-    return [p for p in module.parameters() if p.requires_grad]
-
-
-class _ShadowParams(torch.nn.Module):
-    """The EMA weights as a module, for a per-rank checksum."""
-
-    def __init__(self, ema: EMAModel):
-        super().__init__()
-        self.weights = torch.nn.ParameterList([torch.nn.Parameter(p, requires_grad=False) for p in ema.shadow_params])
 
 
 def _round_robin(class_names: Optional[list[str]], count: int) -> Optional[list[str]]:

@@ -8,28 +8,24 @@ continues at the saved step, on the same data order), tqdm on the main process, 
 from __future__ import annotations
 
 import json
-import shutil
 import sys
-import time
 import warnings
 from collections import defaultdict
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Optional, Protocol
+from typing import Callable, Optional
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, DistributedType, ProjectConfiguration
-from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from latentdlm.errors import LatentDLMError
-from latentdlm.io import atomic_file, file_sha256, write_errors_explained
+from latentdlm.training.budget import BudgetProgress, TrainingClock
+from latentdlm.training.checkpoints import ExtraState, save_checkpoint, trim_logs
 from latentdlm.training.config import TrainingConfig
 
 LossFn = Callable[[torch.nn.Module, dict, int], dict]
 EvalFn = Callable[[int], dict]
-COMPLETE_MARKER = "checkpoint_complete"
 
 
 def make_accelerator(cfg: TrainingConfig, cpu: bool = False) -> Accelerator:
@@ -65,71 +61,6 @@ def set_global_batch(cfg: TrainingConfig, accelerator: Accelerator) -> None:
         raise LatentDLMError("training.batch_size, training.gradient_accumulation_steps and training.max_steps must be at least 1")
     accelerator.print(f"global batch {global_batch(cfg, accelerator)} = {cfg.batch_size} per process x "
                       f"{processes} process(es) x {accumulation} accumulation step(s)")
-
-
-def prepare_output_dir(cfg: TrainingConfig, resume: bool, final_name: str) -> tuple[Path, Optional[Path]]:
-    """The output folder and, when resuming, the checkpoint to resume from; refuses to train over a
-    finished run unless resuming or asked to overwrite."""
-    out = Path(cfg.output_dir)
-    if resume:
-        checkpoint = latest_checkpoint(out)
-        if checkpoint is None:
-            raise LatentDLMError(f"--resume: no complete checkpoint under {out / 'checkpoints'}")
-        return out, checkpoint
-    if (out / final_name).exists() or latest_checkpoint(out) is not None:
-        if not cfg.overwrite_output_dir:
-            raise LatentDLMError(
-                f"{out} already holds a run; pass --resume to continue it, "
-                "training.overwrite_output_dir=true to replace it, or another training.output_dir"
-            )
-    return out, None
-
-
-def clear_previous_run(out: Path) -> None:
-    """A fresh run (asked to overwrite) starts without the old run's logs and checkpoints;
-    the old final model stays until the new one replaces it."""
-    for log in ("metrics.jsonl", "samples.jsonl"):
-        (out / log).unlink(missing_ok=True)
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)
-
-
-def latest_checkpoint(out: Path) -> Optional[Path]:
-    """The newest checkpoint whose files match its manifest; a corrupt or half-written one is skipped with
-    a warning (resume then falls back to the one before)."""
-    for path in sorted((out / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]), reverse=True):
-        problem = checkpoint_problem(path)
-        if problem is None:
-            return path
-        warnings.warn(f"skipping checkpoint {path}: {problem}")
-    return None
-
-
-def checkpoint_problem(path: Path) -> Optional[str]:
-    """Why a checkpoint folder cannot be resumed from, or None when every file matches its manifest."""
-    marker = path / COMPLETE_MARKER
-    if not marker.exists():
-        return "it was never completed"
-    try:
-        manifest = json.loads(marker.read_text())
-    except ValueError:
-        return "its manifest is unreadable"
-    for name, expected in manifest.get("files", {}).items():
-        file = path / name
-        if not file.is_file():
-            return f"{name} is missing"
-        if file.stat().st_size != expected["bytes"] or file_sha256(file) != expected["sha256"]:
-            return f"{name} does not match its checksum (truncated or corrupt)"
-    return None
-
-
-def trim_logs(out: Path, step: int) -> None:
-    """A run resumed at `step` drops the log rows written after it (they are written again): no step twice."""
-    for log in ("metrics.jsonl", "samples.jsonl"):
-        path = out / log
-        if path.exists():
-            rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-            with atomic_file(path) as tmp:
-                tmp.write_text("".join(row + "\n" for row in rows))
 
 
 def make_optimizer(cfg: TrainingConfig, model: torch.nn.Module, num_processes: int):
@@ -178,47 +109,6 @@ def read_metrics(out: Path) -> list[dict]:
     """The records of a run's metrics.jsonl (none when it has not logged yet)."""
     path = Path(out) / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
-
-
-class ExtraState(Protocol):
-    """State kept beside accelerate's in every checkpoint (save and load run on every rank)."""
-
-    def save(self, folder: Path) -> None: ...
-
-    def load(self, folder: Path) -> None: ...
-
-
-def save_checkpoint(accelerator: Accelerator, out: Path, step: int, keep: int, extra: Optional[ExtraState] = None) -> None:
-    """accelerate's `save_state` into a hidden folder, a manifest (sizes and sha256 of every file), then
-    one rename to `step-N` and the rotation to the newest `keep`: a kill or a write error mid-save
-    leaves the earlier checkpoints as they were. (accelerate's automatic_checkpoint_naming counts saves,
-    not steps, and rotates before the new save is complete, so the loop names and rotates its own.)"""
-    final = out / "checkpoints" / f"step-{step}"
-    partial = final.with_name(f".step-{step}.partial")
-    with write_errors_explained(f"the checkpoint of step {step}", final):
-        try:
-            if accelerator.is_main_process:
-                shutil.rmtree(partial, ignore_errors=True)  # left by a run killed while saving
-            accelerator.wait_for_everyone()
-            accelerator.save_state(str(partial))
-            if extra is not None:
-                extra.save(partial)
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                files = {str(p.relative_to(partial)): {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
-                         for p in sorted(partial.rglob("*")) if p.is_file()}
-                (partial / COMPLETE_MARKER).write_text(json.dumps({"step": step, "files": files}, indent=1))
-                shutil.rmtree(final, ignore_errors=True)  # a checkpoint of this step from before a resume
-                partial.rename(final)
-        except OSError:
-            if accelerator.is_main_process:
-                shutil.rmtree(partial, ignore_errors=True)
-            raise
-    if accelerator.is_main_process:
-        done = sorted(final.parent.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-        for old in done[: max(0, len(done) - keep)]:
-            shutil.rmtree(old)
-    accelerator.wait_for_everyone()
 
 
 def run_training(
@@ -365,87 +255,6 @@ def rank_checksums(accelerator: Accelerator, model: torch.nn.Module) -> list[flo
     """One checksum of the weights per process: equal values mean the ranks stayed in sync."""
     total = sum(p.detach().double().sum() for p in accelerator.unwrap_model(model).parameters())
     return accelerator.gather(total.float().reshape(1).to(accelerator.device)).tolist()
-
-
-class TrainingClock:
-    """Minutes spent training in this run, evaluation and checkpointing excluded."""
-
-    def __init__(self):
-        self.started = time.monotonic()
-        self.excluded = 0.0
-
-    def minutes(self) -> float:
-        return (time.monotonic() - self.started - self.excluded) / 60
-
-    @contextmanager
-    def paused(self):
-        start = time.monotonic()
-        try:
-            yield
-        finally:
-            self.excluded += time.monotonic() - start
-
-
-class BudgetProgress:
-    """The run's tqdm bar, against the limit that ends the run.
-
-    A run cut by `max_minutes` long before `max_steps` would show "0/100000, 9:00:00 left" on a step bar;
-    its bar counts training minutes instead (total: the budget; the step count in the postfix). While
-    `max_steps` would be reached first (projected from the steps per training minute so far), the
-    bar counts steps. The bar starts in minutes when there is a budget, and switches as the projection
-    says."""
-
-    def __init__(self, cfg: TrainingConfig, clock: TrainingClock, step: int, **tqdm_kwargs):
-        self.cfg, self.clock, self.first, self.step = cfg, clock, step, step
-        self.loss: Optional[str] = None
-        self.by_time = cfg.max_minutes is not None and step < cfg.max_steps
-        self.bar = tqdm(**self._layout(), initial=self._position(), **tqdm_kwargs)
-
-    def _layout(self) -> dict:
-        if self.by_time:
-            return {"total": self.cfg.max_minutes, "unit": "min",
-                    "bar_format": "{l_bar}{bar}| {n:.2f}/{total:g} min of training [{elapsed}<{remaining}{postfix}]"}
-        return {"total": self.cfg.max_steps, "unit": "it", "bar_format": None}
-
-    def _position(self) -> float:
-        return min(self.clock.minutes(), self.cfg.max_minutes) if self.by_time else self.step
-
-    def _time_binds(self) -> bool:
-        done, minutes = self.step - self.first, self.clock.minutes()
-        if self.cfg.max_minutes is None or done == 0:
-            return self.by_time
-        needed = minutes / done * (self.cfg.max_steps - self.step)  # minutes to reach max_steps at this pace
-        left = self.cfg.max_minutes - minutes
-        return needed > 0.8 * left if self.by_time else needed > 1.25 * left  # no flip-flopping near a tie
-
-    def _switch(self) -> None:
-        self.by_time = not self.by_time
-        layout, bar = self._layout(), self.bar
-        bar.unit, bar.bar_format, bar.initial = layout["unit"], layout["bar_format"], 0
-        bar.reset(total=layout["total"])  # a fresh rate estimate for the new unit
-        bar.n = bar.last_print_n = bar.initial = self._position()
-        bar.set_postfix(self._postfix())
-
-    def _postfix(self) -> dict:
-        items = {"step": f"{self.step}/{self.cfg.max_steps}"} if self.by_time else {}
-        return {**items, **({"loss": self.loss} if self.loss is not None else {})}
-
-    def update(self, step: int) -> None:
-        self.step = step
-        if self._time_binds() != self.by_time:
-            self._switch()
-        self.bar.set_postfix(self._postfix(), refresh=False)
-        if self.by_time:
-            self.bar.update(max(0.0, min(self.clock.minutes(), self.cfg.max_minutes) - self.bar.n))
-        else:
-            self.bar.update(step - self.bar.n)
-
-    def set_loss(self, loss: float) -> None:
-        self.loss = f"{loss:.3f}"
-        self.bar.set_postfix(self._postfix())
-
-    def close(self) -> None:
-        self.bar.close()
 
 
 def _out_of_time(accelerator: Accelerator, cfg: TrainingConfig, clock: TrainingClock) -> bool:
