@@ -17,6 +17,7 @@ def summarize(
     guidance_scale: float = 1.0, guidance_rescale: float = 0.0, scheduler: Optional[str] = None,
     seed: int = 0, batch_size: int = 32, show_progress: bool = True, decode_beams: Optional[int] = None,
     no_repeat_ngram_size: Optional[int] = None, repetition_penalty: Optional[float] = None, top_p: Optional[float] = None,
+    guidance_method: str = "cfg",
 ) -> list[str]:
     """The decoder's settings (None: the pipeline's defaults) go to the pipeline as they are."""
     if pipe.condition_encoder is None:
@@ -31,6 +32,7 @@ def summarize(
     texts = pipe(
         num_samples=len(repeated), conditions=repeated, num_inference_steps=num_inference_steps, scheduler=scheduler,
         seed=seed, guidance_scale=guidance_scale, guidance_rescale=guidance_rescale, batch_size=batch_size,
+        guidance_method=guidance_method,
         show_progress=show_progress, decode_beams=decode_beams, no_repeat_ngram_size=no_repeat_ngram_size,
         repetition_penalty=repetition_penalty, top_p=top_p,
     ).texts
