@@ -96,19 +96,20 @@ class Handlers:
             raise LatentDLMError(f"{what} is empty: type some text first")
         return text.strip()
 
-    def _conditions(self, class_label, condition, guidance) -> dict:
+    def _conditions(self, class_label, condition, guidance, guidance_method="cfg") -> dict:
         kwargs = {}
         if self.caps.class_names and class_label:
             kwargs["class_labels"] = class_label
         if self.caps.text_conditioned and condition and condition.strip():
             kwargs["conditions"] = condition.strip()
         if self.caps.guidance:
-            kwargs["guidance_scale"] = float(guidance)
+            kwargs["guidance_scale"], kwargs["guidance_method"] = float(guidance), guidance_method
         return kwargs
 
-    def generate(self, num_samples, num_segments, steps, sampler, seed, class_label=None, condition=None, guidance=1.0) -> str:
+    def generate(self, num_samples, num_segments, steps, sampler, seed, class_label=None, condition=None, guidance=1.0,
+                 guidance_method="cfg") -> str:
         count = int(num_samples)
-        kwargs = self._conditions(class_label, condition, guidance)
+        kwargs = self._conditions(class_label, condition, guidance, guidance_method)
         if "conditions" in kwargs:
             kwargs["conditions"] = [kwargs["conditions"]] * count
         texts = self.pipe(num_samples=count, num_inference_steps=int(steps), scheduler=sampler, seed=int(seed),
@@ -136,17 +137,17 @@ class Handlers:
                                num_inference_steps=int(steps), seed=int(seed))
         return numbered(texts)
 
-    def infill(self, text, steps, seed, class_label=None, condition=None, guidance=1.0) -> str:
+    def infill(self, text, steps, seed, class_label=None, condition=None, guidance=1.0, guidance_method="cfg") -> str:
         out = self.pipe.infill(self._text(text, "The text"), num_inference_steps=int(steps), seed=int(seed),
-                               **self._conditions(class_label, condition, guidance))
+                               **self._conditions(class_label, condition, guidance, guidance_method))
         return out.texts[0]
 
-    def summarize(self, document, guidance, num_candidates, steps, seed) -> str:
+    def summarize(self, document, guidance, guidance_method, num_candidates, steps, seed) -> str:
         from latentdlm.summarize import summarize
 
         return summarize(self.pipe, [self._text(document, "The document")], num_candidates=int(num_candidates),
                          num_inference_steps=int(steps), guidance_scale=float(guidance) if self.caps.guidance else 1.0,
-                         seed=int(seed))[0]
+                         seed=int(seed), guidance_method=guidance_method)[0]
 
     # ---- the latent map ----------------------------------------------------------------------
     def _vectors(self, latents, segment_mask):
@@ -171,11 +172,16 @@ class Handlers:
 def build_app(pipe, title: str = "latentdlm"):
     """The page's Blocks for a loaded pipeline (not launched)."""
     gr = _gradio()
+    from latentdlm.diffusion.sampling import GUIDANCE_METHODS
     from latentdlm.diffusion.schedulers import SCHEDULERS
 
     caps = Capabilities.of(pipe)
     h = Handlers(pipe, caps)
     samplers = list(SCHEDULERS)
+
+    def guidance_method(visible: bool = True):
+        return gr.Dropdown(list(GUIDANCE_METHODS), value="cfg", label="guidance method (cfg: classifier-free, apg: adaptive projected)",
+                           visible=visible)
 
     def condition_inputs():
         """The class / source text / guidance controls this model has (a list of components)."""
@@ -185,11 +191,12 @@ def build_app(pipe, title: str = "latentdlm"):
         if caps.text_conditioned:
             shown.append(gr.Textbox(label="source text (condition)", lines=3))
         if caps.guidance:
-            shown.append(gr.Slider(1.0, 8.0, value=1.0, step=0.5, label="guidance scale (classifier-free; 1 = none)"))
+            shown.append(gr.Slider(1.0, 8.0, value=1.0, step=0.5, label="guidance scale (1 = none)"))
+            shown.append(guidance_method())
         return shown
 
     condition_keys = (["class_label"] if caps.class_names else []) + (["condition"] if caps.text_conditioned else []) + \
-        (["guidance"] if caps.guidance else [])  # the handlers' names for condition_inputs(), in order
+        (["guidance", "guidance_method"] if caps.guidance else [])  # the handlers' names for condition_inputs(), in order
 
     def event(fn, fixed: int, conditions: list[str] = ()):
         """A Gradio callback for `fn`: `fixed` positional inputs, then the named condition inputs. The
@@ -260,14 +267,15 @@ def build_app(pipe, title: str = "latentdlm"):
             with gr.Tab("Summarize"):
                 document = gr.Textbox(label="document", lines=8)
                 with gr.Row():
-                    guidance = gr.Slider(1.0, 8.0, value=1.0, step=0.5, label="guidance scale (classifier-free; 1 = none)",
+                    guidance = gr.Slider(1.0, 8.0, value=1.0, step=0.5, label="guidance scale (1 = none)",
                                          visible=caps.guidance)
+                    sum_method = guidance_method(caps.guidance)
                     candidates = gr.Slider(1, 8, value=1, step=1, label="candidates (3+: the minimum-Bayes-risk one)")
                     sum_steps = gr.Slider(1, caps.max_steps, value=min(20, caps.max_steps), step=1, label="steps")
                     sum_seed = gr.Number(0, precision=0, label="seed")
                 button = gr.Button("Summarize", variant="primary")
                 output = gr.Textbox(label="summary", lines=4)
-                button.click(event(h.summarize, 5), [document, guidance, candidates, sum_steps, sum_seed], output,
+                button.click(event(h.summarize, 6), [document, guidance, sum_method, candidates, sum_steps, sum_seed], output,
                              api_name="summarize")
     return demo
 

@@ -88,6 +88,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         num_samples=args.num_samples, num_inference_steps=args.steps, scheduler=args.scheduler, seed=args.seed,
         class_labels=args.class_label, conditions=args.condition, guidance_scale=args.guidance_scale,
         guidance_rescale=args.guidance_rescale, num_segments=args.num_segments, batch_size=args.batch_size,
+        guidance_method=args.guidance_method,
         classifier=classifier, classifier_scale=args.classifier_scale, decoding=_decoding(args),
     )
     if args.output:
@@ -115,7 +116,7 @@ def cmd_summarize(args: argparse.Namespace) -> None:
     pipe = LatentDiffusionTextPipeline.from_pretrained(args.model)
     summaries = summarize(
         pipe, documents, args.num_candidates, args.steps, args.guidance_scale, args.guidance_rescale,
-        args.scheduler, args.seed, args.batch_size, decoding=_decoding(args),
+        args.scheduler, args.seed, args.batch_size, decoding=_decoding(args), guidance_method=args.guidance_method,
     )
     if args.output:
         records = [{"document": document, "summary": summary} for document, summary in zip(documents, summaries)]
@@ -220,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--condition", help="a source text (text-conditioned models: summary, story, ... of this text)")
     p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (1 = none)")
     p.add_argument("--guidance-rescale", type=float, default=0.0, help="0..1, with guidance only (Lin et al.; 0 = none)")
+    p.add_argument("--guidance-method", default="cfg", help="the guidance of --guidance-scale: cfg (classifier-free) "
+                   "or apg (adaptive projected guidance, Sadat et al. 2024)")
     p.add_argument("--num-segments", type=int, help="number of sentence segments (segment-mode models)")
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--output", help="write {text, class_label, condition} lines to this jsonl file instead of printing")
@@ -240,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="write {document, summary, reference} lines to this jsonl file instead of printing")
     p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (1 = none)")
     p.add_argument("--guidance-rescale", type=float, default=0.0, help="0..1, with guidance only (Lin et al.; 0 = none)")
+    p.add_argument("--guidance-method", default="cfg", help="the guidance of --guidance-scale: cfg (classifier-free) "
+                   "or apg (adaptive projected guidance, Sadat et al. 2024)")
     p.add_argument("--steps", type=int, default=20, help="number of sampling steps")
     p.add_argument("--scheduler", choices=["ddpm", "ddim", "dpm"], help="swap the sampler (default: the pipeline's)")
     p.add_argument("--num-candidates", type=int, default=1,

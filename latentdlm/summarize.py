@@ -17,6 +17,7 @@ def summarize(
     pipe, documents: Sequence[str], num_candidates: int = 1, num_inference_steps: int = 20,
     guidance_scale: float = 1.0, guidance_rescale: float = 0.0, scheduler: Optional[str] = None,
     seed: int = 0, batch_size: int = 32, show_progress: bool = True, decoding: Optional[DecodingConfig | dict] = None,
+    guidance_method: str = "cfg",
 ) -> list[str]:
     """`decoding`: the decoder's settings over the pipeline's defaults (as in the pipeline's call)."""
     if pipe.condition_encoder is None:
@@ -31,7 +32,7 @@ def summarize(
     texts = pipe(
         num_samples=len(repeated), conditions=repeated, num_inference_steps=num_inference_steps, scheduler=scheduler,
         seed=seed, guidance_scale=guidance_scale, guidance_rescale=guidance_rescale, batch_size=batch_size,
-        show_progress=show_progress, decoding=decoding,
+        guidance_method=guidance_method, show_progress=show_progress, decoding=decoding,
     ).texts
     candidates = [texts[i : i + num_candidates] for i in range(0, len(texts), num_candidates)]
     return [group[minimum_bayes_risk(group)] for group in candidates]

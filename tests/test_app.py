@@ -117,21 +117,24 @@ def test_the_class_conditional_page_offers_its_classes_and_guidance(autoencoder,
                  "data.limit=null"]) == 0
     with served(out / "pipeline") as client:
         api = endpoints(client)
-        assert [p["label"] for p in api["/generate"]["parameters"]][-2:] == ["class", "guidance scale (classifier-free; 1 = none)"]
+        assert [p["label"] for p in api["/generate"]["parameters"]][-3:] == [
+            "class", "guidance scale (1 = none)", "guidance method (cfg: classifier-free, apg: adaptive projected)"]
         assert "/summarize" not in api
-        assert client.predict(2, 1, 2, "ddim", 0, "novel", 3.0, api_name="/generate").startswith("1. ")
-        refused(lambda: client.predict(2, 1, 2, "ddim", 0, "poem", 3.0, api_name="/generate"), "poem is not in the list of choices")
+        cfg = client.predict(2, 1, 2, "ddim", 0, "novel", 3.0, "cfg", api_name="/generate")
+        assert cfg.startswith("1. ") and client.predict(2, 1, 2, "ddim", 0, "novel", 3.0, "apg", api_name="/generate").startswith("1. ")
+        refused(lambda: client.predict(2, 1, 2, "ddim", 0, "poem", 3.0, "cfg", api_name="/generate"), "poem is not in the list of choices")
+        refused(lambda: client.predict(2, 1, 2, "ddim", 0, "novel", 3.0, "pag", api_name="/generate"), "pag is not in the list of choices")
 
 
 def test_the_text_conditioned_page_summarizes(conditional_pipeline):
     with served(conditional_pipeline) as client:
         api = endpoints(client)
         assert "/summarize" in api and "source text (condition)" in [p["label"] for p in api["/generate"]["parameters"]]
-        summary = client.predict("The Lion and the Mouse", 1, 1, 2, 0, api_name="/summarize")
+        summary = client.predict("The Lion and the Mouse", 1, "cfg", 1, 2, 0, api_name="/summarize")
         assert isinstance(summary, str) and summary.strip()
-        refused(lambda: client.predict(" ", 1, 1, 2, 0, api_name="/summarize"), "The document is empty")
-        refused(lambda: client.predict(1, 0, 2, "ddim", 0, "", 2.0, api_name="/generate"), "guidance needs a source text to guide towards")
-        assert client.predict(1, 0, 2, "ddim", 0, "The Lion and the Mouse", 2.0, api_name="/generate").startswith("1. ")
+        refused(lambda: client.predict(" ", 1, "cfg", 1, 2, 0, api_name="/summarize"), "The document is empty")
+        refused(lambda: client.predict(1, 0, 2, "ddim", 0, "", 2.0, "cfg", api_name="/generate"), "guidance needs a source text to guide towards")
+        assert client.predict(1, 0, 2, "ddim", 0, "The Lion and the Mouse", 2.0, "apg", api_name="/generate").startswith("1. ")
 
 
 def test_the_app_command_refuses_a_busy_port_and_a_folder_that_is_no_pipeline(pipeline_dir, tmp_path, capsys):

@@ -5,9 +5,9 @@ import torch
 from diffusers.training_utils import EMAModel
 
 from latentdlm.diffusion.denoiser import LatentDiT
-from latentdlm.diffusion.objective import DiffusionObjectiveConfig, diffusion_loss, predicted_x0
-from latentdlm.diffusion.sampling import guide, sample_latents, with_null_half
-from latentdlm.diffusion.schedulers import SCHEDULERS, make_scheduler, training_scheduler
+from latentdlm.diffusion.objective import DiffusionObjectiveConfig, diffusion_loss
+from latentdlm.diffusion.sampling import RowGuidance, make_guider, sample_latents, with_null_half
+from latentdlm.diffusion.schedulers import SCHEDULERS, make_scheduler, training_scheduler, x0_and_noise
 from latentdlm.errors import LatentDLMError
 
 K, D, S = 4, 8, 3
@@ -28,6 +28,11 @@ def randomize_output(model: LatentDiT) -> LatentDiT:
 def inputs(batch=2, segments=S):
     torch.manual_seed(1)
     return torch.randn(batch, segments * K, D), torch.tensor([10, 700][:batch])
+
+
+def guide(cond, null, scale, rescale, mask, method="cfg"):
+    """One step of the sampler's guidance: the guider on each row's real latents."""
+    return RowGuidance(make_guider(method, scale, rescale), mask)(cond, null, 0, 1, torch.tensor(999))
 
 
 @pytest.mark.parametrize("patch_size", [1, 2, 4])
@@ -123,7 +128,7 @@ def test_guidance_scale_one_is_the_conditional_prediction_and_zero_the_null_one(
     unconditional = model(x, t, mask, **null)
     cond, uncond = model(x.repeat(2, 1, 1), t.repeat(2), mask.repeat(2, 1), **with_null_half(model, conditions, 2)).chunk(2)
     assert torch.allclose(cond, conditional, atol=1e-5) and torch.allclose(uncond, unconditional, atol=1e-5)
-    assert torch.allclose(guide(cond, uncond, 1.0, 0.0, mask), conditional, atol=1e-5)
+    assert make_guider("cfg", 1.0) is None  # scale 1: the conditional prediction alone, no null branch
     assert torch.allclose(guide(cond, uncond, 0.0, 0.0, mask), unconditional, atol=1e-5)
     expected = unconditional + 3.0 * (conditional - unconditional)
     assert torch.allclose(guide(cond, uncond, 3.0, 0.0, mask), expected, atol=1e-4)
@@ -150,11 +155,11 @@ def test_each_scheduler_and_prediction_type_samples_finite_latents(sampler, pred
     scheduler = make_scheduler(sampler, training_scheduler(prediction))
     mask = torch.ones(3, 2 * K, dtype=torch.bool)
     latents = sample_latents(model, scheduler, mask, 5, torch.Generator().manual_seed(0),
-                             {"class_labels": torch.tensor([0, 1, 0])}, guidance_scale=2.0, guidance_rescale=0.5)
+                             {"class_labels": torch.tensor([0, 1, 0])}, make_guider("cfg", 2.0, 0.5))
     assert latents.shape == (3, 2 * K, D)
     assert torch.isfinite(latents).all()
     again = sample_latents(model, make_scheduler(sampler, training_scheduler(prediction)), mask, 5,
-                           torch.Generator().manual_seed(0), {"class_labels": torch.tensor([0, 1, 0])}, 2.0, 0.5)
+                           torch.Generator().manual_seed(0), {"class_labels": torch.tensor([0, 1, 0])}, make_guider("cfg", 2.0, 0.5))
     assert torch.equal(latents, again)
 
 
@@ -196,7 +201,7 @@ def test_self_conditioning_feeds_the_first_pass_x0_estimate(prob):
     noise = torch.randn(latents.shape, generator=generator)
     timesteps = torch.randint(0, 1000, (2,), generator=generator)
     noisy = scheduler.add_noise(latents, noise, timesteps)
-    expected = predicted_x0(scheduler, recorder.outputs[0], noisy, timesteps) * prob
+    expected = x0_and_noise(scheduler, recorder.outputs[0], noisy, timesteps)[0] * prob
     assert torch.allclose(recorder.self_conditions[1], expected, atol=1e-6)
     assert (recorder.self_conditions[1].abs().sum() > 0) == (prob == 1.0)
 
@@ -336,7 +341,7 @@ def test_guided_sampling_feeds_each_branch_its_own_self_condition(kind):
     mask = torch.ones(2, K, dtype=torch.bool)
     conditions = ({"class_labels": torch.tensor([0, 1])} if kind == "class" else
                   {"condition_states": torch.randn(2, 3, 6), "condition_mask": torch.ones(2, 3, dtype=torch.bool)})
-    sample_latents(recorder, scheduler, mask, 3, torch.Generator().manual_seed(0), conditions, guidance_scale=4.0)
+    sample_latents(recorder, scheduler, mask, 3, torch.Generator().manual_seed(0), conditions, make_guider("cfg", 4.0))
     assert len(recorder.outputs) == 3  # one doubled call per step
     assert recorder.self_conditions[0].abs().sum() == 0
     # step 2 gets, per branch, the x0 implied by that branch's own output at step 1
@@ -345,7 +350,7 @@ def test_guided_sampling_feeds_each_branch_its_own_self_condition(kind):
     cond_x0, null_x0 = recorder.self_conditions[1].chunk(2)
     assert not torch.allclose(cond_x0, null_x0, atol=1e-4), "the two branches share one self-condition"
     # the conditional half is the conditional branch's estimate (x_t is the same for both halves)
-    expected = predicted_x0(scheduler, first_output, recorder.inputs[0], t0)
+    expected = x0_and_noise(scheduler, first_output, recorder.inputs[0], t0)[0]
     assert torch.allclose(recorder.self_conditions[1], expected, atol=1e-5)
 
 

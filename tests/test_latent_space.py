@@ -7,9 +7,8 @@ import torch
 
 from latentdlm.cli import main
 from latentdlm.diffusion.classifier import LatentClassifier, check_classifier, train_latent_classifier
-from latentdlm.diffusion.objective import predicted_x0
-from latentdlm.diffusion.sampling import ClassifierGuidance, classifier_guided
-from latentdlm.diffusion.schedulers import training_scheduler
+from latentdlm.diffusion.sampling import ClassifierGuidance
+from latentdlm.diffusion.schedulers import training_scheduler, x0_and_noise
 from latentdlm.errors import LatentDLMError
 from latentdlm.pipelines.latent_edits import interpolation_path, lerp, slerp
 from latentdlm.pipelines.latent_text import LatentDiffusionTextPipeline
@@ -106,13 +105,13 @@ def test_classifier_gradient_moves_the_estimate_towards_the_class(prediction):
     latents, output = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
     mask = torch.tensor([[True, True, False], [True, True, True]])
     t = torch.tensor(500)
-    guided = classifier_guided(scheduler, output, latents, t, mask, ClassifierGuidance(toy, torch.tensor([0, 0]), 2.0))
+    guided = ClassifierGuidance(toy, torch.tensor([0, 0]), 2.0).adjust_output(scheduler, output, latents, t, mask)
     assert guided.shape == output.shape
-    steps = t.expand(2)
-    shift = predicted_x0(scheduler, guided, latents, steps) - predicted_x0(scheduler, output, latents, steps)
+    x0 = lambda out: x0_and_noise(scheduler, out, latents, t)[0]  # noqa: E731
+    shift = x0(guided) - x0(output)
     assert (shift[mask] > 0).all() and torch.allclose(shift[~mask], torch.zeros(1), atol=1e-5)
-    against = classifier_guided(scheduler, output, latents, t, mask, ClassifierGuidance(toy, torch.tensor([1, 1]), 2.0))
-    assert ((predicted_x0(scheduler, against, latents, steps) - predicted_x0(scheduler, output, latents, steps))[mask] < 0).all()
+    against = ClassifierGuidance(toy, torch.tensor([1, 1]), 2.0).adjust_output(scheduler, output, latents, t, mask)
+    assert ((x0(against) - x0(output))[mask] < 0).all()
 
 
 def test_classifier_trains_saves_and_steers_the_pipeline(pipe, tmp_path):

@@ -21,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from latentdlm.diffusion.denoiser import resolve_class_label
-from latentdlm.diffusion.sampling import noised
+from latentdlm.diffusion.schedulers import add_noise
 from latentdlm.errors import LatentDLMError
 from latentdlm.io import check_saved_folder
 
@@ -108,12 +108,11 @@ def train_latent_classifier(
     torch.manual_seed(seed)
     model = LatentClassifier(den.latent_dim, den.num_latents, den.max_segments, names, hidden_size, num_layers)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
-    alphas = pipe.scheduler.alphas_cumprod
     steps_total = pipe.scheduler.config.num_train_timesteps
     generator = torch.Generator().manual_seed(seed)
 
     def noisy(rows: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        return noised(latents[rows], torch.randn(latents[rows].shape, generator=generator), alphas, timesteps)
+        return add_noise(pipe.scheduler, latents[rows], torch.randn(latents[rows].shape, generator=generator), timesteps)
 
     start, step, losses = time.monotonic(), 0, []
     model.train()

@@ -11,6 +11,7 @@ from diffusers import DDPMScheduler
 from diffusers.training_utils import compute_snr
 
 from latentdlm.diffusion.denoiser import LatentDiT
+from latentdlm.diffusion.schedulers import model_target, x0_and_noise
 
 
 @dataclass
@@ -23,37 +24,6 @@ class DiffusionObjectiveConfig:
     self_conditioning_prob: float = 0.5  # LD4LG; needs denoiser.self_conditioning
     condition_dropout: float = 0.1  # classifier-free guidance: share of examples trained unconditionally
     length_loss_weight: float = 1.0  # text conditions: the head that predicts the number of target segments
-
-
-def predicted_x0(scheduler, output: torch.Tensor, noisy: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-    """The clean-latent estimate implied by a model output at `timesteps` (training-schedule indices)."""
-    alpha_bar = scheduler.alphas_cumprod.to(noisy.device, noisy.dtype)[timesteps.long()].reshape(-1, 1, 1)
-    kind = scheduler.config.prediction_type
-    if kind == "epsilon":
-        return (noisy - (1 - alpha_bar).sqrt() * output) / alpha_bar.sqrt()
-    if kind == "v_prediction":
-        return alpha_bar.sqrt() * noisy - (1 - alpha_bar).sqrt() * output
-    return output
-
-
-def predicted_noise(scheduler, output: torch.Tensor, noisy: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-    """The noise estimate implied by a model output (exact for epsilon and v, through x0 for sample)."""
-    alpha_bar = scheduler.alphas_cumprod.to(noisy.device, noisy.dtype)[timesteps.long()].reshape(-1, 1, 1)
-    kind = scheduler.config.prediction_type
-    if kind == "epsilon":
-        return output
-    if kind == "v_prediction":
-        return alpha_bar.sqrt() * output + (1 - alpha_bar).sqrt() * noisy
-    return (noisy - alpha_bar.sqrt() * output) / (1 - alpha_bar).sqrt().clamp_min(1e-4)
-
-
-def regression_target(scheduler: DDPMScheduler, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-    kind = scheduler.config.prediction_type
-    if kind == "epsilon":
-        return noise
-    if kind == "v_prediction":
-        return scheduler.get_velocity(clean, noise, timesteps)
-    return clean
 
 
 def min_snr_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -102,9 +72,9 @@ def diffusion_loss(
         use = torch.rand(size, generator=generator, device=clean.device) < cfg.self_conditioning_prob
         with torch.no_grad():
             first = denoiser(noisy, timesteps, latent_mask=mask, **conditions)
-            self_condition = predicted_x0(scheduler, first, noisy, timesteps) * use[:, None, None]
+            self_condition = x0_and_noise(scheduler, first, noisy, timesteps)[0] * use[:, None, None]
     output = denoiser(noisy, timesteps, latent_mask=mask, self_condition=self_condition, **conditions)
-    target = regression_target(scheduler, clean, noise, timesteps)
+    target = model_target(scheduler, clean, noise, timesteps)
     weights = mask.unsqueeze(-1).to(output.dtype)
     if cfg.snr_gamma:
         weights = weights * min_snr_weights(scheduler, timesteps, cfg.snr_gamma).reshape(-1, 1, 1).to(output.dtype)

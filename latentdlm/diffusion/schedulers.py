@@ -79,3 +79,42 @@ def make_scheduler(name: str, base: SchedulerMixin) -> SchedulerMixin:
 
 def scheduler_name(scheduler: SchedulerMixin) -> str:
     return next((name for name, cls in SCHEDULERS.items() if isinstance(scheduler, cls)), type(scheduler).__name__)
+
+
+# ---- the schedule's maths, in one place ------------------------------------------------------------
+# Every sampler here keeps the training schedule's alphas_cumprod, so DDPM's forward process holds for all
+# of them: its add_noise and get_velocity serve any of them (DPM-Solver's own add_noise indexes its step
+# sigmas instead, and it has no get_velocity). Timesteps are training-schedule indices: one, or one per row.
+def add_noise(scheduler: SchedulerMixin, clean: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
+    """`clean` (B, L, d) at the timesteps' noise level: sqrt(a_t) x0 + sqrt(1 - a_t) noise."""
+    return DDPMScheduler.add_noise(scheduler, clean, noise, _indices(timesteps))
+
+
+def x0_and_noise(scheduler: SchedulerMixin, output: torch.Tensor, noisy: torch.Tensor, timesteps,
+                 kind: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clean-latent and noise estimates a model output on `noisy` implies; `kind`: the output's
+    prediction type (default: the scheduler's). Exact for epsilon and v; an x0-prediction's noise
+    divides by sigma, an epsilon-prediction's x0 by alpha (large near pure noise)."""
+    alpha_bar = scheduler.alphas_cumprod.to(noisy.device, noisy.dtype)[_indices(timesteps)].reshape(-1, 1, 1)
+    alpha, sigma = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+    kind = kind or scheduler.config.prediction_type
+    if kind == "epsilon":
+        return (noisy - sigma * output) / alpha, output
+    if kind == "v_prediction":
+        return alpha * noisy - sigma * output, alpha * output + sigma * noisy
+    return output, (noisy - alpha * output) / sigma.clamp_min(1e-4)
+
+
+def model_target(scheduler: SchedulerMixin, x0: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
+    """What a model of the scheduler's prediction type outputs for (x0, noise): the training target, and
+    the inverse of `x0_and_noise`."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return DDPMScheduler.get_velocity(scheduler, x0, noise, _indices(timesteps))
+    return x0
+
+
+def _indices(timesteps) -> torch.Tensor:
+    return torch.as_tensor(timesteps).long().reshape(-1)

@@ -22,8 +22,8 @@ from diffusers import DDIMInverseScheduler
 from latentdlm.autoencoder.decoding import DecodingConfig
 from latentdlm.autoencoder.model import EncodedText
 from latentdlm.data.segmentation import SegmentationConfig, SentenceSegmenter
-from latentdlm.diffusion.sampling import RESAMPLING_SAMPLERS, Held, noised, sample_latents
-from latentdlm.diffusion.schedulers import make_scheduler
+from latentdlm.diffusion.sampling import RESAMPLING_SAMPLERS, Held, sample_latents
+from latentdlm.diffusion.schedulers import add_noise, make_scheduler
 from latentdlm.errors import LatentDLMError
 
 METHODS = ("slerp", "lerp")
@@ -163,18 +163,19 @@ def inverse_scheduler(base) -> DDIMInverseScheduler:
 
 
 def denoise_from(pipe, noisy: torch.Tensor, segment_mask: torch.Tensor, num_inference_steps: int, first: int, sampler: str,
-                 generators=None, conditions: Optional[dict] = None, guidance_scale: float = 1.0) -> torch.Tensor:
-    """Normalised latents (B, S, k, d) at step `first`'s noise level -> clean autoencoder latents."""
+                 generators=None, conditions: Optional[dict] = None, guider=None) -> torch.Tensor:
+    """Normalised latents (B, S, k, d) at step `first`'s noise level -> clean autoencoder latents
+    (`guider`: sampling.make_guider's)."""
     size, segments, k, d = noisy.shape
     latent_mask = segment_mask.repeat_interleave(k, dim=1)
     clean = sample_latents(pipe.denoiser, make_scheduler(sampler, pipe.scheduler), latent_mask, num_inference_steps,
-                           generators, conditions, guidance_scale, start=(noisy.reshape(size, segments * k, d), first))
+                           generators, conditions, guider, start=(noisy.reshape(size, segments * k, d), first))
     return unflat(pipe, clean)
 
 
 # ---- variations -----------------------------------------------------------------------------------
 def vary(pipe, text: str, strength: float = 0.3, num_samples: int = 4, num_inference_steps: int = 20, seed: Optional[int] = None,
-         conditions: Optional[dict] = None, guidance_scale: float = 1.0, decoding: Optional[DecodingConfig] = None) -> list[str]:
+         conditions: Optional[dict] = None, guider=None, decoding: Optional[DecodingConfig] = None) -> list[str]:
     """SDEdit: `text`'s latents noised to the level `strength` names, denoised back by the pipeline's
     sampler, decoded. Small strengths paraphrase, large ones rewrite; `conditions` (the denoiser's class or
     source-text kwargs for all samples) steer the rewrite (style or topic transfer)."""
@@ -189,10 +190,10 @@ def vary(pipe, text: str, strength: float = 0.3, num_samples: int = 4, num_infer
     noise = torch.stack([torch.randn(clean.shape[1:], generator=g) for g in generators])
     scheduler = make_scheduler(pipe.sampler_name, pipe.scheduler)
     scheduler.set_timesteps(num_inference_steps)
-    start = noised(clean, noise, scheduler.alphas_cumprod, scheduler.timesteps[first])
+    start = add_noise(scheduler, clean, noise, scheduler.timesteps[first])
     k, d = pipe.denoiser.config.num_latents, pipe.denoiser.config.latent_dim
     out = denoise_from(pipe, start.reshape(num_samples, -1, k, d), mask, num_inference_steps, first, pipe.sampler_name, generators,
-                       conditions, guidance_scale)
+                       conditions, guider)
     return pipe._decode(EncodedText(out, mask), int(mask.sum()), decoding or pipe.decoding, generators[0])
 
 
@@ -223,7 +224,7 @@ def keep_segments(pipe, text: str, keep: Sequence[int], num_segments: Optional[i
 
 
 def infill(pipe, parts: Sequence[Optional[str]], num_samples: int = 1, num_inference_steps: int = 50, seed: Optional[int] = None,
-           resample: int = 1, sampler: Optional[str] = None, conditions: Optional[dict] = None, guidance_scale: float = 1.0,
+           resample: int = 1, sampler: Optional[str] = None, conditions: Optional[dict] = None, guider=None,
            decoding: Optional[DecodingConfig] = None) -> InfillOutput:
     """Generate the None segments of `parts` with the known ones held (their latents re-noised to every
     step's level, RePaint style; `resample` > 1 repeats each step, needs a ddpm or ddim sampler). The
@@ -255,7 +256,7 @@ def infill(pipe, parts: Sequence[Optional[str]], num_samples: int = 1, num_infer
     values, latent_mask = flat(pipe, latents, segment_mask)
     generators = pipe._generators(num_samples, seed, None)
     clean = sample_latents(pipe.denoiser, make_scheduler(sampler, pipe.scheduler), latent_mask, num_inference_steps, generators,
-                           conditions, guidance_scale, held=Held(values, held_mask.repeat_interleave(k, dim=1), resample))
+                           conditions, guider, [Held(values, held_mask.repeat_interleave(k, dim=1), resample)])
     segments = pipe._decode(EncodedText(unflat(pipe, clean), segment_mask), num_samples * len(blanks),
                             decoding or pipe.decoding, generators[0], joined=False, fixed=[list(parts)] * num_samples)
     return InfillOutput([" ".join(s for s in row if s) for row in segments], segments, blanks)

@@ -26,7 +26,7 @@ from latentdlm.autoencoder.model import EncodedText, ParagraphAutoencoder
 from latentdlm.diffusion.condition import ConditionEncoder
 from latentdlm.diffusion.denoiser import LatentDiT
 from latentdlm.diffusion.classifier import LatentClassifier, check_classifier, classifier_labels
-from latentdlm.diffusion.sampling import ClassifierGuidance, sample_latents
+from latentdlm.diffusion.sampling import ClassifierGuidance, make_guider, sample_latents
 from latentdlm.diffusion.schedulers import SCHEDULERS, make_scheduler, scheduler_name
 from latentdlm.errors import LatentDLMError
 from latentdlm.hub import HubMixin
@@ -66,6 +66,7 @@ class LatentDiffusionTextPipeline(HubMixin, DiffusionPipeline):
         conditions: Optional[Sequence[str] | str] = None,
         guidance_scale: float = 1.0,
         guidance_rescale: float = 0.0,
+        guidance_method: str = "cfg",  # the guidance of guidance_scale: cfg (classifier-free) or apg (adaptive projected)
         num_segments: Optional[int] = None,
         batch_size: int = 32,
         return_latents: bool = False,
@@ -83,6 +84,7 @@ class LatentDiffusionTextPipeline(HubMixin, DiffusionPipeline):
         pipeline's saved defaults; top-p sampling is repeatable through `seed`/`generator`). With a `classifier` (a
         `LatentClassifier` trained on this pipeline's latents) the `class_labels` are its classes and its
         gradient steers sampling, scaled by `classifier_scale` (classifier guidance)."""
+        guider = make_guider(guidance_method, guidance_scale, guidance_rescale)  # an unknown method's name fails here
         steering = None
         if classifier is not None:
             check_classifier(classifier, self.denoiser)
@@ -120,11 +122,9 @@ class LatentDiffusionTextPipeline(HubMixin, DiffusionPipeline):
                 size = min(batch_size, num_samples - start)
                 chunk_counts = counts[start : start + size]
                 segment_mask = torch.arange(width, device=self.device)[None] < chunk_counts[:, None]
-                latents = sample_latents(
-                    self.denoiser, sampler, segment_mask.repeat_interleave(k, dim=1), num_inference_steps,
-                    generators[start : start + size], condition_kwargs, guidance_scale, guidance_rescale, progress,
-                    classifier=None if steering is None else ClassifierGuidance(classifier, steering[start : start + size], classifier_scale),
-                )
+                hooks = [] if steering is None else [ClassifierGuidance(classifier, steering[start : start + size], classifier_scale)]
+                latents = sample_latents(self.denoiser, sampler, segment_mask.repeat_interleave(k, dim=1), num_inference_steps,
+                                         generators[start : start + size], condition_kwargs, guider, hooks, progress=progress)
                 latents = self.autoencoder.latent_space.denormalize(latents).reshape(size, -1, k, self.denoiser.config.latent_dim)
                 # every segment of the chunk in one decoder batch: one generate loop, not several
                 texts += self._decode(EncodedText(latents, segment_mask), int(chunk_counts.sum()), decoding, generators[start])
@@ -218,18 +218,20 @@ class LatentDiffusionTextPipeline(HubMixin, DiffusionPipeline):
                                         self.decoding.merged(decoding))
 
     def vary(self, text: str, strength: float = 0.3, num_samples: int = 4, num_inference_steps: int = 20, seed: Optional[int] = None,
-             class_labels=None, conditions=None, guidance_scale: float = 1.0, decoding: Optional[DecodingConfig | dict] = None) -> list[str]:
+             class_labels=None, conditions=None, guidance_scale: float = 1.0, guidance_method: str = "cfg",
+             decoding: Optional[DecodingConfig | dict] = None) -> list[str]:
         """Variations of `text` (SDEdit): noised to `strength` (0..1] of the schedule and denoised back,
         optionally towards a class or source text with guidance."""
         self._check_steps(num_inference_steps)
         kwargs = self._condition_kwargs(num_samples, class_labels, conditions, guidance_scale)
-        return latent_edits.vary(self, text, strength, num_samples, num_inference_steps, seed, kwargs, guidance_scale,
+        guider = make_guider(guidance_method, guidance_scale)
+        return latent_edits.vary(self, text, strength, num_samples, num_inference_steps, seed, kwargs, guider,
                                  self.decoding.merged(decoding))
 
     def infill(self, text: str | Sequence[Optional[str]], keep: Optional[Sequence[int]] = None, num_segments: Optional[int] = None,
                num_samples: int = 1, num_inference_steps: int = 50, seed: Optional[int] = None, resample: int = 1,
                scheduler: Optional[str] = None, class_labels=None, conditions=None, guidance_scale: float = 1.0,
-               decoding: Optional[DecodingConfig | dict] = None) -> InfillOutput:
+               guidance_method: str = "cfg", decoding: Optional[DecodingConfig | dict] = None) -> InfillOutput:
         """Fill blanks: `text` with `___` for each segment to write ("S1 ___ S3"), or a list of segments with
         None for the blanks, or (editing) a paragraph with `keep` = the indices of the segments to keep and
         `num_segments` its new length. The known segments come back verbatim."""
@@ -243,7 +245,8 @@ class LatentDiffusionTextPipeline(HubMixin, DiffusionPipeline):
         else:
             parts = list(text)
         kwargs = self._condition_kwargs(num_samples, class_labels, conditions, guidance_scale)
-        return latent_edits.infill(self, parts, num_samples, num_inference_steps, seed, resample, scheduler, kwargs, guidance_scale,
+        guider = make_guider(guidance_method, guidance_scale)
+        return latent_edits.infill(self, parts, num_samples, num_inference_steps, seed, resample, scheduler, kwargs, guider,
                                    self.decoding.merged(decoding))
 
     def _check_steps(self, steps: int) -> None:
