@@ -19,6 +19,8 @@ Parts (models come from the other benchmarks' work folders; each part says which
             chosen on validation samples, then NUM_TEST samples each scored once: topic accuracy by an
             independent classifier (logistic regression on all-mpnet-base-v2 features of real AG News),
             MAUVE (mpnet) against real items, diversity
+  apg       adaptive projected guidance vs CFG by name on one class-conditional AG News DiT (trained here, 10 min,
+            on --apg-autoencoder: the shipped demo adapter by default), scales chosen on validation, test once
   map       a PCA map of the flagship's latents (AG News by topic, ROCStories) with an interpolation path
 Results: benchmarks/results/latent_space.json (+ .png).
 """
@@ -33,7 +35,7 @@ from flagship import (
     AUTOENCODER_MINUTES, DESIGN_OVERRIDES, DESIGNS, ROC_AUTOENCODER, flagship_pipeline, load_adapter, peer_generate, peer_path,
     peer_tokenizer, perplexity, perplexity_judge, share_denoiser, train_stage,
 )
-from latent_agnews import part_agnews, part_guidance, part_map
+from latent_agnews import part_agnews, part_apg, part_guidance, part_map
 from runner import RESULTS_DIR, ROOT, last_record, load_pipeline, log, run_benchmark, torch_threads
 from scoring import rocstories
 
@@ -192,7 +194,7 @@ def part_infill(args, results: dict) -> None:
 
 # ---- the report --------------------------------------------------------------------------------
 SUMMARY_KEYS = ["interp_new_text_rate", "interp_monotonic_rate", "infill_kept_verbatim_rate", "classifier_guidance_accuracy",
-                "cfg_accuracy"]
+                "cfg_accuracy", "apg_accuracy", "apg_mauve_mpnet", "apg_part_cfg_accuracy", "apg_part_cfg_mauve_mpnet"]
 
 
 def summary_interp_system(results: dict) -> str | None:
@@ -216,16 +218,21 @@ def summary(results: dict) -> dict:
         out["classifier_guidance_accuracy"] = guidance["classifier_guidance"]["accuracy"]
     if "cfg" in guidance:
         out["cfg_accuracy"] = guidance["cfg"]["accuracy"]
+    for method, prefix in (("apg", "apg"), ("cfg", "apg_part_cfg")):  # the apg part: both methods on one DiT
+        if method in results.get("apg", {}):
+            out[f"{prefix}_accuracy"], out[f"{prefix}_mauve_mpnet"] = (results["apg"][method][k] for k in ("accuracy", "mauve_mpnet"))
     return out
 
 
 PARTS = {"interp": part_interp, "robust": part_robust, "vary": part_vary, "infill": part_infill, "agnews": part_agnews,
-         "guidance": part_guidance, "map": part_map}
+         "guidance": part_guidance, "apg": part_apg, "map": part_map}
 
 
 def arguments(parser) -> None:
     parser.add_argument("--ladder-dir", type=Path, default="runs/ladder", help="benchmarks/quality_ladder.py's work folder (its designs, the peer)")
     parser.add_argument("--flagship", choices=["b", "c"], default="c", help="the ladder's concept design to run on (c: the best)")
+    parser.add_argument("--apg-autoencoder", type=Path, default=ROOT / "latentdlm/data/adapters/minilm_smollm2_concept",
+                        help="the autoencoder of the apg part's DiT (default: the shipped demo adapter)")
 
 
 if __name__ == "__main__":
