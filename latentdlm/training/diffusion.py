@@ -32,7 +32,7 @@ from latentdlm.diffusion.schedulers import make_scheduler, training_scheduler
 from latentdlm.errors import LatentDLMError
 from latentdlm.evaluation.generation import distinct_n
 from latentdlm.evaluation.plots import plot_training_curves
-from latentdlm.io import atomic_file, file_sha256, write_errors_explained
+from latentdlm.io import CONFIG_NAME, WEIGHTS_NAME, atomic_file, file_sha256, write_errors_explained
 from latentdlm.model_card import training_record
 from latentdlm.pipelines.latent_text import DECODING_DEFAULTS, LatentDiffusionTextPipeline, check_decoding
 from latentdlm.training.config import TrainingConfig
@@ -108,8 +108,8 @@ def _cache_key(cfg: DiffusionTrainConfig) -> str:
     """Changes whenever the autoencoder weights or the data settings change."""
     settings = {k: v for k, v in cfg.data.__dict__.items() if not (k == "label_names" and v is None)}  # older caches stay valid
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    digest.update((Path(cfg.autoencoder) / "config.json").read_bytes())  # names any external pretrained parts
-    return file_sha256(Path(cfg.autoencoder) / "model.safetensors", digest)
+    digest.update((Path(cfg.autoencoder) / CONFIG_NAME).read_bytes())  # names any external pretrained parts
+    return file_sha256(Path(cfg.autoencoder) / WEIGHTS_NAME, digest)
 
 
 def _cache_is_current(path: Path, meta: Path, key: str) -> bool:
