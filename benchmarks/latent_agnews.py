@@ -70,8 +70,9 @@ def guided_texts(pipe, count: int, seed: int, **kwargs) -> tuple[list[str], list
 
 
 def part_guidance(args, results: dict) -> None:
-    from latentdlm.diffusion.classifier import LatentClassifier, train_latent_classifier
+    from latentdlm.diffusion.classifier import LatentClassifier
     from latentdlm.evaluation.generation import diversity, mauve_seeds, sentence_features
+    from latentdlm.training.classifier import train_latent_classifier
 
     work = args.work_dir
     data = agnews_splits()
@@ -83,7 +84,7 @@ def part_guidance(args, results: dict) -> None:
         model, record = train_latent_classifier(uncond, [t for t, _ in rows], [c for _, c in rows], CLASSIFIER_MINUTES)
         model.save_pretrained(folder)
         (folder / "training.json").write_text(json.dumps(record, indent=2))
-    classifier = LatentClassifier.load(folder)
+    classifier = LatentClassifier.from_pretrained(folder)
     judge = topic_judge(data["train"][:4000])
     real = data["test"]
     rows = results["guidance"] = {"classifier": json.loads((folder / "training.json").read_text()),

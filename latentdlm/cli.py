@@ -12,6 +12,7 @@ from typing import Sequence
 
 from latentdlm.cli_latent import add_latent_commands
 from latentdlm.errors import LatentDLMError, exit_code
+from latentdlm.io import write_errors_explained
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -19,13 +20,17 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def _quiet_libraries() -> None:
+    """The libraries' logs and bars off (transformers' "Loading weights" on every load); ours and downloads' stay."""
     import datasets
+    import huggingface_hub
     import transformers
-
 
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # this turns the hub's bars off too: downloads keep theirs
+    if huggingface_hub.constants.HF_HUB_DISABLE_PROGRESS_BARS is not True:
+        huggingface_hub.utils.enable_progress_bars()
 
 
 def cmd_train_autoencoder(args: argparse.Namespace) -> None:
@@ -37,6 +42,8 @@ def cmd_train_autoencoder(args: argparse.Namespace) -> None:
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> None:
+    from tqdm.auto import tqdm
+
     from latentdlm.autoencoder.model import ParagraphAutoencoder
     from latentdlm.data.sources import load_texts
     from latentdlm.evaluation.reconstruction import reconstruction_metrics
@@ -49,7 +56,9 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     else:
         texts = load_texts(args.input, args.column)
     model = ParagraphAutoencoder.from_pretrained(args.autoencoder)
-    recons = model.reconstruct(texts, args.batch_size)
+    batches = [texts[i : i + args.batch_size] for i in range(0, len(texts), args.batch_size)]  # a bar step each
+    recons = [recon for batch in tqdm(batches, desc="reconstructing", unit="batch", disable=len(batches) < 2)
+              for recon in model.reconstruct(batch, args.batch_size)]
     if args.output:
         _write_jsonl(args.output, [{"text": text, "reconstruction": recon} for text, recon in zip(texts, recons)],
                      "reconstructions")
@@ -75,15 +84,12 @@ def cmd_train_diffusion(args: argparse.Namespace) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
+    from latentdlm.diffusion.classifier import LatentClassifier
     from latentdlm.pipelines.latent_text import LatentDiffusionTextPipeline
 
     _check_output(args.output)
     pipe = LatentDiffusionTextPipeline.from_pretrained(args.model)
-    classifier = None
-    if args.classifier:
-        from latentdlm.diffusion.classifier import LatentClassifier
-
-        classifier = LatentClassifier.load(args.classifier)
+    classifier = LatentClassifier.from_pretrained(args.classifier) if args.classifier else None
     output = pipe(
         num_samples=args.num_samples, num_inference_steps=args.steps, scheduler=args.scheduler, seed=args.seed,
         class_labels=args.class_label, conditions=args.condition, guidance_scale=args.guidance_scale,
@@ -148,12 +154,8 @@ def _check_output(path: str | None) -> None:
 
 
 def _write_jsonl(path: str, records: list[dict], what: str) -> None:
-    try:
-        with Path(path).open("w") as f:
-            for record in records:
-                f.write(json.dumps(record) + "\n")
-    except OSError as exc:
-        raise LatentDLMError(f"could not write --output {path}: {exc.strerror or exc}") from None
+    with write_errors_explained(f"the {what} (--output)", path), Path(path).open("w") as f:
+        f.writelines(json.dumps(record) + "\n" for record in records)
     print(f"wrote {len(records)} {what} to {path}")
 
 
@@ -292,15 +294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.showwarning = _show_warning  # one "warning: ..." line each, restored on return
         # numpy 2 vs the diffusers DPM-Solver: harmless, and not the user's to fix
         warnings.filterwarnings("ignore", message="__array__ implementation doesn't accept a copy", category=DeprecationWarning)
-        return _run(args)
-
-
-def _run(args: argparse.Namespace) -> int:
-    def body():
         _quiet_libraries()
-        args.func(args)
-
-    return exit_code(body)
+        return exit_code(lambda: args.func(args))
 
 
 if __name__ == "__main__":

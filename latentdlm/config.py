@@ -45,10 +45,8 @@ def _read_yaml(path: str | Path) -> dict:
         raise LatentDLMError(f"config file not found: {path}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise LatentDLMError(f"config file {path} is not UTF-8 text") from None
-    except yaml.YAMLError as exc:
-        raise LatentDLMError(f"config file {path} is not valid YAML: {exc}") from None
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise LatentDLMError(f"config file {path} is not valid YAML (in UTF-8 text): {exc}") from None
     if data is None:
         raise LatentDLMError(f"config file {path} is empty: start from a preset under configs/")
     if not isinstance(data, dict):
@@ -80,12 +78,8 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequ
     return OmegaConf.to_object(cfg)
 
 
-def config_to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
-
-
 def save_config(cfg: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    Path(path).write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
 
 
 def config_from_dict(schema: type[T], values: dict, origin: str) -> T:

@@ -18,7 +18,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelF
 from transformers.modeling_outputs import BaseModelOutput
 
 from latentdlm.errors import LatentDLMError
-from latentdlm.io import atomic_directory, cache_dir
+from latentdlm.io import CONFIG_NAME, atomic_directory, cache_dir
 
 
 @dataclass
@@ -79,7 +79,7 @@ def gguf_folder(name_or_path: str, gguf_file: str) -> Path:
 
     source = resolve_model_path(name_or_path)
     folder = cache_dir() / "gguf" / f"{Path(source).name}--{Path(gguf_file).stem}"
-    if (folder / "config.json").exists():
+    if (folder / CONFIG_NAME).exists():
         return folder
     if importlib.util.find_spec("gguf") is None:
         raise LatentDLMError(f"reading '{gguf_file}' needs the gguf package: pip install -e '.[pretrained]'")
@@ -102,7 +102,8 @@ def pretrained_source(name_or_path: str, gguf_file: Optional[str] = None) -> str
     return str(gguf_folder(name_or_path, gguf_file)) if gguf_file else resolve_model_path(name_or_path)
 
 
-def config_from_dict(values: dict[str, Any]):
+def transformers_config(values: dict[str, Any]):
+    """A transformers config (`AutoConfig.for_model`) from a dict of its fields with a `model_type`."""
     values = dict(values)
     model_type = values.pop("model_type", None)
     if not model_type:
@@ -116,7 +117,7 @@ def config_from_dict(values: dict[str, Any]):
 def _load(auto_cls, part: PartConfig, hf_config: Optional[dict]):
     """Random init from `hf_config` (a saved autoencoder) or `part.config`, else pretrained weights."""
     if hf_config is not None or part.name_or_path is None:
-        return auto_cls.from_config(config_from_dict(hf_config if hf_config is not None else part.config))
+        return auto_cls.from_config(transformers_config(hf_config if hf_config is not None else part.config))
     try:
         return auto_cls.from_pretrained(pretrained_source(part.name_or_path, part.gguf_file), **part.config)
     except (OSError, ValueError) as exc:

@@ -8,16 +8,19 @@ into a temporary folder and uploads it in one commit.
 
 from __future__ import annotations
 
+import inspect
+import typing
 from pathlib import Path
 from typing import Optional
 
 import torch
+from diffusers import ModelMixin
 from diffusers.utils import logging as diffusers_logging
 from huggingface_hub import ModelCard, ModelHubMixin, snapshot_download
 from huggingface_hub.errors import HFValidationError
 
 from latentdlm.errors import LatentDLMError
-from latentdlm.io import atomic_directory
+from latentdlm.io import CONFIG_NAME, atomic_directory, check_saved_folder, read_json
 
 REPO_URL = "https://github.com/latentdlm/latentdlm"
 
@@ -44,7 +47,11 @@ def model_folder(name_or_path: str | Path, revision: Optional[str] = None, cache
 
 class HubMixin(ModelHubMixin, library_name="latentdlm", repo_url=REPO_URL, tags=["latentdlm", "latent-diffusion"]):
     """The hub surface of a latentdlm folder class: it writes a folder with `_save_folder(folder)`, reads
-    one with `_load_folder(folder)` and describes itself with `model_card()`."""
+    one with `_load_folder(folder)` (after `check_saved_folder`: the `folder_files` there, safetensors only)
+    and describes itself with `model_card()`."""
+
+    folder_kind = "model"  # "... is not a latentdlm {folder_kind} folder"
+    folder_files: tuple[str, ...] = ()
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *, revision: Optional[str] = None,
@@ -55,7 +62,7 @@ class HubMixin(ModelHubMixin, library_name="latentdlm", repo_url=REPO_URL, tags=
         if torch_dtype is not None and not (isinstance(torch_dtype, torch.dtype) and torch_dtype.is_floating_point):
             raise LatentDLMError(f"torch_dtype must be a floating torch dtype such as torch.bfloat16, got {torch_dtype!r}")
         folder = model_folder(pretrained_model_name_or_path, revision, cache_dir, token, local_files_only, force_download)
-        model = cls._load_folder(folder)
+        model = cls._load_folder(check_saved_folder(folder, cls.folder_kind, cls.folder_files))
         if torch_dtype is None:
             return model
         level = diffusers_logging.get_verbosity()
@@ -73,17 +80,24 @@ class HubMixin(ModelHubMixin, library_name="latentdlm", repo_url=REPO_URL, tags=
         the card is written from it."""
         with atomic_directory(save_directory) as tmp:
             self._save_folder(tmp)
-            self.model_card().save(tmp / "README.md")
+            if (card := self.model_card()) is not None:
+                card.save(tmp / "README.md")
         if push_to_hub:
             return self.push_to_hub(repo_id or Path(save_directory).name, **push_to_hub_kwargs)
         return None
 
-    def _save_folder(self, folder: Path) -> None:
-        raise NotImplementedError
+    def model_card(self) -> Optional[ModelCard]:
+        return None  # a part saved inside a pipeline folder needs no card of its own
 
-    @classmethod
-    def _load_folder(cls, folder: Path):
-        raise NotImplementedError
 
-    def model_card(self) -> ModelCard:
-        raise NotImplementedError
+def load_config_model(cls: type[ModelMixin], folder: Path, kind: str) -> ModelMixin:
+    """A diffusers model folder (config.json + safetensors weights): checked as every latentdlm folder, its
+    config.json read by the one JSON reader and type-checked against `cls.__init__` before it is built."""
+    check_saved_folder(folder, kind, (CONFIG_NAME,))
+    init = inspect.signature(cls.__init__).parameters  # register_to_config keeps the signature
+    required = [name for name, p in list(init.items())[1:] if p.default is p.empty]
+    read_json(folder / CONFIG_NAME, typing.get_type_hints(cls.__init__), required)
+    try:
+        return ModelMixin.from_pretrained.__func__(cls, folder, use_safetensors=True).eval()
+    except (OSError, ValueError) as exc:
+        raise LatentDLMError(f"could not load the {kind} in {folder}: {str(exc).splitlines()[0]}") from None

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> None:
     import torch
 
     from latentdlm.data.sources import load_labeled_texts
-    from latentdlm.diffusion.classifier import train_latent_classifier
+    from latentdlm.training.classifier import train_latent_classifier
     from latentdlm.io import atomic_directory
     from latentdlm.pipelines.latent_text import LatentDiffusionTextPipeline
     from latentdlm.training.latent_data import name_labels

@@ -4,6 +4,7 @@ tests/test_bad_input.py and benchmarks/reliability.py; each case must end with o
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -30,6 +31,10 @@ def make_files(tmp: Path, pipeline: Path) -> dict[str, Path]:
         "unknown_key": tmp / "unknown_key.yaml",
         "not_a_pipeline": tmp / "not_a_pipeline",
         "corrupt_pipeline": tmp / "corrupt_pipeline",
+        "truncated_index": tmp / "truncated_index",  # model_index.json cut short
+        "num_layers_six": tmp / "num_layers_six",  # denoiser/config.json: "num_layers": "six"
+        "truncated_ae_config": tmp / "truncated_ae_config",  # an autoencoder's config.json cut short
+        "wrong_typed_ae_config": tmp / "wrong_typed_ae_config",  # its config.json: "num_latents": "four"
     }
     files["empty"].write_text("")
     files["blank"].write_text("\n  \n\n")
@@ -47,7 +52,35 @@ def make_files(tmp: Path, pipeline: Path) -> dict[str, Path]:
         shutil.copytree(pipeline, corrupt)
         weights = corrupt / "denoiser" / "diffusion_pytorch_model.safetensors"
         weights.write_bytes(weights.read_bytes()[: len(weights.read_bytes()) // 2])
+    # (the folder copied, the file edited, None: cut in half, else the keys to the value and the wrong-typed value)
+    edits = {"truncated_index": (pipeline, "model_index.json", None),
+             "num_layers_six": (pipeline, "denoiser/config.json", (["num_layers"], "six")),
+             "truncated_ae_config": (pipeline / "autoencoder", "config.json", None),
+             "wrong_typed_ae_config": (pipeline / "autoencoder", "config.json", (["autoencoder", "num_latents"], "four"))}
+    for kind, (source, name, change) in edits.items():
+        if not files[kind].exists():
+            shutil.copytree(source, files[kind])
+            target = files[kind] / name
+            text = target.read_text()
+            if change is None:
+                target.write_text(text[: len(text) // 2])
+                continue
+            config = inner = json.loads(text)
+            (*keys, last), value = change
+            for key in keys:
+                inner = inner[key]
+            inner[last] = value
+            target.write_text(json.dumps(config))
     return files
+
+
+# what the message of a case must say (besides "error: ", alone on one line): the file, and the key
+MESSAGES = {
+    "generate --model truncated_index": ["truncated_index/model_index.json is not valid JSON, truncated or corrupt"],
+    "generate --model num_layers_six": ["num_layers_six/denoiser/config.json", "'num_layers' must be int, got 'six'"],
+    "reconstruct --autoencoder truncated_ae_config": ["truncated_ae_config/config.json is not valid JSON, truncated or corrupt"],
+    "reconstruct --autoencoder wrong_typed_ae_config": ["wrong_typed_ae_config/config.json", "'num_latents'", "'four'"],
+}
 
 
 def bad_input_cases(autoencoder: Path, pipeline: Path, tmp: Path) -> dict[str, list[str]]:
@@ -74,14 +107,14 @@ def bad_input_cases(autoencoder: Path, pipeline: Path, tmp: Path) -> dict[str, l
     for kind in ("missing", "directory", "binary", "bad_yaml", "unknown_key", "empty"):
         cases[f"train-autoencoder --config {kind}"] = ["train-autoencoder", "--config", str(f[kind])]
         cases[f"train-diffusion --config {kind}"] = ["train-diffusion", "--config", str(f[kind])]
-    for kind in ("missing", "empty", "not_a_pipeline", "corrupt_pipeline"):
+    for kind in ("missing", "empty", "not_a_pipeline", "corrupt_pipeline", "truncated_index", "num_layers_six"):
         model = str(f[kind])
         cases[f"generate --model {kind}"] = ["generate", "--model", model]
         cases[f"interpolate --model {kind}"] = ["interpolate", "--model", model, "--source", "A dog ran.", "--target", "A cat sat."]
         cases[f"vary --model {kind}"] = ["vary", "--model", model, "--text", "A dog ran."]
         cases[f"infill --model {kind}"] = ["infill", "--model", model, "--text", "A dog ran. ___"]
         cases[f"app --model {kind}"] = ["app", "--model", model, "--port", "7861"]
-    for kind in ("missing", "not_a_pipeline", "empty"):
+    for kind in ("missing", "not_a_pipeline", "empty", "truncated_ae_config", "wrong_typed_ae_config"):
         cases[f"reconstruct --autoencoder {kind}"] = ["reconstruct", "--autoencoder", str(f[kind]), "--text", "A dog ran."]
     cases["train-diffusion autoencoder=pipeline folder"] = [*train_dm, f"autoencoder={pipe}"]
     ranges = {

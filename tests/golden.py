@@ -55,7 +55,7 @@ def build() -> None:
     den = json.loads((FIXTURES / "uncond" / "denoiser" / "config.json").read_text())
     classifier = LatentClassifier(den["latent_dim"], den["num_latents"], den["max_segments"], ["a", "b"], hidden_size=16, num_layers=1)
     torch.nn.init.normal_(classifier.head.weight, std=1.0)
-    classifier.save_pretrained(FIXTURES / "classifier", safe_serialization=True)
+    classifier.save_pretrained(FIXTURES / "classifier")
     shutil.rmtree(work)
 
 
@@ -82,7 +82,7 @@ def outputs() -> dict:
     sample("class_cfg", pipes["class"], class_labels=["fable", "novel", "fable"], guidance_scale=3.0)
     sample("class_cfg_rescale", pipes["class"], class_labels="novel", guidance_scale=3.0, guidance_rescale=0.7)
     sample("cond_cfg", pipes["cond"], conditions="The Fox and the Grapes", guidance_scale=2.0)
-    classifier = LatentClassifier.load(FIXTURES / "classifier")
+    classifier = LatentClassifier.from_pretrained(FIXTURES / "classifier")
     sample("classifier_guidance", pipes["uncond"], classifier=classifier, class_labels="a", classifier_scale=3.0)
     fable = "The Fox was hungry. He saw some grapes on a vine. They were too high. He went away."
     infill = pipes["uncond"].infill("The Fox was hungry. ___ They were too high.", num_samples=2, num_inference_steps=4, seed=0)

@@ -1,7 +1,7 @@
 """Every command, every kind of bad input: one message, exit 2, no traceback (tests/bad_inputs.py)."""
 
 import pytest
-from bad_inputs import bad_input_cases
+from bad_inputs import MESSAGES, bad_input_cases
 
 from latentdlm.cli import main
 
@@ -29,3 +29,11 @@ def test_every_bad_input_is_one_message_and_exit_2(cases, capsys):
         if code != 2 or "Traceback" in err or not lines:
             failures.append(f"{name}: exit {code}, stderr tail: {err[-300:]!r}")
     assert not failures, "\n".join(failures)
+
+
+def test_a_cut_short_or_wrong_typed_saved_config_is_one_message_naming_the_file_and_key(cases, capsys):
+    for name, parts in MESSAGES.items():
+        assert main(cases[name]) == 2, name
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        assert all(part in err for part in parts), (name, err)

@@ -139,3 +139,23 @@ def test_push_to_hub_uploads_the_saved_folder(pipeline_dir, tmp_path, monkeypatc
     again = LatentDiffusionTextPipeline.from_pretrained(remote)
     assert again(num_samples=1, num_inference_steps=2, seed=1, show_progress=False).texts == \
         pipe(num_samples=1, num_inference_steps=2, seed=1, show_progress=False).texts
+
+
+def test_the_diffusion_and_autoencoder_layers_never_import_the_pipelines_above_them():
+    package = Path(latentdlm.__file__).parent
+    upward = [str(p) for layer in ("diffusion", "autoencoder") for p in (package / layer).glob("*.py")
+              if "latentdlm.pipelines" in p.read_text()]
+    assert not upward, upward
+
+
+def test_the_cli_silences_transformers_bars_keeps_the_hubs_and_shows_its_own(autoencoder, tmp_path, capsys):
+    import transformers
+    from huggingface_hub.utils import are_progress_bars_disabled
+
+    from latentdlm.cli import main
+
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text("".join(f'{{"text": "{text}"}}\n' for text in ("The fox ran.", "A crow sang.", "The ant worked.")))
+    assert main(["reconstruct", "--autoencoder", str(autoencoder), "--input", str(texts), "--batch-size", "1"]) == 0
+    assert "reconstructing" in capsys.readouterr().err  # a bar over the batches of texts
+    assert not transformers.utils.logging.is_progress_bar_enabled() and not are_progress_bars_disabled()

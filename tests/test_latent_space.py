@@ -6,12 +6,13 @@ import pytest
 import torch
 
 from latentdlm.cli import main
-from latentdlm.diffusion.classifier import LatentClassifier, check_classifier, train_latent_classifier
+from latentdlm.diffusion.classifier import LatentClassifier, check_classifier
 from latentdlm.diffusion.sampling import ClassifierGuidance
 from latentdlm.diffusion.schedulers import training_scheduler, x0_and_noise
 from latentdlm.errors import LatentDLMError
 from latentdlm.pipelines.latent_edits import interpolation_path, lerp, slerp
 from latentdlm.pipelines.latent_text import LatentDiffusionTextPipeline
+from latentdlm.training.classifier import train_latent_classifier
 
 A = "The fox saw some grapes. He could not reach them. He said they were sour."
 B = "A crow held a piece of cheese in her beak. The fox praised her voice."
@@ -121,7 +122,7 @@ def test_classifier_trains_saves_and_steers_the_pipeline(pipe, tmp_path):
     assert record["classes"] == ["fox", "insect"] and record["steps"] >= 1
     assert set(record["validation_accuracy_by_timestep"]) == {"0", "250", "500", "750", "900"}
     model.save_pretrained(tmp_path / "clf")
-    loaded = LatentClassifier.load(tmp_path / "clf")
+    loaded = LatentClassifier.from_pretrained(tmp_path / "clf")
     out = pipe(num_samples=2, num_inference_steps=4, seed=0, classifier=loaded, class_labels="insect", classifier_scale=3.0)
     assert len(out.texts) == 2
     with pytest.raises(LatentDLMError, match="class to steer"):
@@ -129,8 +130,8 @@ def test_classifier_trains_saves_and_steers_the_pipeline(pipe, tmp_path):
     wrong = LatentClassifier(pipe.denoiser.config.latent_dim + 1, 1, 8, ["a", "b"])
     with pytest.raises(LatentDLMError, match="train the classifier on this pipeline"):
         check_classifier(wrong, pipe.denoiser)
-    with pytest.raises(LatentDLMError, match="not a latent classifier"):
-        LatentClassifier.load(tmp_path)
+    with pytest.raises(LatentDLMError, match="not a latentdlm latent classifier folder"):
+        LatentClassifier.from_pretrained(tmp_path)
 
 
 def test_cli_interpolate_writes_points_and_a_valid_png_map(pipeline_dir, tmp_path, capsys):

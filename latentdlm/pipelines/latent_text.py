@@ -29,13 +29,12 @@ from latentdlm.diffusion.classifier import LatentClassifier, check_classifier, c
 from latentdlm.diffusion.sampling import ClassifierGuidance, make_guider, sample_latents
 from latentdlm.diffusion.schedulers import SCHEDULERS, make_scheduler, scheduler_name
 from latentdlm.errors import LatentDLMError
-from latentdlm.hub import HubMixin
-from latentdlm.io import check_saved_folder
+from latentdlm.hub import HubMixin, load_config_model
+from latentdlm.io import INDEX_NAME, SCHEDULER_CONFIG_NAME, read_json
 from latentdlm.model_card import pipeline_card
 from latentdlm.pipelines import latent_edits
 from latentdlm.pipelines.latent_edits import InfillOutput, InterpolationOutput
 
-INDEX_NAME = "model_index.json"
 PARTS = ("autoencoder", "denoiser", "scheduler")
 @dataclass
 class LatentTextOutput(BaseOutput):
@@ -148,10 +147,10 @@ class LatentDiffusionTextPipeline(HubMixin, DiffusionPipeline):
         if not 0.0 <= guidance_rescale <= 1.0:
             raise LatentDLMError(f"guidance rescale must be within 0..1, got {guidance_rescale}")
         if guidance_rescale and not conditional:
-            raise LatentDLMError("guidance rescale needs a conditional model; this one is unconditional (drop --guidance-rescale)")
+            raise LatentDLMError("guidance rescale needs a conditional model; this one is unconditional (use guidance rescale 0)")
         if guidance_rescale and guidance_scale == 1.0:
             raise LatentDLMError("guidance rescale only applies with guidance: set a guidance scale other than 1, "
-                                 "or drop --guidance-rescale")
+                                 "or leave guidance rescale at 0")
         if guidance_scale != 1.0 and not conditional:
             raise LatentDLMError("guidance needs a conditional model; this one is unconditional (use guidance scale 1)")
         if guidance_scale != 1.0 and denoiser.config.condition_dropout == 0:
@@ -177,7 +176,7 @@ class LatentDiffusionTextPipeline(HubMixin, DiffusionPipeline):
         if conditions is None:
             return None
         if self.condition_encoder is None:
-            raise LatentDLMError("this model was trained without a source text condition; drop --condition")
+            raise LatentDLMError("this model was trained without a source text condition: it takes no conditions")
         conditions = [conditions] * num_samples if isinstance(conditions, str) else list(conditions)
         if len(conditions) != num_samples:
             raise LatentDLMError(f"{len(conditions)} condition texts for {num_samples} samples")
@@ -262,6 +261,8 @@ class LatentDiffusionTextPipeline(HubMixin, DiffusionPipeline):
         return kwargs
 
     # ---- one folder: save_pretrained / from_pretrained / push_to_hub come from latentdlm.hub.HubMixin --------
+    folder_kind, folder_files = "pipeline", (INDEX_NAME,)
+
     def _save_folder(self, folder: Path) -> None:
         """autoencoder/, denoiser/, scheduler/ (condition_encoder/) and model_index.json."""
         self.autoencoder.save_pretrained(folder / "autoencoder")
@@ -283,25 +284,18 @@ class LatentDiffusionTextPipeline(HubMixin, DiffusionPipeline):
 
     @classmethod
     def _load_folder(cls, path: Path) -> "LatentDiffusionTextPipeline":
-        if not (path / INDEX_NAME).is_file():
-            raise LatentDLMError(f"{path} is not a latentdlm pipeline folder (no {INDEX_NAME})")
-        check_saved_folder(path, "the pipeline folder")
-        index = json.loads((path / INDEX_NAME).read_text())
+        index = read_json(path / INDEX_NAME, {"decoding": Optional[dict], "training": Optional[dict]})
         parts = PARTS + (("condition_encoder",) if "condition_encoder" in index else ())
         missing = [part for part in parts if not (path / part).is_dir()]
         if missing:
             raise LatentDLMError(f"the pipeline folder {path} misses its {', '.join(missing)} part(s)")
-        check_saved_folder(path / "denoiser", "the denoiser folder")
-        try:
-            denoiser = LatentDiT.from_pretrained(path / "denoiser", use_safetensors=True).eval()
-        except (OSError, ValueError, EnvironmentError) as exc:
-            raise LatentDLMError(f"could not load the denoiser in {path / 'denoiser'}: {str(exc).splitlines()[0]}") from None
+        denoiser = load_config_model(LatentDiT, path / "denoiser", "denoiser")
         scheduler_cls = {cls_.__name__: cls_ for cls_ in SCHEDULERS.values()}
-        scheduler_config = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
+        scheduler_config = read_json(path / "scheduler" / SCHEDULER_CONFIG_NAME)
         if scheduler_config.get("_class_name") not in scheduler_cls:
             raise LatentDLMError(f"{path / 'scheduler'}: unknown scheduler {scheduler_config.get('_class_name')!r} "
                                  f"(known: {', '.join(sorted(scheduler_cls))})")
-        scheduler = scheduler_cls[scheduler_config["_class_name"]].from_pretrained(path / "scheduler")
+        scheduler = scheduler_cls[scheduler_config["_class_name"]].from_config(scheduler_config)
         condition_encoder = ConditionEncoder.from_pretrained(path / "condition_encoder") if "condition_encoder" in index else None
         try:
             decoding = DecodingConfig.from_dict(index.get("decoding"))  # older folders have none: the defaults

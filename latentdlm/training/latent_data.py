@@ -19,7 +19,7 @@ from latentdlm.autoencoder.model import ParagraphAutoencoder
 from latentdlm.data.sources import load_labeled_texts, load_pairs, load_texts
 from latentdlm.diffusion.condition import ConditionEncoder
 from latentdlm.errors import LatentDLMError
-from latentdlm.io import atomic_file, file_sha256
+from latentdlm.io import CONFIG_NAME, WEIGHTS_NAME, atomic_file, file_sha256
 
 if TYPE_CHECKING:
     from latentdlm.training.diffusion import DiffusionTrainConfig
@@ -32,8 +32,8 @@ def _cache_key(cfg: DiffusionTrainConfig) -> str:
     """Changes whenever the autoencoder weights or the data settings change."""
     settings = {**cfg.data.__dict__, "units": "latent_cache"}  # the units' latents live in the one latent cache
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    digest.update((Path(cfg.autoencoder) / "config.json").read_bytes())  # names any external pretrained parts
-    return file_sha256(Path(cfg.autoencoder) / "model.safetensors", digest)
+    digest.update((Path(cfg.autoencoder) / CONFIG_NAME).read_bytes())  # names any external pretrained parts
+    return file_sha256(Path(cfg.autoencoder) / WEIGHTS_NAME, digest)
 
 
 def _cache_is_current(path: Path, meta: Path, key: str) -> bool:
