@@ -7,11 +7,14 @@ Each design is one small module behind one interface:
 - `check(config, encoder_width)`: the config values the design needs, as one clear error;
 - `fixed`: whether latents are a fixed function of a frozen encoder's states (then they are cached).
 A new design is one new class here, registered in `LATENT_DESIGNS`; nothing else reads `latent_type`.
+Whatever the design, `DecoderMemory` turns latents into what the decoder reads, and `LatentSpace` holds
+the latent space's statistics as the denoiser sees it.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 from torch import nn
@@ -114,3 +117,34 @@ class LatentSpace(nn.Module):
 
     def denormalize(self, latents: torch.Tensor) -> torch.Tensor:
         return latents * self.std + self.mean
+
+
+class DecoderMemory(nn.Module):
+    """What the decoder reads: latents (B, k, d) -> decoder memory (B, m, decoder width) through a projection,
+    positions and a transformer (LD4LG's "reconstruction" network; cross-attended, or a causal decoder's prefix).
+    With m = k each latent vector projects to one memory vector; otherwise an MLP expands the k x d
+    latents into m vectors (a pooled sentence embedding -> an m-vector decoder prefix)."""
+
+    def __init__(self, latent_dim: int, decoder_dim: int, num_latents: int, num_layers: int, heads: int,
+                 dropout: float = 0.0, memory_length: Optional[int] = None):
+        super().__init__()
+        length = memory_length or num_latents
+        if length == num_latents:
+            self.input_projection = nn.Linear(latent_dim, decoder_dim)
+        else:
+            self.input_projection = nn.Sequential(
+                nn.Flatten(1), nn.Linear(num_latents * latent_dim, decoder_dim), nn.GELU(),
+                nn.Linear(decoder_dim, length * decoder_dim), nn.Unflatten(1, (length, decoder_dim)),
+            )
+        self.positions = nn.Parameter(torch.zeros(length, decoder_dim))
+        layer = nn.TransformerEncoderLayer(
+            decoder_dim, heads, 4 * decoder_dim, dropout, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.transformer = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False) if num_layers else None
+        self.norm = nn.LayerNorm(decoder_dim)
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        memory = self.input_projection(latents) + self.positions
+        if self.transformer is not None:
+            memory = self.transformer(memory)
+        return self.norm(memory)

@@ -25,8 +25,7 @@ from latentdlm import __version__
 from latentdlm.autoencoder.bottleneck import Latents
 from latentdlm.autoencoder.config import AutoencoderConfig
 from latentdlm.autoencoder.decoding import strategy_for
-from latentdlm.autoencoder.designs import LatentSpace, make_latent_design
-from latentdlm.autoencoder.memory import DecoderMemory
+from latentdlm.autoencoder.designs import DecoderMemory, LatentSpace, make_latent_design
 from latentdlm.autoencoder.processor import TOKENIZER_FOLDERS, TextProcessor, length_sorted_batches, pad_id
 from latentdlm.config import config_from_dict
 from latentdlm.errors import LatentDLMError

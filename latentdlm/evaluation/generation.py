@@ -169,20 +169,3 @@ def repeated_ngram_rate(texts: Iterable[str], n: int = 4) -> float:
         repeated += len(grams) - len(set(grams))
         total += len(grams)
     return repeated / total if total else 0.0
-
-
-def generation_metrics(
-    generated: Sequence[str], references: Sequence[str], training_texts: Sequence[str],
-    reference_features: Optional[np.ndarray] = None, feature_model: Optional[str] = None,
-) -> dict:
-    """MAUVE against `references`, diversity, memorization of `training_texts`, distinct-1/2, mean length."""
-    if reference_features is None:
-        reference_features = sentence_features(references, feature_model)
-    return {
-        "mauve": mauve_score(reference_features, sentence_features(generated, feature_model)),
-        "diversity": diversity(generated),
-        "memorization": memorization(generated, training_texts),
-        "distinct_1": distinct_n(generated, 1),
-        "distinct_2": distinct_n(generated, 2),
-        "mean_words": float(np.mean([len(_words(t)) for t in generated])),
-    }

@@ -1,6 +1,7 @@
 """Checkpoints and run folders, shared by both stages: `save_state` into a hidden folder with a
 checksummed manifest, one rename to `step-N`, rotation; resume from the newest whole checkpoint (a
-corrupt one is skipped with a warning); a run folder is never trained over unless asked."""
+corrupt one is skipped with a warning); a run folder is never trained over unless asked; EMA weights
+in checkpoints as safetensors (under FSDP every rank keeps the EMA of its own shards), never a pickle."""
 
 from __future__ import annotations
 
@@ -10,7 +11,11 @@ import warnings
 from pathlib import Path
 from typing import Optional, Protocol
 
+import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
+from diffusers.training_utils import EMAModel
+from safetensors.torch import load_file, save_file
 
 from latentdlm.errors import LatentDLMError
 from latentdlm.io import atomic_file, file_sha256, write_errors_explained
@@ -123,3 +128,61 @@ def save_checkpoint(accelerator: Accelerator, out: Path, step: int, keep: int, e
         for old in done[: max(0, len(done) - keep)]:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
+
+
+def is_sharded(accelerator: Accelerator) -> bool:
+    """Whether the prepared model holds only this rank's shards of its weights (FSDP)."""
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+class EMACheckpoint:
+    """The EMA weights in a checkpoint as safetensors, its counters as JSON: never a pickle."""
+
+    WEIGHTS, COUNTERS = "ema.safetensors", "ema.json"
+
+    def __init__(self, ema: EMAModel, accelerator):
+        self.ema, self.accelerator = ema, accelerator
+        self.sharded = is_sharded(accelerator)  # FSDP: every rank keeps (and saves) the EMA of its own shards
+
+    def _weights_file(self, folder: Path) -> Path:
+        rank = self.accelerator.process_index
+        return folder / (f"ema.rank{rank}.safetensors" if self.sharded else self.WEIGHTS)
+
+    def save(self, folder: Path) -> None:
+        if not (self.sharded or self.accelerator.is_main_process):
+            return
+        state = self.ema.state_dict()
+        weights = state.pop("shadow_params")
+        save_file({str(i): _local(p).detach().cpu().contiguous() for i, p in enumerate(weights)}, str(self._weights_file(folder)))
+        if self.accelerator.is_main_process:
+            (folder / self.COUNTERS).write_text(json.dumps(state))
+
+    def load(self, folder: Path) -> None:
+        path = self._weights_file(folder)
+        if not path.exists():
+            raise LatentDLMError(f"{folder} holds no {path.name} (a checkpoint of an older latentdlm): start the run again")
+        weights, shadows = load_file(str(path)), self.ema.shadow_params
+        if len(weights) != len(shadows):
+            raise LatentDLMError(f"{path} holds {len(weights)} EMA tensors, the model has {len(shadows)}: another model's checkpoint")
+        for i, shadow in enumerate(shadows):
+            _local(shadow).copy_(weights[str(i)])
+        state = json.loads((folder / self.COUNTERS).read_text())
+        self.ema.load_state_dict({**state, "shadow_params": self.ema.shadow_params})
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a (FSDP-sharded) DTensor; a plain tensor as it is."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+def trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The weights EMA follows: the DiT's, and a trainable condition encoder's."""
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+class ShadowParams(torch.nn.Module):
+    """The EMA weights as a module, for a per-rank checksum."""
+
+    def __init__(self, ema: EMAModel):
+        super().__init__()
+        self.weights = torch.nn.ParameterList([torch.nn.Parameter(p, requires_grad=False) for p in ema.shadow_params])

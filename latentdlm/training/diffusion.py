@@ -32,12 +32,13 @@ from latentdlm.evaluation.plots import plot_training_curves
 from latentdlm.io import write_errors_explained
 from latentdlm.model_card import training_record
 from latentdlm.pipelines.latent_text import LatentDiffusionTextPipeline
-from latentdlm.training.checkpoints import clear_previous_run, prepare_output_dir
+from latentdlm.training.checkpoints import (
+    EMACheckpoint, ShadowParams, clear_previous_run, is_sharded, prepare_output_dir, trainable,
+)
 from latentdlm.training.config import TrainingConfig
-from latentdlm.training.ema import EMACheckpoint, ShadowParams, trainable
 from latentdlm.training.latent_data import LatentDataset, collate_latents, load_or_encode, load_or_encode_conditions
 from latentdlm.training.loop import (
-    finish_training, gathered_weights, global_batch, is_sharded, logged_minutes, make_accelerator, make_optimizer,
+    finish_training, gathered_weights, global_batch, logged_minutes, make_accelerator, make_optimizer,
     rank_checksums, read_metrics, run_training,
 )
 

@@ -16,7 +16,7 @@ from typing import Callable, Optional
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, DistributedType, ProjectConfiguration
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
 from transformers import get_scheduler
 
 from latentdlm.errors import LatentDLMError
@@ -228,11 +228,6 @@ class NonFiniteGuard:
             + "; nothing was saved from that step. Resume from the last checkpoint (--resume) with a lower "
             "training.learning_rate or training.mixed_precision=no, or set training.on_nonfinite=skip to drop such batches"
         )
-
-
-def is_sharded(accelerator: Accelerator) -> bool:
-    """Whether the prepared model holds only this rank's shards of its weights (FSDP)."""
-    return accelerator.distributed_type == DistributedType.FSDP
 
 
 def gathered_weights(accelerator: Accelerator, model: torch.nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
