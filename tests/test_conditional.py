@@ -138,7 +138,7 @@ def test_the_trainable_condition_encoder_is_trained_and_saved_as_its_ema(conditi
     saved = [*pipe.denoiser.parameters(), *pipe.condition_encoder.parameters()]
     assert len(shadow) == len(saved)
     assert all(torch.equal(a, b) for a, b in zip(saved, shadow))
-    initial = ConditionEncoder.build(pipe.condition_encoder.config, pipe.autoencoder.encoder_tokenizer)
+    initial = ConditionEncoder.build(pipe.condition_encoder.config, pipe.autoencoder.processor.encoder_tokenizer)
     assert any(not torch.equal(a, b) for a, b in zip(initial.state_dict().values(), pipe.condition_encoder.state_dict().values()))
 
 
