@@ -151,11 +151,12 @@ def test_the_save_path_of_sharded_runs_gathers_the_same_weights(stage, autoencod
 
     from latentdlm.cli import main
     from latentdlm.training import autoencoder as autoencoder_stage
+    from latentdlm.training import checkpoints
     from latentdlm.training import diffusion as diffusion_stage
 
     plain, sharded = tmp_path / "plain", tmp_path / "sharded"
     assert main(stage_arguments(stage, plain, autoencoder) + ["training.num_threads=null"]) == 0
-    for module in (autoencoder_stage, diffusion_stage):
+    for module in (autoencoder_stage, diffusion_stage, checkpoints):
         monkeypatch.setattr(module, "is_sharded", lambda accelerator: True)
     assert main(stage_arguments(stage, sharded, autoencoder) + ["training.num_threads=null"]) == 0
     if stage == "diffusion":

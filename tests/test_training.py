@@ -163,16 +163,16 @@ def test_reconstruct_output_that_cannot_be_written_is_refused_before_any_work(tr
 
 def test_a_run_cut_by_max_minutes_shows_progress_against_its_minutes(tmp_path, monkeypatch):
     """Not '0/100000 steps, 9:00:00 left': the bar counts training minutes when the time budget ends the run."""
-    import latentdlm.training.loop as loop
+    import latentdlm.training.budget as budget
 
     bars = []
 
-    class Recording(loop.tqdm):
+    class Recording(budget.tqdm):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             bars.append(self)
 
-    monkeypatch.setattr(loop, "tqdm", Recording)
+    monkeypatch.setattr(budget, "tqdm", Recording)
     out = tmp_path / "timed"
     assert train(out, "training.max_steps=100000", "training.max_minutes=0.03", "training.save_every=0") == 0
     bar = bars[0]
