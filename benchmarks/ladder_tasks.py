@@ -119,7 +119,7 @@ def part_summarization(args, results: dict) -> None:
         rows["lead1"] = rouge_scores(lead1(docs), refs)
         results.save()
     peer, record = peer_adapter(peer_path(args.work_dir, "debian"), [(synopsis_prompt(d), " " + s) for d, s in train], budget)
-    outputs = peer_generate(peer, peer_tokenizer(), [synopsis_prompt(d) for d in docs], 16, seed=0, sample=False, max_new_tokens=32)
+    outputs = peer_generate(peer, peer_tokenizer(), [synopsis_prompt(d) for d in docs], 16, seed=0, decoding={}, max_new_tokens=32)
     rows["peer"] = {"training": record, **rouge_scores(outputs, refs), "examples": outputs[:3]}
     rows["references"], rows["documents"] = refs[:3], [d[:300] for d in docs[:3]]
     rows["rougeL"] = {"rougeL_debian": rows["latentdlm_mbr5"]["rougeL"], "rougeL_debian_lead1": rows["lead1"]["rougeL"],

@@ -69,9 +69,24 @@ def guided_texts(pipe, count: int, seed: int, **kwargs) -> tuple[list[str], list
     return pipe(num_samples=count, class_labels=wanted, num_inference_steps=20, seed=seed, show_progress=False, **kwargs).texts, wanted
 
 
+def guided_at_best_scale(pipe, knob: str, scales: list[float], judge, real_features, **extra) -> dict:
+    """`knob`'s scale chosen on validation by topic accuracy, then the test once: accuracy, MAUVE on mpnet
+    features, set diversity and examples."""
+    from latentdlm.evaluation.generation import diversity, mauve_seeds, sentence_features
+
+    accuracy = lambda texts, wanted: float((judge(texts) == wanted).mean())  # noqa: E731
+    sweep = {str(s): accuracy(*guided_texts(pipe, NUM_VALIDATION, 1, **{knob: s}, **extra)) for s in scales}
+    best = float(max(sweep, key=sweep.get))
+    texts, wanted = guided_texts(pipe, NUM_TEST, 0, **{knob: best}, **extra)
+    mauve = mauve_seeds(real_features, sentence_features(texts, "mpnet"))
+    return {"validation_accuracy_by_scale": sweep, knob: best, "accuracy": accuracy(texts, wanted),
+            "mauve_mpnet": mauve["mean"], "mauve_mpnet_std": mauve["std"], "diversity_set": diversity(texts),
+            "examples": [{"class": c, "text": t} for t, c in list(zip(texts, wanted))[:6]]}
+
+
 def part_guidance(args, results: dict) -> None:
     from latentdlm.diffusion.classifier import LatentClassifier
-    from latentdlm.evaluation.generation import diversity, mauve_seeds, sentence_features
+    from latentdlm.evaluation.generation import sentence_features
     from latentdlm.training.classifier import train_latent_classifier
 
     work = args.work_dir
@@ -89,29 +104,22 @@ def part_guidance(args, results: dict) -> None:
     real = data["test"]
     rows = results["guidance"] = {"classifier": json.loads((folder / "training.json").read_text()),
                                   "judge_accuracy_on_real_test": float((judge([t for t, _ in real]) == [c for _, c in real]).mean())}
-    accuracy = lambda texts, wanted: float((judge(texts) == wanted).mean())  # noqa: E731
     systems = {"classifier_guidance": (uncond, "classifier_scale", CLASSIFIER_SCALES, {"classifier": classifier}),
                "cfg": (conditional, "guidance_scale", CFG_SCALES, {})}
     real_features = sentence_features([t for t, _ in real], "mpnet")
     for name, (pipe, knob, scales, extra) in systems.items():
-        sweep = {str(s): accuracy(*guided_texts(pipe, NUM_VALIDATION, 1, **{knob: s}, **extra)) for s in scales}
-        best = float(max(sweep, key=sweep.get))
-        texts, wanted = guided_texts(pipe, NUM_TEST, 0, **{knob: best}, **extra)
-        mauve = mauve_seeds(real_features, sentence_features(texts, "mpnet"))
-        rows[name] = {"validation_accuracy_by_scale": sweep, knob: best, "accuracy": accuracy(texts, wanted),
-                      "mauve_mpnet": mauve["mean"], "mauve_mpnet_std": mauve["std"], "diversity": diversity(texts),
-                      "examples": [{"class": c, "text": t} for t, c in list(zip(texts, wanted))[:4]]}
+        rows[name] = guided_at_best_scale(pipe, knob, scales, judge, real_features, **extra)
         log(rows[name], name)
         results.save()
     unguided, wanted = guided_texts(uncond, NUM_TEST, 0, classifier=classifier, classifier_scale=0.0)
-    rows["unguided_accuracy"] = accuracy(unguided, wanted)  # chance level is 0.25: what guidance adds
+    rows["unguided_accuracy"] = float((judge(unguided) == wanted).mean())  # chance level is 0.25: what guidance adds
 
 
 def part_apg(args, results: dict) -> None:
     """Adaptive projected guidance against classifier-free guidance on one class-conditional AG News DiT
     (trained here on --apg-autoencoder, the shipped demo adapter by default): each method's scale chosen
     on validation by topic accuracy, then the test once (accuracy, MAUVE on mpnet features, set diversity)."""
-    from latentdlm.evaluation.generation import diversity, mauve_seeds, sentence_features
+    from latentdlm.evaluation.generation import sentence_features
 
     work, data = args.work_dir, agnews_splits()
     run = work / "agnews-class-apg"
@@ -126,15 +134,8 @@ def part_apg(args, results: dict) -> None:
     real = data["test"]
     real_features = sentence_features([t for t, _ in real], "mpnet")
     rows = results["apg"] = {"dit": last_record(run), "autoencoder": str(args.apg_autoencoder)}
-    accuracy = lambda texts, wanted: float((judge(texts) == wanted).mean())  # noqa: E731
     for method, scales in APG_SCALES.items():
-        sweep = {str(s): accuracy(*guided_texts(pipe, NUM_VALIDATION, 1, guidance_scale=s, guidance_method=method)) for s in scales}
-        best = float(max(sweep, key=sweep.get))
-        texts, wanted = guided_texts(pipe, NUM_TEST, 0, guidance_scale=best, guidance_method=method)
-        mauve = mauve_seeds(real_features, sentence_features(texts, "mpnet"))
-        rows[method] = {"validation_accuracy_by_scale": sweep, "guidance_scale": best, "accuracy": accuracy(texts, wanted),
-                        "mauve_mpnet": mauve["mean"], "mauve_mpnet_std": mauve["std"], "diversity": diversity(texts),
-                        "examples": [{"class": c, "text": t} for t, c in list(zip(texts, wanted))[:6]]}
+        rows[method] = guided_at_best_scale(pipe, "guidance_scale", scales, judge, real_features, guidance_method=method)
         log(rows[method], method)
         results.save()
 

@@ -181,7 +181,7 @@ def part_infill(args, results: dict) -> None:
                                          for f, r in list(zip(fills, refs))[:3]]}
     peer, tokenizer = load_adapter(peer_path(args.ladder_dir)), peer_tokenizer()
     prompts = [" ".join(parts[: parts.index(None)]) for parts in parts_list]
-    continuations = peer_generate(peer, tokenizer, prompts, 16, seed=0, sample=False, max_new_tokens=40)
+    continuations = peer_generate(peer, tokenizer, prompts, 16, seed=0, decoding={}, max_new_tokens=40)
     peer_fills = []
     for parts, text in zip(parts_list, continuations):
         first = (split(text) or [""])[0]

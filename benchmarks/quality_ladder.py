@@ -14,17 +14,22 @@ Parts (each reuses what the earlier ones saved under --work-dir, default runs/la
                 meaning (MiniLM cosine, BERTScore F1 on mpnet) for tiny, (a), (b)
   dit           the latent DiT of each design (configs/diffusion/flagship/*_roc_uncond.yaml); (c) uses (b)'s
   peer          SmolLM2-135M + LoRA (same rank as the decoders) fine-tuned on the stories, bf16, same minutes
-  uncond        NUM_EVAL stories per system, scored on the test stories: MAUVE (mpnet and MiniLM features,
+  decoding      one decoding rule for every system, the peer included (DECODING_RULES: greedy + no-repeat,
+                top-p, temperature, repetition penalty), chosen on NUM_VALIDATION validation stories per system
+  uncond        NUM_EVAL stories per system, decoded by the chosen rule, scored on the test stories: MAUVE (mpnet and MiniLM features,
                 3 k-means seeds), coherence ratio, diversity, memorization, repeated 4-grams, perplexity under
                 the untouched SmolLM2
   title2story   title -> story: the --flagship design (b or c) with a title-conditioned DiT vs the peer continued on titled
                 prompts, --dit-minutes more each; guidance chosen on validation titles, test scored once
   summarization Debian description -> synopsis: design (b) trained on the synopses + a document-conditioned
                 DiT vs lead-1 vs SmolLM2 + LoRA fine-tuned on description -> synopsis prompts, same minutes
+  split         the loss split between plan and decoder (a, b, c): DiT samples decoded by their nearest
+                training sentence, the consecutive-latent cosine, and the decoder's ceiling on real latents
   curve         quality against training minutes: the peer's snapshots, the best concept design with a shorter DiT
   speed         stories per second at batch 1 and 32
   demo          the README's first command from a fresh clone of HEAD with an empty model cache, timed
-Results: benchmarks/results/quality_ladder.json (+ .png). Splits as benchmarks/generation.py.
+Results: benchmarks/results/quality_ladder.json (+ .png). Splits as benchmarks/generation.py. Over 300
+lines: one part per measured question of the ladder; the systems live in flagship.py, the tasks in ladder_tasks.py.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import subprocess
 from pathlib import Path
 
 import plots
+import torch
 from flagship import (
     AUTOENCODER_MINUTES, DESIGN_OVERRIDES, DESIGNS, DIT_MINUTES, DIT_PRESETS, ROC_AUTOENCODER, TINY_PIPELINE,
     autoencoder_dir, finetune_smollm2, latentdlm_generate, load_adapter, peer_generate, peer_path, peer_tokenizer,
@@ -46,6 +52,15 @@ from runner import ROOT, last_record, load_pipeline, log, run_benchmark, timed, 
 from scoring import NUM_EVAL, Scorer, rocstories, speed
 
 RECON_COUNT = 200
+SYSTEMS = ("tiny", "a", "b", "c", "peer")
+# decoding rules (DecodingConfig fields): one, chosen on validation, decodes every system, the peer included
+DECODING_RULES = {
+    "greedy_no_repeat_3": {"no_repeat_ngram_size": 3},
+    "top_p_0.9": {"top_p": 0.9},
+    "top_p_0.9_temperature_0.8": {"top_p": 0.9, "temperature": 0.8},
+    "top_p_0.95_repetition_1.1": {"top_p": 0.95, "repetition_penalty": 1.1},
+}
+NUM_VALIDATION = 200  # stories per system and rule
 
 
 # ---- parts -----------------------------------------------------------------------------------------
@@ -115,32 +130,122 @@ def part_peer(args, results: dict) -> None:
     results["peer"] = {"task": "stories from BOS", **record}
 
 
+def system_model(work: Path, system: str) -> Path:
+    return peer_path(work) if system == "peer" else pipeline_dir(work, system)
+
+
+def stories(model: Path, count: int, decoding: dict | None, seed: int) -> tuple[list[str], float]:
+    """`count` unconditional stories of one system (a peer adapter file or a pipeline folder) and the seconds taken."""
+    if model.suffix == ".safetensors":
+        return timed(lambda: peer_generate(load_adapter(model), peer_tokenizer(), [""] * count, 32, seed, decoding))
+    pipe = load_pipeline(model)
+    return timed(lambda: latentdlm_generate(pipe, count, 64, seed, decoding))
+
+
+def part_decoding(args, results: dict) -> None:
+    """NUM_VALIDATION stories of every system under every rule, scored on the validation stories; the rule
+    with the best mean MAUVE (mpnet) over the systems measured under all rules decodes them all in uncond."""
+    score = Scorer(rocstories().validation, rocstories().train)
+    rows = results.setdefault("decoding", {"split": "validation (train.jsonl[4500:5000])", "rules": DECODING_RULES, "systems": {}})
+    for system in SYSTEMS:
+        if not system_model(args.work_dir, system).exists():
+            continue
+        for name, rule in DECODING_RULES.items():
+            if name not in rows["systems"].get(system, {}) or args.rerun:
+                texts, _ = stories(system_model(args.work_dir, system), NUM_VALIDATION, rule, seed=1)
+                row = score(texts)
+                rows["systems"].setdefault(system, {})[name] = {**{k: row[k] for k in ("mauve_mpnet", "mauve_mpnet_std",
+                                                                                       "coherence_ratio", "diversity_set")},
+                                                                "examples": texts[:2]}
+                log(rows["systems"][system][name], f"{system} {name}")
+                results.save()
+    complete = [s for s, by_rule in rows["systems"].items() if len(by_rule) == len(DECODING_RULES)]
+    rows["rule"] = max(DECODING_RULES, key=lambda n: sum(rows["systems"][s][n]["mauve_mpnet"] for s in complete))
+
+
+def shared_rule(results: dict) -> dict | None:
+    """The decoding rule chosen on validation (None before part decoding: each system's own defaults)."""
+    name = results.get("decoding", {}).get("rule")
+    return DECODING_RULES[name] if name else None
+
+
 def part_uncond(args, results: dict) -> None:
     score = Scorer(rocstories().test, rocstories().train)
     tokenizer, plain = perplexity_judge()
     rows = results.setdefault("uncond", {"split": "test (dev.jsonl[:500])", "systems": {}})
-    for system in ("tiny", "a", "b", "c", "peer"):
-        model = peer_path(args.work_dir) if system == "peer" else pipeline_dir(args.work_dir, system)
+    rows["decoding"], rows["diversity_set_real"] = shared_rule(results), score.real_diversity
+    for system in SYSTEMS:
+        model = system_model(args.work_dir, system)
         if system in rows["systems"] and not args.rerun:
             continue
         if not model.exists():
             print(f"== {system}: not trained yet, skipped", flush=True)
             continue
-        rows["systems"][system] = stories_scored(system, model, score, tokenizer, plain)
+        rows["systems"][system] = stories_scored(system, model, score, tokenizer, plain, rows["decoding"])
         results.save()
 
 
-def stories_scored(system: str, model: Path, score: Scorer, tokenizer, plain) -> dict:
-    """NUM_EVAL unconditional stories of one system (a peer adapter file or a pipeline folder), scored."""
-    if model.suffix == ".safetensors":
-        texts, seconds = timed(lambda: peer_generate(load_adapter(model), tokenizer, [""] * NUM_EVAL, 32, seed=0))
-    else:
-        pipe = load_pipeline(model)
-        texts, seconds = timed(lambda: latentdlm_generate(pipe, NUM_EVAL, 64, seed=0))
+def stories_scored(system: str, model: Path, score: Scorer, tokenizer, plain, decoding: dict | None) -> dict:
+    """NUM_EVAL unconditional stories of one system, scored."""
+    texts, seconds = stories(model, NUM_EVAL, decoding, seed=0)
     row = {**score(texts), "perplexity_smollm2": perplexity(texts, tokenizer, plain), "seconds_per_story": seconds / NUM_EVAL,
-           "examples": texts[:2]}
+           "examples": texts[:2] + texts[-2:]}
     log(row, system)
     return row
+
+
+def unit_vectors(latents, segment_mask):
+    """(N, S, k, d) latents -> (units, k*d) unit vectors of the real segments, in story order."""
+    import torch.nn.functional as F
+
+    return F.normalize(latents[segment_mask.bool()].flatten(1).float(), dim=-1)
+
+
+def consecutive_latent_cosine(latents, segment_mask) -> float:
+    """Mean cosine between each segment's latent and the next one's in the same story."""
+    import torch.nn.functional as F
+
+    pairs = segment_mask[:, 1:].bool() & segment_mask[:, :-1].bool()
+    cosines = F.cosine_similarity(latents[:, 1:].flatten(2).float(), latents[:, :-1].flatten(2).float(), dim=-1)
+    return float(cosines[pairs].mean())
+
+
+def part_split(args, results: dict) -> None:
+    """Where the loss is, per latentdlm system: (i) the plan, its NUM_EVAL DiT samples (seed 0, as in uncond)
+    with each segment replaced by its nearest training sentence (cosine on the latents), scored on the test
+    stories, and the consecutive-latent cosine of the samples against the real test stories'; (ii) the decoder
+    ceiling, the real latents of the validation stories decoded by the system's decoder (the shared rule),
+    scored against the test stories (not against their own sources, which would inflate MAUVE)."""
+    from latentdlm.autoencoder.decoding import DecodingConfig, decode_with_settings
+
+    splits = rocstories()
+    score = Scorer(splits.test, splits.train)
+    rows = results.setdefault("split", {"systems": {}})
+    rule = DecodingConfig.from_dict(shared_rule(results) or {})
+    for system in ("a", "b", "c"):
+        folder = pipeline_dir(args.work_dir, system)
+        if not folder.exists() or (system in rows["systems"] and not args.rerun):
+            continue
+        pipe = load_pipeline(folder)
+        train = pipe.encode(splits.train)
+        sentences = [u for units in pipe.autoencoder.processor.split_units(splits.train) for u in units]
+        bank = unit_vectors(train.latents, train.segment_mask)
+        sampled = pipe(num_samples=NUM_EVAL, num_inference_steps=20, scheduler="dpm", seed=0, batch_size=64, show_progress=False,
+                       output_type="latent")
+        nearest = (unit_vectors(sampled.latents, sampled.segment_mask) @ bank.T).argmax(dim=1).tolist()
+        counts = sampled.segment_mask.sum(dim=1).tolist()
+        retrieved = [" ".join(sentences[i] for i in nearest[sum(counts[:n]) : sum(counts[: n + 1])]) for n in range(len(counts))]
+        real = pipe.encode(splits.test)
+        validation = pipe.encode(splits.validation)
+        ceiling = decode_with_settings(pipe.autoencoder, validation, rule, torch.Generator().manual_seed(0), 64)
+        rows["systems"][system] = {
+            "plan_retrieval": {**score(retrieved), "examples": retrieved[:2]},
+            "consecutive_latent_cosine": {"samples": consecutive_latent_cosine(sampled.latents, sampled.segment_mask),
+                                          "real_test_stories": consecutive_latent_cosine(real.latents, real.segment_mask)},
+            "decoder_ceiling": {**score(ceiling), "examples": ceiling[:2]},
+        }
+        log(rows["systems"][system], system)
+        results.save()
 
 
 def part_curve(args, results: dict) -> None:
@@ -164,7 +269,7 @@ def part_curve(args, results: dict) -> None:
               **{("peer", m): peer_path(args.work_dir, f"uncond-{m:g}min") for m in (budget / 3, 2 * budget / 3)}}
     for (system, minutes), model in models.items():
         if f"{minutes:g}" not in points[system]:
-            row = stories_scored(system, model, score, tokenizer, plain)
+            row = stories_scored(system, model, score, tokenizer, plain, shared_rule(results))
             points[system][f"{minutes:g}"] = {k: row[k] for k in ("mauve_mpnet", "mauve_mpnet_std", "coherence_ratio", "examples")}
             results.save()
 
@@ -173,8 +278,9 @@ def part_speed(args, results: dict) -> None:
     tokenizer, peer = peer_tokenizer(), load_adapter(peer_path(args.work_dir))
     best = best_latentdlm(results)
     pipe = load_pipeline(pipeline_dir(args.work_dir, best))
-    ours = lambda size, seed: latentdlm_generate(pipe, size, size, seed)  # noqa: E731
-    theirs = lambda size, seed: peer_generate(peer, tokenizer, [""] * size, size, seed)  # noqa: E731
+    rule = shared_rule(results)
+    ours = lambda size, seed: latentdlm_generate(pipe, size, size, seed, rule)  # noqa: E731
+    theirs = lambda size, seed: peer_generate(peer, tokenizer, [""] * size, size, seed, rule)  # noqa: E731
     results["speed"] = {"latentdlm_system": best, **{name: {"batch_1": speed(fn, 1, 4), "batch_32": speed(fn, 32, 1)}
                                                       for name, fn in (("latentdlm", ours), ("peer", theirs))}}
 
@@ -210,9 +316,10 @@ def best_latentdlm(results: dict) -> str:
 
 
 SUMMARY_KEYS = [
-    "recon_bleu_a", "recon_cosine_a", "recon_cosine_b", "mauve_mpnet_best_latentdlm", "mauve_mpnet_peer", "mauve_gap_to_peer",
-    "coherence_ratio_best_latentdlm", "coherence_ratio_peer", "speedup_batch1_vs_peer", "demo_minutes_fresh_clone",
-    "rougeL_debian", "rougeL_debian_lead1", "rougeL_debian_peer",
+    "mauve_mpnet_best_latentdlm", "mauve_mpnet_peer", "mauve_gap_to_peer", "coherence_ratio_best_latentdlm", "coherence_ratio_peer",
+    "diversity_set_best_latentdlm", "diversity_set_peer", "diversity_set_real", "mauve_mpnet_plan_retrieval",
+    "mauve_mpnet_decoder_ceiling", "recon_bleu_a", "recon_cosine_a", "recon_cosine_b", "demo_mauve_mpnet_heldout",
+    "demo_diversity_set", "demo_minutes_fresh_clone", "speedup_batch1_vs_peer", "rougeL_debian", "rougeL_debian_lead1", "rougeL_debian_peer",
 ]
 
 
@@ -228,8 +335,15 @@ def summary(results: dict) -> dict:
     if any(s != "peer" for s in systems):
         best = systems[best_latentdlm(results)]
         out["mauve_mpnet_best_latentdlm"], out["coherence_ratio_best_latentdlm"] = best["mauve_mpnet"], best["coherence_ratio"]
+        out["diversity_set_best_latentdlm"] = best.get("diversity_set")
     if "peer" in systems:
         out["mauve_mpnet_peer"], out["coherence_ratio_peer"] = systems["peer"]["mauve_mpnet"], systems["peer"]["coherence_ratio"]
+        out["diversity_set_peer"] = systems["peer"].get("diversity_set")
+    out["diversity_set_real"] = results.get("uncond", {}).get("diversity_set_real")
+    split = results.get("split", {}).get("systems", {}).get(best_latentdlm(results))
+    if split:
+        out["mauve_mpnet_plan_retrieval"] = split["plan_retrieval"]["mauve_mpnet"]
+        out["mauve_mpnet_decoder_ceiling"] = split["decoder_ceiling"]["mauve_mpnet"]
     if out["mauve_mpnet_peer"] is not None and out["mauve_mpnet_best_latentdlm"] is not None:
         out["mauve_gap_to_peer"] = out["mauve_mpnet_peer"] - out["mauve_mpnet_best_latentdlm"]
     if "speed" in results:
@@ -240,8 +354,8 @@ def summary(results: dict) -> dict:
     return out
 
 
-PARTS = {"autoencoders": part_autoencoders, "recon": part_recon, "dit": part_dit, "peer": part_peer,
-         "uncond": part_uncond, "curve": part_curve, "title2story": part_title2story, "summarization": part_summarization, "speed": part_speed,
+PARTS = {"autoencoders": part_autoencoders, "recon": part_recon, "dit": part_dit, "peer": part_peer, "decoding": part_decoding,
+         "uncond": part_uncond, "split": part_split, "curve": part_curve, "title2story": part_title2story, "summarization": part_summarization, "speed": part_speed,
          "demo": part_demo}
 
 
@@ -251,7 +365,7 @@ def arguments(parser) -> None:
     parser.add_argument("--design", action="append", choices=list(DESIGNS),
                         help="autoencoders/dit: this flagship design (default: a and b)")
     parser.add_argument("--flagship", choices=["b", "c"], default="b", help="title2story: the concept design it runs on")
-    parser.add_argument("--rerun", action="store_true", help="recon, uncond: score systems measured earlier again")
+    parser.add_argument("--rerun", action="store_true", help="recon, decoding, uncond: score systems measured earlier again")
 
 
 def setup(args, results: dict) -> None:

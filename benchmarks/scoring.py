@@ -27,7 +27,7 @@ def rocstories() -> SimpleNamespace:
 
 
 class Scorer:
-    """Scores texts against one reference set: MAUVE (mpnet, MiniLM), coherence ratio, repetition."""
+    """Scores texts against one reference set: MAUVE (mpnet, MiniLM), coherence ratio, LD4LG's set diversity, repetition."""
 
     def __init__(self, references: list[str], training_texts: list[str]):
         from latentdlm.data.segmentation import SegmentationConfig, SentenceSegmenter
@@ -38,6 +38,7 @@ class Scorer:
         self.features = {"mpnet": sentence_features(references, "mpnet"), "minilm": sentence_features(references)}
         self.real_cosine = consecutive_cosine(references, self.split)
         self.random_cosine = consecutive_cosine(glued_random_sentences(references, self.split, len(references)), self.split)
+        self.real_diversity = diversity(references)  # LD4LG's set diversity of the real stories themselves
 
     def __call__(self, texts: list[str]) -> dict:
         mpnet = mauve_seeds(self.features["mpnet"], sentence_features(texts, "mpnet"))
@@ -47,7 +48,7 @@ class Scorer:
             "mauve_mpnet": mpnet["mean"], "mauve_mpnet_std": mpnet["std"],
             "mauve_minilm": minilm["mean"], "mauve_minilm_std": minilm["std"],
             "coherence_ratio": coherence_ratio(cosine, self.random_cosine, self.real_cosine),
-            "diversity": diversity(texts), "repeated_4gram_rate": repeated_ngram_rate(texts),
+            "diversity_set": diversity(texts), "repeated_4gram_rate": repeated_ngram_rate(texts),
             "memorization": memorization(texts, self.training_texts),
             "distinct_2": distinct_n(texts, 2), "mean_words": sum(len(t.split()) for t in texts) / len(texts),
         }

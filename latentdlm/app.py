@@ -3,7 +3,8 @@
 Tabs: generate, interpolate (two texts, a slider along the path with the decoded text at each point and
 the path on a 2-D PCA map of the latent space), vary, infill (segment-mode models) and summarize
 (text-conditioned models). Each tab shows only what the loaded model supports; a bad input shows as a
-message in the page, never as a stack trace; sampling shows its progress bar.
+message in the page, never as a stack trace; sampling shows its progress bar. Over 300 lines because
+the page is one Blocks layout with its callbacks; what they call is the pipeline's API.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from
 MAX_STEPS = 200
 BACKGROUND_TEXTS = 64  # bundled passages encoded once as the map's background
 POSITION = "position on the path (0 = text A)"
+DECODING_KEYS = ["decode_beams", "no_repeat_ngram_size", "repetition_penalty", "top_p", "temperature"]  # the decoder controls' order
 
 
 @dataclass
@@ -106,14 +108,26 @@ class Handlers:
             kwargs["guidance_scale"], kwargs["guidance_method"] = float(guidance), guidance_method
         return kwargs
 
+    @staticmethod
+    def _decoding(settings: dict):
+        """The page's decoder controls as a DecodingConfig (top-p 0: no sampling); None (the pipeline's
+        saved settings) without them."""
+        from latentdlm.autoencoder.decoding import DecodingConfig
+
+        if not settings:
+            return None
+        return DecodingConfig(int(settings["decode_beams"]), int(settings["no_repeat_ngram_size"]),
+                              float(settings["repetition_penalty"]), float(settings["top_p"]) or None, float(settings["temperature"]))
+
     def generate(self, num_samples, num_segments, steps, sampler, seed, class_label=None, condition=None, guidance=1.0,
-                 guidance_method="cfg") -> str:
+                 guidance_method="cfg", **decoding) -> str:
         count = int(num_samples)
         kwargs = self._conditions(class_label, condition, guidance, guidance_method)
         if "conditions" in kwargs:
             kwargs["conditions"] = [kwargs["conditions"]] * count
         texts = self.pipe(num_samples=count, num_inference_steps=int(steps), scheduler=sampler, seed=int(seed),
-                          num_segments=int(num_segments) if self.caps.segments and num_segments else None, **kwargs).texts
+                          num_segments=int(num_segments) if self.caps.segments and num_segments else None,
+                          decoding=self._decoding(decoding), **kwargs).texts
         return numbered(texts)
 
     def interpolate(self, source, target, num_points, method):
@@ -132,22 +146,22 @@ class Handlers:
         index = min(max(int(index), 0), len(path["texts"]) - 1)
         return f"t={path['positions'][index]:.2f}: {path['texts'][index]}", self._map(path, index)
 
-    def vary(self, text, strength, num_samples, steps, seed) -> str:
+    def vary(self, text, strength, num_samples, steps, seed, **decoding) -> str:
         texts = self.pipe.vary(self._text(text, "The text"), strength=float(strength), num_samples=int(num_samples),
-                               num_inference_steps=int(steps), seed=int(seed))
+                               num_inference_steps=int(steps), seed=int(seed), decoding=self._decoding(decoding))
         return numbered(texts)
 
-    def infill(self, text, steps, seed, class_label=None, condition=None, guidance=1.0, guidance_method="cfg") -> str:
+    def infill(self, text, steps, seed, class_label=None, condition=None, guidance=1.0, guidance_method="cfg", **decoding) -> str:
         out = self.pipe.infill(self._text(text, "The text"), num_inference_steps=int(steps), seed=int(seed),
-                               **self._conditions(class_label, condition, guidance, guidance_method))
+                               decoding=self._decoding(decoding), **self._conditions(class_label, condition, guidance, guidance_method))
         return out.texts[0]
 
-    def summarize(self, document, guidance, guidance_method, num_candidates, steps, seed) -> str:
+    def summarize(self, document, guidance, guidance_method, num_candidates, steps, seed, **decoding) -> str:
         from latentdlm.summarize import summarize
 
         return summarize(self.pipe, [self._text(document, "The document")], num_candidates=int(num_candidates),
                          num_inference_steps=int(steps), guidance_scale=float(guidance) if self.caps.guidance else 1.0,
-                         seed=int(seed), guidance_method=guidance_method)[0]
+                         seed=int(seed), guidance_method=guidance_method, decoding=self._decoding(decoding))[0]
 
     # ---- the latent map ----------------------------------------------------------------------
     def _vectors(self, latents, segment_mask):
@@ -195,6 +209,16 @@ def build_app(pipe, title: str = "latentdlm"):
             shown.append(guidance_method())
         return shown
 
+    def decoding_inputs():
+        """The decoder's settings (in DECODING_KEYS order), starting at the pipeline's saved ones."""
+        d = pipe.decoding
+        with gr.Accordion("decoding", open=False):
+            return [gr.Slider(1, 8, value=d.decode_beams, step=1, label="beams (1: greedy)"),
+                    gr.Slider(0, 6, value=d.no_repeat_ngram_size, step=1, label="no-repeat n-gram size (0: off)"),
+                    gr.Slider(0.5, 2.0, value=d.repetition_penalty, step=0.05, label="repetition penalty (1: off)"),
+                    gr.Slider(0.0, 1.0, value=d.top_p or 0.0, step=0.05, label="top-p (0: no sampling)"),
+                    gr.Slider(0.1, 2.0, value=d.temperature, step=0.05, label="temperature (with top-p)")]
+
     condition_keys = (["class_label"] if caps.class_names else []) + (["condition"] if caps.text_conditioned else []) + \
         (["guidance", "guidance_method"] if caps.guidance else [])  # the handlers' names for condition_inputs(), in order
 
@@ -221,10 +245,11 @@ def build_app(pipe, title: str = "latentdlm"):
             with gr.Row():
                 sampler = gr.Dropdown(samplers, value=pipe.sampler_name, label="sampler")
                 seed = gr.Number(0, precision=0, label="seed")
-            extra = condition_inputs()
+            extra = condition_inputs() + decoding_inputs()
             button = gr.Button("Generate", variant="primary")
             output = gr.Textbox(label="samples", lines=8)
-            button.click(event(h.generate, 5, condition_keys), [num_samples, num_segments, steps, sampler, seed, *extra], output, api_name="generate")
+            button.click(event(h.generate, 5, condition_keys + DECODING_KEYS), [num_samples, num_segments, steps, sampler, seed, *extra],
+                         output, api_name="generate")
         with gr.Tab("Interpolate"):
             with gr.Row():
                 text_a = gr.Textbox(label="text A", lines=3)
@@ -249,9 +274,10 @@ def build_app(pipe, title: str = "latentdlm"):
                 count = gr.Slider(1, 8, value=3, step=1, label="variations")
                 vary_steps = gr.Slider(1, caps.max_steps, value=min(20, caps.max_steps), step=1, label="steps")
                 vary_seed = gr.Number(0, precision=0, label="seed")
+            extra = decoding_inputs()
             button = gr.Button("Vary", variant="primary")
             output = gr.Textbox(label="variations", lines=8)
-            button.click(event(h.vary, 5), [text, strength, count, vary_steps, vary_seed], output, api_name="vary")
+            button.click(event(h.vary, 5, DECODING_KEYS), [text, strength, count, vary_steps, vary_seed, *extra], output, api_name="vary")
         if caps.segments:
             with gr.Tab("Infill"):
                 text = gr.Textbox(label="text with ___ where a sentence should be written", lines=4,
@@ -259,10 +285,11 @@ def build_app(pipe, title: str = "latentdlm"):
                 with gr.Row():
                     fill_steps = gr.Slider(1, caps.max_steps, value=min(50, caps.max_steps), step=1, label="steps")
                     fill_seed = gr.Number(0, precision=0, label="seed")
-                extra = condition_inputs()
+                extra = condition_inputs() + decoding_inputs()
                 button = gr.Button("Fill the blanks", variant="primary")
                 output = gr.Textbox(label="filled text", lines=5)
-                button.click(event(h.infill, 3, condition_keys), [text, fill_steps, fill_seed, *extra], output, api_name="infill")
+                button.click(event(h.infill, 3, condition_keys + DECODING_KEYS), [text, fill_steps, fill_seed, *extra], output,
+                             api_name="infill")
         if caps.text_conditioned:
             with gr.Tab("Summarize"):
                 document = gr.Textbox(label="document", lines=8)
@@ -273,10 +300,11 @@ def build_app(pipe, title: str = "latentdlm"):
                     candidates = gr.Slider(1, 8, value=1, step=1, label="candidates (3+: the minimum-Bayes-risk one)")
                     sum_steps = gr.Slider(1, caps.max_steps, value=min(20, caps.max_steps), step=1, label="steps")
                     sum_seed = gr.Number(0, precision=0, label="seed")
+                extra = decoding_inputs()
                 button = gr.Button("Summarize", variant="primary")
                 output = gr.Textbox(label="summary", lines=4)
-                button.click(event(h.summarize, 6), [document, guidance, sum_method, candidates, sum_steps, sum_seed], output,
-                             api_name="summarize")
+                button.click(event(h.summarize, 6, DECODING_KEYS), [document, guidance, sum_method, candidates, sum_steps, sum_seed, *extra],
+                             output, api_name="summarize")
     return demo
 
 

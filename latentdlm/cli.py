@@ -10,7 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-from latentdlm.cli_latent import add_latent_commands
+from latentdlm.cli_latent import add_guidance_flags, add_latent_commands
 from latentdlm.errors import LatentDLMError, exit_code
 from latentdlm.io import write_errors_explained
 
@@ -33,12 +33,14 @@ def _quiet_libraries() -> None:
         huggingface_hub.utils.enable_progress_bars()
 
 
-def cmd_train_autoencoder(args: argparse.Namespace) -> None:
+def cmd_train(args: argparse.Namespace) -> None:
     from latentdlm.config import load_config
-    from latentdlm.training.autoencoder import AutoencoderTrainConfig, train_autoencoder
 
-    cfg = load_config(AutoencoderTrainConfig, args.config, args.overrides)
-    train_autoencoder(cfg, resume=args.resume, cpu=args.cpu)
+    if args.command == "train-autoencoder":
+        from latentdlm.training.autoencoder import AutoencoderTrainConfig as config_cls, train_autoencoder as train
+    else:
+        from latentdlm.training.diffusion import DiffusionTrainConfig as config_cls, train_diffusion as train
+    train(load_config(config_cls, args.config, args.overrides), resume=args.resume, cpu=args.cpu)
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> None:
@@ -73,14 +75,6 @@ def cmd_app(args: argparse.Namespace) -> None:
     from latentdlm.app import launch
 
     launch(args.model, args.port, args.host, args.share)
-
-
-def cmd_train_diffusion(args: argparse.Namespace) -> None:
-    from latentdlm.config import load_config
-    from latentdlm.training.diffusion import DiffusionTrainConfig, train_diffusion
-
-    cfg = load_config(DiffusionTrainConfig, args.config, args.overrides)
-    train_diffusion(cfg, resume=args.resume, cpu=args.cpu)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -162,7 +156,7 @@ def _write_jsonl(path: str, records: list[dict], what: str) -> None:
 def _decoding(args: argparse.Namespace) -> dict:
     """The decoder settings given on the command line (None: the pipeline's), over its DecodingConfig."""
     return dict(decode_beams=args.decode_beams, no_repeat_ngram_size=args.no_repeat_ngram_size,
-                repetition_penalty=args.repetition_penalty, top_p=args.top_p)
+                repetition_penalty=args.repetition_penalty, top_p=args.top_p, temperature=args.temperature)
 
 
 def _add_decoding_flags(p: argparse.ArgumentParser) -> None:
@@ -171,6 +165,7 @@ def _add_decoding_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-repeat-ngram-size", type=int, help="never repeat an n-gram of this size in a decoded segment (0 = off)")
     p.add_argument("--repetition-penalty", type=float, help="penalise tokens already generated (1 = none, >1 = less repetition)")
     p.add_argument("--top-p", type=float, help="nucleus sampling for decoding, 0 < p <= 1 (default: none; repeatable with --seed)")
+    p.add_argument("--temperature", type=float, help="the sampling temperature with --top-p (1 = the model's own distribution)")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -179,13 +174,13 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(args.output_dir, args.preset, args.autoencoder_minutes, args.diffusion_minutes, args.num_samples, args.overwrite)
 
 
-def _add_training_command(sub, name: str, description: str, preset: str, example: str, func) -> None:
+def _add_training_command(sub, name: str, description: str, preset: str, example: str) -> None:
     p = sub.add_parser(name, help=description)
     p.add_argument("--config", required=True, help=f"a YAML preset, e.g. {preset}")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in training.output_dir")
     p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
     p.add_argument("overrides", nargs="*", metavar="key=value", help=f"config overrides, e.g. {example}")
-    p.set_defaults(func=func)
+    p.set_defaults(func=cmd_train)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_training_command(
         sub, "train-autoencoder", "train a paragraph autoencoder (also: accelerate launch scripts/train_autoencoder.py)",
-        "configs/autoencoder/tiny.yaml", "training.max_steps=200", cmd_train_autoencoder,
+        "configs/autoencoder/tiny.yaml", "training.max_steps=200",
     )
 
     p = sub.add_parser("reconstruct", help="encode and decode texts with a trained autoencoder")
@@ -209,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_training_command(
         sub, "train-diffusion", "train the latent DiT on a trained autoencoder (also: accelerate launch scripts/train_diffusion.py)",
-        "configs/diffusion/tiny.yaml", "autoencoder=runs/x/autoencoder", cmd_train_diffusion,
+        "configs/diffusion/tiny.yaml", "autoencoder=runs/x/autoencoder",
     )
 
     p = sub.add_parser("generate", help="sample texts from a trained pipeline")
@@ -221,10 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-label", help="class-conditional models: a class name (e.g. Sports), or else an index 0..n-1 "
                    "into the model's classes; a name wins over an index (same rule as class_labels in Python)")
     p.add_argument("--condition", help="a source text (text-conditioned models: summary, story, ... of this text)")
-    p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (1 = none)")
-    p.add_argument("--guidance-rescale", type=float, default=0.0, help="0..1, with guidance only (Lin et al.; 0 = none)")
-    p.add_argument("--guidance-method", default="cfg", help="the guidance of --guidance-scale: cfg (classifier-free) "
-                   "or apg (adaptive projected guidance, Sadat et al. 2024)")
+    add_guidance_flags(p)
     p.add_argument("--num-segments", type=int, help="number of sentence segments (segment-mode models)")
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--output", help="write {text, class_label, condition} lines to this jsonl file instead of printing")
@@ -243,10 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference-column", help="a column of reference targets: prints ROUGE-1/2/L/Lsum")
     p.add_argument("--limit", type=int, help="only the first N rows of --input")
     p.add_argument("--output", help="write {document, summary, reference} lines to this jsonl file instead of printing")
-    p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (1 = none)")
-    p.add_argument("--guidance-rescale", type=float, default=0.0, help="0..1, with guidance only (Lin et al.; 0 = none)")
-    p.add_argument("--guidance-method", default="cfg", help="the guidance of --guidance-scale: cfg (classifier-free) "
-                   "or apg (adaptive projected guidance, Sadat et al. 2024)")
+    add_guidance_flags(p)
     p.add_argument("--steps", type=int, default=20, help="number of sampling steps")
     p.add_argument("--scheduler", choices=["ddpm", "ddim", "dpm"], help="swap the sampler (default: the pipeline's)")
     p.add_argument("--num-candidates", type=int, default=1,

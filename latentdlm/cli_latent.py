@@ -50,7 +50,7 @@ def cmd_vary(args: argparse.Namespace, check_output, write_jsonl, decoding) -> N
     check_output(args.output)
     pipe = LatentDiffusionTextPipeline.from_pretrained(args.model)
     texts = pipe.vary(args.text, args.strength, args.num_samples, args.steps, args.seed, args.class_label, args.condition,
-                      args.guidance_scale, decoding=decoding(args))
+                      args.guidance_scale, args.guidance_method, decoding=decoding(args))
     _emit(texts, args, write_jsonl, lambda text: {"input": args.text, "strength": args.strength, "text": text})
 
 
@@ -63,7 +63,7 @@ def cmd_infill(args: argparse.Namespace, check_output, write_jsonl, decoding) ->
         raise LatentDLMError("--num-segments sets the length of an edit: use it with --keep (with ___ blanks, each blank is one segment)")
     pipe = LatentDiffusionTextPipeline.from_pretrained(args.model)
     out = pipe.infill(args.text, keep, args.num_segments, args.num_samples, args.steps, args.seed, args.resample, args.scheduler,
-                      args.class_label, args.condition, args.guidance_scale, decoding=decoding(args))
+                      args.class_label, args.condition, args.guidance_scale, args.guidance_method, decoding=decoding(args))
     _emit(out.texts, args, write_jsonl, lambda text: {"input": args.text, "generated_segments": out.generated, "text": text})
 
 
@@ -82,6 +82,14 @@ def _indices(value: str) -> list[int]:
         raise LatentDLMError(f"--keep takes segment indices separated by commas (e.g. 0,2,4), got {value!r}") from None
 
 
+def add_guidance_flags(p: argparse.ArgumentParser, rescale: bool = True) -> None:
+    p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (1 = none)")
+    if rescale:
+        p.add_argument("--guidance-rescale", type=float, default=0.0, help="0..1, with guidance only (Lin et al.; 0 = none)")
+    p.add_argument("--guidance-method", default="cfg", help="the guidance of --guidance-scale: cfg (classifier-free) "
+                   "or apg (adaptive projected guidance, Sadat et al. 2024)")
+
+
 def add_latent_commands(sub, add_decoding_flags, check_output, write_jsonl, decoding) -> None:
     def command(name: str, help: str, func):
         p = sub.add_parser(name, help=help)
@@ -96,7 +104,7 @@ def add_latent_commands(sub, add_decoding_flags, check_output, write_jsonl, deco
         p.add_argument("--num-samples", type=int, default=4)
         p.add_argument("--class-label", help="class-conditional models: the class to steer towards (name or index)")
         p.add_argument("--condition", help="text-conditioned models: the source text to steer towards")
-        p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (1 = none)")
+        add_guidance_flags(p, rescale=False)
         add_decoding_flags(p)
 
     p = command("interpolate", "decode the path between two texts' latents", cmd_interpolate)

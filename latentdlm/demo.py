@@ -86,7 +86,7 @@ def run_demo(output_dir: str, preset: str = "flagship", autoencoder_minutes: flo
         print(f"\n[{i}] {text}")
     training_texts = load_texts(dm_cfg.data.source, dm_cfg.data.column)
     scores = {
-        "diversity": diversity(texts), "distinct_2": distinct_n(texts, 2), "repeated_4gram_rate": repeated_ngram_rate(texts),
+        "diversity_set": diversity(texts), "distinct_2": distinct_n(texts, 2), "repeated_4gram_rate": repeated_ngram_rate(texts),
         "memorization_4gram": memorization(texts, training_texts),
     }
     minutes = (time.monotonic() - started) / 60
@@ -165,7 +165,7 @@ def write_report(out: Path, preset: str, ae_section: list[str], dm_run: Path, te
         "", "## 2. Latent DiT", "", f"{dm_steps} steps.", "",
         f"![diffusion training curves]({(dm_run / 'training_curves.png').relative_to(out)})", "",
         "## 3. Generated paragraphs", "",
-        f"Diversity {scores['diversity']:.3f}, distinct-2 {scores['distinct_2']:.3f}, repeated 4-grams "
+        f"Set diversity (LD4LG) {scores['diversity_set']:.3f}, distinct-2 {scores['distinct_2']:.3f}, repeated 4-grams "
         f"{scores['repeated_4gram_rate']:.1%}, 4-grams found in the training corpus {scores['memorization_4gram']:.1%}.", "",
     ]
     lines += [f"{i}. {text}" for i, text in enumerate(texts, 1)]

@@ -8,6 +8,7 @@ resolved config dict is saved with the autoencoder, so a saved autoencoder rebui
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -19,6 +20,10 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from latentdlm.errors import LatentDLMError
 from latentdlm.io import CONFIG_NAME, atomic_directory, cache_dir
+
+# a causal decoder always generates from inputs_embeds (the latent prefix): no-repeat n-grams then apply to the
+# new tokens only, which is what decoding wants, and transformers says so at every generate call
+warnings.filterwarnings("ignore", message="Passing `no_repeat_ngram_size` with `inputs_embeds`")
 
 
 @dataclass

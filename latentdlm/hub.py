@@ -90,6 +90,18 @@ class HubMixin(ModelHubMixin, library_name="latentdlm", repo_url=REPO_URL, tags=
         return None  # a part saved inside a pipeline folder needs no card of its own
 
 
+class HubModule(torch.nn.Module, HubMixin):
+    """A torch module saved as one latentdlm folder, with the device and dtype DiffusionPipeline reads."""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+
 def load_config_model(cls: type[ModelMixin], folder: Path, kind: str) -> ModelMixin:
     """A diffusers model folder (config.json + safetensors weights): checked as every latentdlm folder, its
     config.json read by the one JSON reader and type-checked against `cls.__init__` before it is built."""

@@ -24,7 +24,7 @@ def summarize(
         raise LatentDLMError("this pipeline was trained without a source text condition: it cannot summarize "
                              "(train one with data.condition_column, e.g. configs/diffusion/xsum_cond.yaml)")
     if num_candidates < 1:
-        raise LatentDLMError(f"--num-candidates must be at least 1, got {num_candidates}")
+        raise LatentDLMError(f"num_candidates must be at least 1, got {num_candidates}")
     empty = [i for i, doc in enumerate(documents) if not doc.strip()]
     if empty:
         raise LatentDLMError(f"{len(empty)} empty document(s), first at row {empty[0]}: nothing to summarize")

@@ -63,7 +63,10 @@ def test_the_unconditional_page_has_the_tabs_it_supports(unconditional):
     api = endpoints(unconditional)
     assert {"/generate", "/interpolate", "/show_point", "/vary", "/infill"} <= set(api)
     assert "/summarize" not in api  # no source-text condition: no summarize tab
-    assert [p["label"] for p in api["/generate"]["parameters"]] == ["number of samples", "segments (0: drawn)", "steps", "sampler", "seed"]
+    assert [p["label"] for p in api["/generate"]["parameters"]] == [
+        "number of samples", "segments (0: drawn)", "steps", "sampler", "seed",
+        "beams (1: greedy)", "no-repeat n-gram size (0: off)", "repetition penalty (1: off)", "top-p (0: no sampling)",
+        "temperature (with top-p)"]
 
 
 def test_generate_tab(unconditional):
@@ -72,6 +75,10 @@ def test_generate_tab(unconditional):
     assert text == unconditional.predict(3, 2, 2, "ddim", 7, api_name="/generate")  # the seed repeats
     refused(lambda: unconditional.predict(2, 0, 2, "euler", 0, api_name="/generate"), "euler is not in the list of choices")
     refused(lambda: unconditional.predict(2, 99, 2, "ddim", 0, api_name="/generate"), "Value 99 is greater than maximum value")
+    # the decoder's settings (DecodingConfig): top-p sampling repeats with the seed, and a bad beam count is refused
+    sampled = unconditional.predict(3, 2, 2, "ddim", 7, 1, 0, 1.0, 0.9, api_name="/generate")
+    assert sampled.startswith("1. ") and sampled == unconditional.predict(3, 2, 2, "ddim", 7, 1, 0, 1.0, 0.9, api_name="/generate")
+    refused(lambda: unconditional.predict(2, 0, 2, "ddim", 0, 0, 0, 1.0, 0.0, api_name="/generate"), "less than minimum value")
 
 
 def test_the_sampling_progress_reaches_the_page(unconditional):
@@ -117,7 +124,7 @@ def test_the_class_conditional_page_offers_its_classes_and_guidance(autoencoder,
                  "data.limit=null"]) == 0
     with served(out / "pipeline") as client:
         api = endpoints(client)
-        assert [p["label"] for p in api["/generate"]["parameters"]][-3:] == [
+        assert [p["label"] for p in api["/generate"]["parameters"]][5:8] == [  # after the fixed five, before the decoding panel
             "class", "guidance scale (1 = none)", "guidance method (cfg: classifier-free, apg: adaptive projected)"]
         assert "/summarize" not in api
         cfg = client.predict(2, 1, 2, "ddim", 0, "novel", 3.0, "cfg", api_name="/generate")

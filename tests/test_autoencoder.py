@@ -124,6 +124,28 @@ def test_l2_regularisation_puts_latents_on_the_sqrt_d_sphere():
     assert torch.allclose(norms, torch.full_like(norms, math.sqrt(8)), atol=1e-4)
 
 
+def test_latent_noise_on_pooled_latents_stays_on_their_sphere():
+    """The decoder trains on noisy latents where decoding reads them: on the sphere pooled latents live on."""
+    from latentdlm.autoencoder.designs import PooledLatents, onto_sphere
+
+    torch.manual_seed(0)
+    clean = onto_sphere(torch.randn(8, 1, 384))
+    noisy = PooledLatents(None, 384).perturb(clean, 0.3)
+    assert torch.allclose(noisy.norm(dim=-1), torch.full((8, 1), math.sqrt(384)), atol=1e-4)
+    assert (noisy - clean).norm(dim=-1).min() > 1.0  # and it did move them
+    assert torch.equal(PooledLatents(None, 384).perturb(clean, 0.0), clean)
+
+
+def test_the_pooled_residual_feeds_the_perceiver_latents_the_mean_state():
+    model = tiny_model(regularization="l2", pooled_residual=True)
+    with_pooled = model.encode([STORY]).latents
+    with torch.no_grad():
+        model.latent_design.pooled.weight.zero_()
+        model.latent_design.pooled.bias.zero_()
+    assert not torch.allclose(model.encode([STORY]).latents, with_pooled)  # the term is read
+    assert "latent_design.pooled.weight" in model.state_dict() and tiny_model().latent_design.pooled is None
+
+
 def test_vae_sampling_differs_from_the_mean():
     model = tiny_model(regularization="vae")
     assert not torch.equal(model.encode([STORY], sample=True).latents, model.encode([STORY]).latents)

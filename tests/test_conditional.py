@@ -181,7 +181,7 @@ def test_summarize_bad_input(conditional_pipeline, tmp_path, capsys):
         (["--input", str(_fables_file(tmp_path / "e.jsonl", [{"title": "A"}, {"title": "  "}])), "--text-column", "title"],
          "1 empty document(s), first at row 1"),
         (["--input", str(tmp_path / "missing.jsonl")], "file not found"),
-        (["--text", "A fox.", "--num-candidates", "0"], "--num-candidates must be at least 1"),
+        (["--text", "A fox.", "--num-candidates", "0"], "num_candidates must be at least 1"),
     ]
     for args, message in cases:
         assert main(model + args) == 2, args

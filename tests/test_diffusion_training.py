@@ -116,6 +116,11 @@ def test_a_sample_does_not_depend_on_the_batch_it_is_drawn_in(pipeline_dir, sche
     assert whole.texts == in_twos.texts
     other = pipe(batch_size=5, **{**kwargs, "seed": 8})
     assert not torch.allclose(other.latents[:, :1], whole.latents[:, :1])
+    # output_type="latent": the same draws, left undecoded
+    latent = pipe(batch_size=2, output_type="latent", **kwargs)
+    assert latent.texts == [] and torch.equal(latent.latents, in_twos.latents) and torch.equal(latent.segment_mask, in_twos.segment_mask)
+    with pytest.raises(LatentDLMError, match="output_type must be"):
+        pipe(output_type="pil", **kwargs)
 
 
 @pytest.mark.parametrize(
@@ -181,6 +186,8 @@ def test_an_existing_run_is_never_overwritten(autoencoder, pipeline_dir, capsys)
         (["objective.prediction_type=score"], "unknown prediction type 'score'"),
         (["training.batch_size=1000"], "fewer than one batch"),
         (["denoiser.patch_size=3"], "patch_size 3 does not divide"),
+        (["heldout_texts=64"], "heldout_texts=64 must be fewer than the 64 training texts"),
+        (["heldout_texts=60"], "heldout_texts=60 leaves 4 training texts, fewer than one batch"),
     ],
 )
 def test_bad_training_input_is_one_clear_error(autoencoder, tmp_path, capsys, extra, message):
@@ -188,6 +195,16 @@ def test_bad_training_input_is_one_clear_error(autoencoder, tmp_path, capsys, ex
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "run" / "pipeline").exists()
+
+
+def test_the_held_out_denoising_loss_is_logged_and_repeatable(autoencoder, tmp_path):
+    """heldout_texts: the DiT is not fitted blind; the loss uses the same noise at every evaluation."""
+    out = tmp_path / "heldout"
+    assert train(autoencoder, out, "heldout_texts=16", "training.eval_every=2") == 0
+    losses = [r["eval/heldout_loss"] for r in records(out) if "eval/heldout_loss" in r]
+    assert len(losses) == 2 and all(0 < loss < 10 for loss in losses)
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["heldout_loss"] == pytest.approx(losses[-1], rel=1e-5)  # the end is step 4's evaluation again
 
 
 def test_a_folder_that_is_not_an_autoencoder(tmp_path, capsys):
@@ -284,7 +301,7 @@ def test_demo_runs_end_to_end_and_writes_a_report(autoencoder, tmp_path, monkeyp
     assert main(args) == 0
     printed = capsys.readouterr().out
     report = (out / "report.md").read_text()
-    assert "## 1. Autoencoder" in report and "Diversity" in report and "Preset `tiny`" in report
+    assert "## 1. Autoencoder" in report and "Set diversity (LD4LG)" in report and "Preset `tiny`" in report
     assert all(f"\n{i}. " in report for i in (1, 2, 3))  # the three samples
     for image in ("autoencoder-run/training_curves.png", "diffusion-run/training_curves.png"):
         assert image in report and (out / image).exists()
@@ -301,6 +318,12 @@ def test_generation_metrics_on_hand_computed_cases():
     assert distinct_n(texts, 2) == pytest.approx(5 / 6)  # (a b) repeats once among 6 bigrams
     assert repetition(texts, 2) == pytest.approx((1 / 3 + 0) / 2)
     assert diversity(["a b c d e"]) == 1.0 and diversity(["a b a b a b a b"]) < 0.1
+    # LD4LG's set-level diversity, counted by hand: two texts, each without a repeat, that share a phrase.
+    # bigrams ab bc cd de | ab bc cd df: 5 unique of 8; trigrams 4 of 6; 4-grams 3 of 4
+    assert diversity(["a b c d e", "a b c d f"]) == pytest.approx(5 / 8 * 4 / 6 * 3 / 4)
+    # a monotone set: every text varied within itself, the set the same text again
+    assert diversity(["The fox ran home."] * 10) == pytest.approx((4 / 40) * (3 / 30) * (2 / 20))
+    assert diversity(["Hi."]) == pytest.approx(1.0)  # "Hi" "." : one bigram, no trigram or 4-gram
     assert memorization(["the cat sat on the mat"], ["yes the cat sat on a mat"]) == pytest.approx(1 / 3)
     assert memorization([""], ["anything at all here"]) == 0.0
 

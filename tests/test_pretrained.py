@@ -175,6 +175,31 @@ def test_decoder_context_is_the_previous_segments_text_left_padded_and_unlabelle
     assert nll.shape == (2,) and not torch.isclose(nll[1], other[1])
 
 
+def test_the_prefix_starts_at_the_scale_of_the_decoders_own_tokens(stand_ins):
+    """A memory ending in a LayerNorm of gain 1 would be ~8x SmolLM2's token embeddings and swamp its inputs."""
+    model = concept_model(stand_ins)
+    tokens = model.decoder.model.get_input_embeddings().weight.norm(dim=-1).mean()
+    prefix = model.to_memory(torch.randn(4, 1, 32)).norm(dim=-1).mean()
+    assert 0.5 < float(prefix / tokens) < 2.0, (float(prefix), float(tokens))
+
+
+def test_context_dropout_hides_the_whole_context_as_if_there_were_none(stand_ins):
+    """The decoder trains on gold context but decodes after its own output: context dropout makes it also
+    write from the latent alone (a dropped context is read exactly as no context)."""
+    from latentdlm.autoencoder.objective import ObjectiveConfig, autoencoder_loss
+
+    model = concept_model(stand_ins, **{"model.decoder_context": 1}).eval()
+    units = [u for units in model.processor.split_units([STORY]) for u in units]
+    decoder_ids = model.processor.tokenize(units).decoder_ids
+    latents = torch.randn(len(units), 1, 32)
+    with_context = {**model.processor.collate(None, decoder_ids, model.processor.context_ids([units])), "latents": latents}
+    without = {**model.processor.collate(None, decoder_ids, [[]] * len(units)), "latents": latents}
+    assert with_context["context_mask"].sum() > 0 and not without["context_mask"].any()
+    loss = lambda batch, p: autoencoder_loss(model, batch, ObjectiveConfig(context_dropout=p), 0)["nll"]  # noqa: E731
+    torch.testing.assert_close(loss(with_context, 1.0), loss(without, 0.0), atol=1e-4, rtol=1e-4)
+    assert not torch.isclose(loss(with_context, 0.0), loss(without, 0.0))
+
+
 def test_decoding_in_context_goes_segment_by_segment_and_keeps_fixed_text(stand_ins):
     model = concept_model(stand_ins, **{"model.decoder_context": 2})
     encoded = model.encode([STORY, "A dog barked."])

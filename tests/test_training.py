@@ -186,6 +186,14 @@ def test_a_run_cut_by_max_minutes_shows_progress_against_its_minutes(tmp_path, m
     assert bars[0].unit != "min" and bars[0].total == 3 and bars[0].n == 3
 
 
+def test_a_collapsed_latent_stops_the_run_with_a_clear_message(tmp_path, capsys):
+    """min_latent_gap: an evaluation that finds the decoder ignoring its latent ends the run, saying so."""
+    code = train(tmp_path / "collapsed", "training.max_steps=4", "training.eval_every=2", "min_latent_gap=1000")
+    err = capsys.readouterr().err
+    assert code == 2 and "ignores its latent" in err and "at step 2" in err and "Traceback" not in err
+    assert not (tmp_path / "collapsed" / "autoencoder").exists()
+
+
 def test_a_run_too_short_to_log_has_no_curves_and_no_crash(tmp_path):
     from latentdlm.evaluation.plots import plot_training_curves
 

@@ -36,6 +36,9 @@ class AutoencoderConfig:
     memory_layers: int = 2  # latent -> decoder-memory transformer (LD4LG's "reconstruction" net)
     memory_heads: int = 4
     regularization: str = "vae"  # vae | l2 | none
+    # perceiver: the encoder's mean-pooled state, projected, added to every Perceiver output, so that the
+    # latents carry the sentence from step 0 (the decoder has no reason to learn to ignore them)
+    pooled_residual: bool = False
     max_length: int = 64  # tokens per encoded unit (a segment in segment mode, else a paragraph)
     # causal decoders in segment mode: the decoder also reads the text of the previous N segments (the
     # real ones in training, its own output when decoding), so names and pronouns carry across sentences

@@ -21,15 +21,19 @@ from latentdlm.errors import LatentDLMError
 @dataclass(frozen=True)
 class DecodingConfig:
     """Beam width (1: greedy), no-repeat n-gram size (0: off), repetition penalty (1: off), top-p
-    (None: no sampling; else nucleus sampling, repeatable from the pipeline's seed)."""
+    (None: no sampling; else nucleus sampling, repeatable from the pipeline's seed) and the sampling
+    temperature (with top-p only)."""
 
     decode_beams: int = 1
     no_repeat_ngram_size: int = 0
     repetition_penalty: float = 1.0
     top_p: Optional[float] = None
+    temperature: float = 1.0
 
     def __post_init__(self):
         beams, ngram, penalty, top_p = self.decode_beams, self.no_repeat_ngram_size, self.repetition_penalty, self.top_p
+        if not isinstance(self.temperature, (int, float)) or not self.temperature > 0:
+            raise LatentDLMError(f"temperature must be above 0 (1: the model's own distribution), got {self.temperature}")
         if isinstance(beams, bool) or not isinstance(beams, int) or beams < 1:
             raise LatentDLMError(f"decode beams must be at least 1, got {beams}")
         if isinstance(ngram, bool) or not isinstance(ngram, int) or ngram < 0:
@@ -58,7 +62,7 @@ class DecodingConfig:
         kwargs = dict(num_beams=self.decode_beams, no_repeat_ngram_size=self.no_repeat_ngram_size,
                       repetition_penalty=self.repetition_penalty, do_sample=self.top_p is not None)
         if self.top_p is not None:
-            kwargs.update(top_p=self.top_p, top_k=0)  # nucleus sampling only, without generate's default top-k 50
+            kwargs.update(top_p=self.top_p, top_k=0, temperature=self.temperature)  # nucleus only: no default top-k 50
         return kwargs
 
     def to_dict(self) -> dict:

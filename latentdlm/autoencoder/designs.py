@@ -3,7 +3,7 @@
 Each design is one small module behind one interface:
 - `forward(states, mask) -> Latents`: encoder states -> latents (a Gaussian posterior or deterministic);
 - `project(latents)`: back onto the design's manifold (what the decoder reads from sampled latents);
-- `perturb(latents, std)`: the training-time latent noise;
+- `perturb(latents, std)`: the training-time latent noise (projected back by `project`);
 - `check(config, encoder_width)`: the config values the design needs, as one clear error;
 - `fixed`: whether latents are a fixed function of a frozen encoder's states (then they are cached).
 A new design is one new class here, registered in `LATENT_DESIGNS`; nothing else reads `latent_type`.
@@ -35,7 +35,9 @@ class LatentDesign(nn.Module):
         return latents
 
     def perturb(self, latents: torch.Tensor, std: float) -> torch.Tensor:
-        return latents + std * torch.randn_like(latents) if std > 0 else latents
+        """Gaussian latent noise, projected back onto the manifold that decoding always reads from: the
+        decoder trains on latents as imperfect as the DiT's samples, but in the same place."""
+        return self.project(latents + std * torch.randn_like(latents)) if std > 0 else latents
 
 
 class PerceiverLatents(LatentDesign):
@@ -46,9 +48,13 @@ class PerceiverLatents(LatentDesign):
         self.compressor = PerceiverResampler(encoder_width, config.compressor_dim, config.num_latents, config.compressor_layers,
                                              config.compressor_heads, config.dropout)
         self.bottleneck = Bottleneck(config.compressor_dim, config.latent_dim, config.regularization)
+        self.pooled = nn.Linear(encoder_width, config.compressor_dim) if config.pooled_residual else None
 
     def forward(self, states: torch.Tensor, attention_mask: torch.Tensor) -> Latents:
-        return self.bottleneck(self.compressor(states, attention_mask))
+        features = self.compressor(states, attention_mask)
+        if self.pooled is not None:
+            features = features + self.pooled(mean_pool(states, attention_mask)).unsqueeze(1)
+        return self.bottleneck(features)
 
 
 class PooledLatents(LatentDesign):
@@ -70,9 +76,7 @@ class PooledLatents(LatentDesign):
         super().__init__()
 
     def forward(self, states: torch.Tensor, attention_mask: torch.Tensor) -> Latents:
-        mask = attention_mask.unsqueeze(-1).to(states.dtype)
-        pooled = (states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-        return Latents(onto_sphere(pooled).unsqueeze(1))
+        return Latents(onto_sphere(mean_pool(states, attention_mask)).unsqueeze(1))
 
     def project(self, latents: torch.Tensor) -> torch.Tensor:
         """Sampled latents drift off the sphere the decoder was trained on."""
@@ -88,6 +92,12 @@ def make_latent_design(config, encoder_width: int) -> LatentDesign:
     design = LATENT_DESIGNS[config.latent_type]
     design.check(config, encoder_width)
     return design(config, encoder_width)
+
+
+def mean_pool(states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, D) token states -> (B, D), the mean over the real tokens."""
+    mask = attention_mask.unsqueeze(-1).to(states.dtype)
+    return (states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
 
 
 def onto_sphere(vectors: torch.Tensor) -> torch.Tensor:
@@ -142,6 +152,12 @@ class DecoderMemory(nn.Module):
         )
         self.transformer = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False) if num_layers else None
         self.norm = nn.LayerNorm(decoder_dim)
+
+    @torch.no_grad()
+    def match_scale(self, token_embeddings: torch.Tensor) -> None:
+        """Start the memory at the RMS of the decoder's token embeddings (the final LayerNorm's gain): a
+        prefix of gain 1 has ~8x the norm of a pretrained LM's tokens and swamps every pre-norm layer."""
+        self.norm.weight.fill_(float(token_embeddings.float().pow(2).mean().sqrt()))
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         memory = self.input_projection(latents) + self.positions

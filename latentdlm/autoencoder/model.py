@@ -17,7 +17,6 @@ from typing import Optional, Sequence
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_file, save_model
-from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
@@ -30,7 +29,7 @@ from latentdlm.autoencoder.processor import TOKENIZER_FOLDERS, TextProcessor, le
 from latentdlm.config import config_from_dict
 from latentdlm.errors import LatentDLMError
 from latentdlm.hf_parts import TextDecoder, TextEncoder
-from latentdlm.hub import HubMixin
+from latentdlm.hub import HubModule
 from latentdlm.io import CONFIG_NAME, WEIGHTS_NAME, read_json
 from latentdlm.model_card import autoencoder_card
 
@@ -45,7 +44,7 @@ class EncodedText:
     segment_mask: torch.Tensor  # (B, S) bool: True where a segment exists
 
 
-class ParagraphAutoencoder(nn.Module, HubMixin):
+class ParagraphAutoencoder(HubModule):
     def __init__(
         self,
         config: AutoencoderConfig,
@@ -64,6 +63,8 @@ class ParagraphAutoencoder(nn.Module, HubMixin):
             config.latent_dim, self.decoder.hidden_size, config.num_latents,
             config.memory_layers, config.memory_heads, config.dropout, config.memory_length,
         )
+        if self.decoder.kind == "causal":  # a prefix enters the residual stream at the scale of the decoder's own tokens
+            self.to_memory.match_scale(self.decoder.model.get_input_embeddings().weight)
         self.processor = TextProcessor(encoder_tokenizer, decoder_tokenizer, config.segmentation, config.max_length,
                                        config.decoder_context, self.decoder.start_token_id)
         self.decoding = strategy_for(config)
@@ -85,14 +86,6 @@ class ParagraphAutoencoder(nn.Module, HubMixin):
             rows = part.model.get_input_embeddings().num_embeddings
             if len(tokenizer) > rows:
                 raise LatentDLMError(f"the {name} tokenizer has {len(tokenizer)} tokens but the {name} embeds only {rows}")
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:  # read by DiffusionPipeline.to
-        return next(self.parameters()).dtype
 
     @property
     def latent_shape(self) -> tuple[int, int]:

@@ -31,6 +31,9 @@ class ObjectiveConfig:
     kl_anneal_steps: int = 1000  # beta rises linearly from 0 over these steps
     free_bits: float = 0.0  # nats per latent dimension per unit below which KL is not penalised
     word_dropout: float = 0.0  # probability of hiding each decoder input token
+    # decoder_context: probability of hiding a unit's whole context (the previous segments' gold text), so
+    # the decoder also learns to write from its latent alone, as it must when its own earlier output misleads it
+    context_dropout: float = 0.0
     latent_noise: float = 0.0  # std of Gaussian noise added to latents
     token_noise: float = 0.0  # probability of substituting each encoder input token (PLANNER 0.3)
     adversarial_eps: float = 0.0  # size of the adversarial latent step, relative to the latent norm (SLD ~0.1)
@@ -81,6 +84,9 @@ def autoencoder_loss(model: ParagraphAutoencoder, batch: dict[str, torch.Tensor]
     if cfg.word_dropout > 0:
         hidden = next(t for t in (dec_tok.unk_token_id, dec_tok.mask_token_id, dec_tok.pad_token_id, dec_tok.eos_token_id) if t is not None)
         dec_in = _hide_decoder_inputs(dec_in, dec_mask, cfg.word_dropout, hidden)
+    if cfg.context_dropout > 0 and "context_mask" in batch:
+        dropped = torch.rand(dec_mask.shape[0], 1, device=dec_mask.device) < cfg.context_dropout
+        dec_mask = dec_mask.masked_fill(batch["context_mask"].to(dec_mask.device) & dropped, 0)  # read as padding
 
     nll = _reconstruction_nll(model.decoder_logits(latents, dec_in, dec_mask), batch["labels"])
     terms = {"nll": nll}

@@ -79,7 +79,8 @@ class TextProcessor:
         """Pad a batch to its own longest unit (dynamic padding). Decoder inputs are the targets
         shifted right behind the decoder's start token: BART `</s> <s> x`, T5 `<pad> x`, causal `<bos> x`.
         Without `encoder_ids` (latents given from a cache) the batch holds the decoder side only. With
-        `context_ids` (decoder_context) each row's context tokens come first, left-padded, unlabelled."""
+        `context_ids` (decoder_context) each row's context tokens come first, left-padded, unlabelled, marked in
+        `context_mask`."""
         batch = {}
         if encoder_ids is not None:
             batch["input_ids"], batch["attention_mask"] = self.encoder_batch(encoder_ids)
@@ -91,6 +92,8 @@ class TextProcessor:
             batch["decoder_input_ids"] = torch.cat([context, batch["decoder_input_ids"]], dim=1)
             batch["decoder_attention_mask"] = torch.cat([context_mask, batch["decoder_attention_mask"]], dim=1)
             batch["labels"] = torch.cat([torch.full_like(context, -100), batch["labels"]], dim=1)
+            target = torch.zeros(len(context_ids), batch["labels"].shape[1] - context.shape[1], dtype=torch.bool)
+            batch["context_mask"] = torch.cat([context_mask.bool(), target], dim=1)
         return batch
 
     def context_ids(self, per_text: Sequence[Sequence[str]]) -> Optional[list[list[int]]]:

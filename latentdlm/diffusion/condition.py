@@ -17,13 +17,12 @@ from typing import Optional, Sequence
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
-from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from latentdlm.config import config_from_dict
 from latentdlm.errors import LatentDLMError
 from latentdlm.hf_parts import PartConfig, TextEncoder, resolve_model_path
-from latentdlm.hub import HubMixin
+from latentdlm.hub import HubModule
 from latentdlm.io import CONFIG_NAME, WEIGHTS_NAME, read_json
 
 MODEL_TYPE = "latentdlm-condition-encoder"
@@ -41,7 +40,7 @@ class ConditionConfig(PartConfig):
     max_length: int = 256
 
 
-class ConditionEncoder(nn.Module, HubMixin):
+class ConditionEncoder(HubModule):
     def __init__(self, config: ConditionConfig, tokenizer: PreTrainedTokenizerBase, hf_config: Optional[dict] = None):
         super().__init__()
         if config.max_length < 1:
@@ -69,14 +68,6 @@ class ConditionEncoder(nn.Module, HubMixin):
     @property
     def hidden_size(self) -> int:
         return self.encoder.hidden_size
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:  # read by DiffusionPipeline.to
-        return next(self.parameters()).dtype
 
     def tokenize(self, texts: Sequence[str], warn: bool = True) -> dict[str, torch.Tensor]:
         """Padded ids and mask; empty sources fail; one warning with the count of sources cut at max_length."""

@@ -40,8 +40,23 @@ def repetition(texts: Iterable[str], n: int) -> float:
 
 
 def diversity(texts: Sequence[str]) -> float:
-    """prod over n=2..4 of (1 - rep-n), as in LD4LG (1 = no repeated n-grams)."""
-    return float(np.prod([1 - repetition(texts, n) for n in (2, 3, 4)]))
+    """LD4LG's diversity of a set of samples: prod over n = 2..4 of (unique n-grams / all n-grams), the
+    n-grams of all samples counted together, so a set that says the same things scores low even when
+    each text is varied. Words as LD4LG's spaCy tokenizer splits them (punctuation apart, case kept),
+    here by nltk's Treebank word tokenizer; an order with no n-grams at all counts as 1."""
+    tokens = [_word_tokenizer().tokenize(text) for text in texts]
+    score = 1.0
+    for n in (2, 3, 4):
+        grams = [g for words in tokens for g in _ngrams(words, n)]
+        score *= len(set(grams)) / len(grams) if grams else 1.0
+    return score
+
+
+@functools.lru_cache(maxsize=1)
+def _word_tokenizer():
+    from nltk.tokenize import NLTKWordTokenizer
+
+    return NLTKWordTokenizer()
 
 
 def memorization(texts: Iterable[str], training_texts: Iterable[str], n: int = 4) -> float:

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 import torch
 from diffusers import DDIMInverseScheduler
 
-from latentdlm.autoencoder.decoding import DecodingConfig
+from latentdlm.autoencoder.decoding import DecodingConfig, decode_with_settings
 from latentdlm.autoencoder.model import EncodedText
 from latentdlm.data.segmentation import SegmentationConfig, SentenceSegmenter
 from latentdlm.diffusion.sampling import RESAMPLING_SAMPLERS, Held, sample_latents
@@ -94,7 +94,7 @@ def interpolate(pipe, source: str, target: str, num_points: int = 5, method: str
     inversion, the noisy latents are interpolated, and DDIM denoises every point back: points stay on the
     model's data manifold (the endpoints become DDIM reconstructions)."""
     if not source.strip() or not target.strip():
-        raise LatentDLMError("interpolation needs two non-empty texts (--source and --target)")
+        raise LatentDLMError("interpolation needs two non-empty texts (a source and a target)")
     if source.strip() == target.strip():
         raise LatentDLMError("the source and target texts are identical: there is nothing to interpolate between")
     if num_points < 2:
@@ -105,12 +105,12 @@ def interpolate(pipe, source: str, target: str, num_points: int = 5, method: str
     if through_noise is None:
         latents, mask = interpolation_path(a, b, positions, method)
     else:
-        first = first_step(through_noise, num_inference_steps, "--through-noise")
+        first = first_step(through_noise, num_inference_steps, "through_noise")
         noisy = [invert(pipe, x[None], num_inference_steps, first)[0] for x in (a, b)]
         path, mask = interpolation_path(*noisy, positions, method)
         latents = denoise_from(pipe, path, mask, num_inference_steps, first, "ddim")
-    segments = pipe._decode(EncodedText(latents, mask), int(mask.sum()), decoding or pipe.decoding, torch.Generator().manual_seed(0),
-                            joined=False)
+    segments = decode_with_settings(pipe.autoencoder, EncodedText(latents, mask), decoding or pipe.decoding,
+                                    torch.Generator().manual_seed(0), int(mask.sum()), joined=False)
     return InterpolationOutput([" ".join(s for s in row if s) for row in segments], segments, positions, latents, mask)
 
 
@@ -180,7 +180,7 @@ def vary(pipe, text: str, strength: float = 0.3, num_samples: int = 4, num_infer
     sampler, decoded. Small strengths paraphrase, large ones rewrite; `conditions` (the denoiser's class or
     source-text kwargs for all samples) steer the rewrite (style or topic transfer)."""
     if not text.strip():
-        raise LatentDLMError("--text is empty: nothing to vary")
+        raise LatentDLMError("the text to vary is empty")
     first = first_step(strength, num_inference_steps)
     encoded = pipe.autoencoder.encode([text])
     latents = encoded.latents.expand(num_samples, -1, -1, -1)
@@ -194,7 +194,7 @@ def vary(pipe, text: str, strength: float = 0.3, num_samples: int = 4, num_infer
     k, d = pipe.denoiser.config.num_latents, pipe.denoiser.config.latent_dim
     out = denoise_from(pipe, start.reshape(num_samples, -1, k, d), mask, num_inference_steps, first, pipe.sampler_name, generators,
                        conditions, guider)
-    return pipe._decode(EncodedText(out, mask), int(mask.sum()), decoding or pipe.decoding, generators[0])
+    return decode_with_settings(pipe.autoencoder, EncodedText(out, mask), decoding or pipe.decoding, generators[0], int(mask.sum()))
 
 
 # ---- infilling and editing ------------------------------------------------------------------------
@@ -218,7 +218,7 @@ def keep_segments(pipe, text: str, keep: Sequence[int], num_segments: Optional[i
         raise LatentDLMError("the text to edit is empty")
     bad = [i for i in keep if not 0 <= i < len(segments)]
     if bad:
-        raise LatentDLMError(f"--keep {bad[0]} is out of range: the text has {len(segments)} segments (0..{len(segments) - 1})")
+        raise LatentDLMError(f"keep {bad[0]} is out of range: the text has {len(segments)} segments (0..{len(segments) - 1})")
     total = num_segments if num_segments is not None else len(segments)
     return [segments[i] if i < len(segments) and i in keep else None for i in range(total)]
 
@@ -234,7 +234,7 @@ def infill(pipe, parts: Sequence[Optional[str]], num_samples: int = 1, num_infer
     known = [i for i, part in enumerate(parts) if part is not None]
     blanks = [i for i, part in enumerate(parts) if part is None]
     if not blanks:
-        raise LatentDLMError(f"nothing to fill: mark the segments to generate with {BLANK} (or leave them out of --keep)")
+        raise LatentDLMError(f"nothing to fill: mark the segments to generate with {BLANK} (or leave them out of keep)")
     if not known:
         raise LatentDLMError("no known segment: infilling needs text around the blanks (use `latentdlm generate` to write from nothing)")
     limit = pipe.denoiser.config.max_segments
@@ -243,7 +243,7 @@ def infill(pipe, parts: Sequence[Optional[str]], num_samples: int = 1, num_infer
     sampler = sampler or pipe.sampler_name
     if resample > 1 and sampler not in RESAMPLING_SAMPLERS:
         raise LatentDLMError(f"resampling repeats sampler steps, which needs a {' or '.join(RESAMPLING_SAMPLERS)} sampler "
-                             f"(--scheduler), not {sampler}")
+                             f"(scheduler), not {sampler}")
     if resample < 1:
         raise LatentDLMError(f"resample must be at least 1, got {resample}")
     k, d = pipe.denoiser.config.num_latents, pipe.denoiser.config.latent_dim
@@ -257,8 +257,8 @@ def infill(pipe, parts: Sequence[Optional[str]], num_samples: int = 1, num_infer
     generators = pipe._generators(num_samples, seed, None)
     clean = sample_latents(pipe.denoiser, make_scheduler(sampler, pipe.scheduler), latent_mask, num_inference_steps, generators,
                            conditions, guider, [Held(values, held_mask.repeat_interleave(k, dim=1), resample)])
-    segments = pipe._decode(EncodedText(unflat(pipe, clean), segment_mask), num_samples * len(blanks),
-                            decoding or pipe.decoding, generators[0], joined=False, fixed=[list(parts)] * num_samples)
+    segments = decode_with_settings(pipe.autoencoder, EncodedText(unflat(pipe, clean), segment_mask), decoding or pipe.decoding,
+                                    generators[0], num_samples * len(blanks), joined=False, fixed=[list(parts)] * num_samples)
     return InfillOutput([" ".join(s for s in row if s) for row in segments], segments, blanks)
 
 

@@ -5,6 +5,10 @@ text-conditioned model), saved and loaded as one folder.
     out = pipe(num_samples=4, num_inference_steps=20, scheduler="dpm", seed=0)
     out.texts
     summaries = pipe(conditions=["a long document ..."], guidance_scale=2.0).texts  # text -> text models
+
+Over 300 lines because it is the one place that checks a call's arguments against what the loaded
+model can do (before any sampling) and the one reader of the pipeline folder; the sampling loop, the
+guiders and the latent-space experiments it orchestrates live in diffusion/sampling.py and latent_edits.py.
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ class LatentDiffusionTextPipeline(HubMixin, DiffusionPipeline):
         decoding: Optional[DecodingConfig | dict] = None,
         classifier: Optional[LatentClassifier] = None,
         classifier_scale: float = 1.0,
+        output_type: str = "text",
     ) -> LatentTextOutput:
         """Sample `num_samples` texts. `scheduler` swaps the sampler by name (ddpm, ddim, dpm);
         `class_labels` is one label for all samples or one per sample (names or indices); `conditions`
@@ -82,7 +87,11 @@ class LatentDiffusionTextPipeline(HubMixin, DiffusionPipeline):
         decoder's settings (a DecodingConfig, or a dict of some of its fields over `self.decoding`, the
         pipeline's saved defaults; top-p sampling is repeatable through `seed`/`generator`). With a `classifier` (a
         `LatentClassifier` trained on this pipeline's latents) the `class_labels` are its classes and its
-        gradient steers sampling, scaled by `classifier_scale` (classifier guidance)."""
+        gradient steers sampling, scaled by `classifier_scale` (classifier guidance). `output_type`
+        "latent" returns the sampled latents undecoded (no texts), as diffusers pipelines do."""
+        if output_type not in ("text", "latent"):
+            raise LatentDLMError(f"output_type must be 'text' or 'latent', got {output_type!r}")
+        return_latents = return_latents or output_type == "latent"
         guider = make_guider(guidance_method, guidance_scale, guidance_rescale)  # an unknown method's name fails here
         steering = None
         if classifier is not None:
@@ -126,7 +135,9 @@ class LatentDiffusionTextPipeline(HubMixin, DiffusionPipeline):
                                          generators[start : start + size], condition_kwargs, guider, hooks, progress=progress)
                 latents = self.autoencoder.latent_space.denormalize(latents).reshape(size, -1, k, self.denoiser.config.latent_dim)
                 # every segment of the chunk in one decoder batch: one generate loop, not several
-                texts += self._decode(EncodedText(latents, segment_mask), int(chunk_counts.sum()), decoding, generators[start])
+                if output_type == "text":
+                    texts += decode_with_settings(self.autoencoder, EncodedText(latents, segment_mask), decoding, generators[start],
+                                                  int(chunk_counts.sum()))
                 if return_latents:
                     all_latents.append(latents.cpu())
         if not return_latents:
@@ -167,10 +178,6 @@ class LatentDiffusionTextPipeline(HubMixin, DiffusionPipeline):
         if len(class_labels) != num_samples:
             raise LatentDLMError(f"{len(class_labels)} class labels for {num_samples} samples")
         return torch.tensor([denoiser.class_index(label) for label in class_labels], device=self.device)
-
-    def _decode(self, encoded: EncodedText, batch_size: int, decoding: DecodingConfig, generator: torch.Generator,
-                joined: bool = True, fixed=None) -> list[str] | list[list[str]]:
-        return decode_with_settings(self.autoencoder, encoded, decoding, generator, batch_size, joined, fixed)
 
     def _check_conditions(self, conditions: Optional[Sequence[str] | str], num_samples: int) -> Optional[list[str]]:
         if conditions is None:

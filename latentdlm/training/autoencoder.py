@@ -20,6 +20,7 @@ from latentdlm.autoencoder.objective import AutoencoderObjective, ObjectiveConfi
 from latentdlm.config import save_config
 from latentdlm.data.batching import LengthGroupedSampler
 from latentdlm.data.sources import load_texts, train_eval_split
+from latentdlm.errors import LatentDLMError
 from latentdlm.evaluation.plots import plot_training_curves
 from latentdlm.evaluation.reconstruction import reconstruction_metrics
 from latentdlm.io import write_errors_explained
@@ -55,6 +56,9 @@ class AutoencoderTrainConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     eval_batch_size: int = 64
     show_examples: int = 3  # reconstructions printed at each evaluation
+    # stop with a clear message when an evaluation finds the decoder ignoring its latent (posterior
+    # collapse): the latent gap (NLL with shuffled latents - with the right ones, nats) below this
+    min_latent_gap: Optional[float] = None
 
 
 def load_corpus(data: TextDataConfig, seed: int) -> tuple[list[str], list[str]]:
@@ -159,6 +163,11 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, resume: bool = False, cpu: bo
             f"step {step}: held-out BLEU {metrics['bleu']:.1f}, exact match {metrics['exact_match']:.2%}, "
             f"latent gap {metrics['latent_gap']:.2f} nats"
         )
+        if cfg.min_latent_gap is not None and metrics["latent_gap"] < cfg.min_latent_gap:
+            raise LatentDLMError(
+                f"the decoder ignores its latent (posterior collapse): at step {step} the latent gap is "
+                f"{metrics['latent_gap']:.3f} nats, under min_latent_gap {cfg.min_latent_gap}; try model.regularization: l2 "
+                "with objective.latent_noise, objective.free_bits, model.pooled_residual: true, or less objective.word_dropout")
         return {f"eval/{k}": v for k, v in metrics.items()}
 
     step = run_training(

@@ -1,7 +1,7 @@
 """Stage 2: train the latent DiT (`latentdlm train-diffusion`, scripts/train_diffusion.py).
 
 The corpus is encoded once with the trained autoencoder (posterior means) and cached (training/latent_data.py);
-the DiT then trains on the cached latents with EMA weights kept on every rank (training/ema.py). The result is
+the DiT then trains on the cached latents with EMA weights kept on every rank (training/checkpoints.py). The result is
 one pipeline folder.
 """
 
@@ -84,6 +84,7 @@ class SamplingConfig:
     no_repeat_ngram_size: int = 0  # 0: off
     repetition_penalty: float = 1.0  # 1: off
     top_p: Optional[float] = None  # nucleus sampling when set
+    temperature: float = 1.0  # with top_p
 
     def decoding(self) -> DecodingConfig:
         return DecodingConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(DecodingConfig)})
@@ -100,6 +101,9 @@ class DiffusionTrainConfig:
     training: TrainingConfig = field(default_factory=lambda: TrainingConfig(output_dir="runs/diffusion"))
     ema_decay: float = 0.999
     encode_batch_size: int = 128
+    # texts kept out of training: their denoising loss (fixed noise and timesteps, EMA weights) is logged at
+    # every evaluation and at the end (eval/heldout_loss), so the DiT's size, EMA and schedule can be chosen on it
+    heldout_texts: int = 0
 
 
 # ---- training ------------------------------------------------------------------------------------
@@ -157,6 +161,9 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: bool = False, cpu: bool =
         conditions = load_or_encode_conditions(cfg, condition_encoder.to(accelerator.device), data["sources"], out,
                                                accelerator.is_main_process, accelerator.wait_for_everyone)
     dataset = LatentDataset(autoencoder.latent_space.normalize(data["units"]), data["counts"], data.get("labels"), conditions)
+    dataset, heldout = split_heldout(dataset, cfg.heldout_texts, cfg.training.seed, condition_encoder)
+    if len(dataset) < cfg.training.batch_size * accelerator.num_processes:
+        raise LatentDLMError(f"heldout_texts={cfg.heldout_texts} leaves {len(dataset)} training texts, fewer than one batch")
     loader = DataLoader(dataset, batch_size=cfg.training.batch_size, shuffle=True, drop_last=True,
                         collate_fn=lambda items: collate_latents(items, condition_encoder),
                         generator=torch.Generator().manual_seed(cfg.training.seed))
@@ -203,6 +210,15 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: bool = False, cpu: bool =
                 tqdm.write(f"  sample{given}: {text[:300]}")
         return texts
 
+    @torch.no_grad()
+    def heldout_loss() -> float:
+        """The objective on the held-out texts, with the same noise and timesteps at every evaluation."""
+        batch = {k: v.to(accelerator.device) for k, v in heldout.items()}
+        generator = torch.Generator(device=accelerator.device).manual_seed(0)
+        module = accelerator.unwrap_model(model)
+        terms = module(batch, generator) if reads_sources else diffusion_loss(module, train_scheduler, batch, objective, generator)
+        return float(terms["loss"])
+
     def evaluate(step: int) -> dict:
         if not accelerator.is_main_process:
             return {}
@@ -210,8 +226,12 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: bool = False, cpu: bool =
         ema.store(params)
         ema.copy_to(params)  # samples come from the EMA weights
         texts = samples(step, show=True)
+        metrics = {"eval/distinct_2": distinct_n(texts, 2)}
+        if heldout is not None:
+            metrics["eval/heldout_loss"] = heldout_loss()
+            tqdm.write(f"step {step}: held-out denoising loss {metrics['eval/heldout_loss']:.4f} (EMA weights)")
         ema.restore(params)
-        return {"eval/distinct_2": distinct_n(texts, 2)}
+        return metrics
 
     first_timesteps = []  # this rank's first batch of timesteps: run_info shows that the ranks draw apart
 
@@ -251,6 +271,9 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: bool = False, cpu: bool =
             (out / "run_info.json").write_text(json.dumps(info, indent=2))
             tqdm.write(f"samples after {step} steps:")
             texts = samples(step, show=True)
+            if heldout is not None:
+                info["heldout_loss"] = heldout_loss()
+                (out / "run_info.json").write_text(json.dumps(info, indent=2))
             final_pipeline = pipeline()
             final_pipeline.training_record = training_record(cfg, len(data["counts"]), {"sample_distinct_2": distinct_n(texts, 2)},
                                                              info, logged_minutes(read_metrics(out)))
@@ -259,6 +282,17 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: bool = False, cpu: bool =
             accelerator.print(f"saved the pipeline to {final}")
     finish_training(accelerator)
     return final
+
+
+def split_heldout(dataset: LatentDataset, count: int, seed: int, condition_encoder) -> tuple:
+    """(the training texts, one collated batch of `count` held-out texts or None), the held-out ones drawn by `seed`."""
+    if count <= 0:
+        return dataset, None
+    if count >= len(dataset):
+        raise LatentDLMError(f"heldout_texts={count} must be fewer than the {len(dataset)} training texts")
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
+    heldout = collate_latents([dataset[i] for i in order[:count]], condition_encoder)
+    return torch.utils.data.Subset(dataset, sorted(order[count:])), heldout
 
 
 def _round_robin(class_names: Optional[list[str]], count: int) -> Optional[list[str]]:

@@ -37,11 +37,12 @@ def _cache_key(cfg: DiffusionTrainConfig) -> str:
 
 
 def _cache_is_current(path: Path, meta: Path, key: str) -> bool:
-    """The cache file exists, was written for `key`, and is whole (its sha256 as recorded)."""
+    """The cache file exists, was written for `key`, is whole (its sha256 as recorded) and the units'
+    latent cache it names, if any, is there."""
     if not (path.exists() and meta.exists()):
         return False
     info = json.loads(meta.read_text())
-    if info.get("key") != key:
+    if info.get("key") != key or ("units_file" in info and not Path(info["units_file"]).is_file()):
         return False
     return "sha256" not in info or info["sha256"] == file_sha256(path)  # caches from before the checksum: trusted
 
@@ -61,7 +62,7 @@ def load_or_encode(cfg: DiffusionTrainConfig, autoencoder: ParagraphAutoencoder,
     data_cfg = cfg.data
     if is_main:
         key = _cache_key(cfg)
-        if not (_cache_is_current(path, meta, key) and Path(json.loads(meta.read_text()).get("units_file", "")).is_file()):
+        if not _cache_is_current(path, meta, key):
             names = sources = None
             if data_cfg.label_column and data_cfg.condition_column:
                 raise LatentDLMError("data.label_column and data.condition_column: condition on a class or on a text, not both")
