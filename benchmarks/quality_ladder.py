@@ -28,6 +28,7 @@ Parts (each reuses what the earlier ones saved under --work-dir, default runs/la
   curve         quality against training minutes: the peer's snapshots, the best concept design with a shorter DiT
   speed         stories per second at batch 1 and 32
   demo          the README's first command from a fresh clone of HEAD with an empty model cache, timed
+  demo_heldout  the demo's samples against the paragraphs its DiT never saw: MAUVE, set diversity
 Results: benchmarks/results/quality_ladder.json (+ .png). Splits as benchmarks/generation.py. Over 300
 lines: one part per measured question of the ladder; the systems live in flagship.py, the tasks in ladder_tasks.py.
 """
@@ -48,7 +49,7 @@ from flagship import (
     perplexity, perplexity_judge, pipeline_dir, save_adapter, share_denoiser, train_stage,
 )
 from ladder_tasks import part_summarization, part_title2story
-from runner import ROOT, last_record, load_pipeline, log, run_benchmark, timed, torch_threads
+from runner import ROOT, last_record, load_pipeline, log, run_benchmark, run_cli, timed, torch_threads
 from scoring import NUM_EVAL, Scorer, rocstories, speed
 
 RECON_COUNT = 200
@@ -309,6 +310,32 @@ def part_demo(args, results: dict) -> None:
                        "output_dir": str(work / "repo" / "runs" / "demo"), **printed}
 
 
+def part_demo_heldout(args, results: dict) -> None:
+    """The demo's pipeline (--demo-dir, else a `latentdlm demo` run under the work folder) on the paragraphs
+    its DiT never trained on (its config's heldout_texts): as many samples under the pipeline's own decoding
+    and under top-p 0.9, MAUVE (mpnet) against those paragraphs, LD4LG's set diversity beside theirs."""
+    from latentdlm.config import load_config
+    from latentdlm.data.sources import load_texts
+    from latentdlm.training.diffusion import DiffusionTrainConfig, heldout_indices
+
+    out = args.demo_dir or args.work_dir / "demo"
+    if not (out / "report.md").exists():
+        run_cli(["demo", "--output-dir", str(out), "--overwrite"], args.work_dir / "demo.log")
+    cfg = load_config(DiffusionTrainConfig, out / "diffusion-run" / "train_config.yaml", [])
+    texts = load_texts(cfg.data.source, cfg.data.column, cfg.data.split, cfg.data.limit)
+    held = set(heldout_indices(len(texts), cfg.heldout_texts, cfg.training.seed))
+    heldout = [texts[i] for i in sorted(held)]
+    score = Scorer(heldout, [t for i, t in enumerate(texts) if i not in held])
+    pipe = load_pipeline(out / "diffusion-run" / "pipeline")
+    rows = results["demo_heldout"] = {"demo_dir": str(out), "heldout_paragraphs": len(heldout), "pipeline_decoding": pipe.decoding.to_dict(),
+                                      "diversity_set_real": score.real_diversity, "decodings": {}}
+    for name, decoding in (("pipeline_default", None), ("top_p_0.9", {"top_p": 0.9})):
+        samples = latentdlm_generate(pipe, len(heldout), 32, seed=0, decoding=decoding)
+        rows["decodings"][name] = {**score(samples), "examples": samples[:2] + samples[-2:]}
+        log(rows["decodings"][name], name)
+        results.save()
+
+
 # ---- the report --------------------------------------------------------------------------------
 def best_latentdlm(results: dict) -> str:
     systems = {k: v for k, v in results.get("uncond", {}).get("systems", {}).items() if k != "peer"}
@@ -349,6 +376,9 @@ def summary(results: dict) -> dict:
     if "speed" in results:
         out["speedup_batch1_vs_peer"] = results["speed"]["latentdlm"]["batch_1"] / results["speed"]["peer"]["batch_1"]
     out["demo_minutes_fresh_clone"] = results.get("demo", {}).get("minutes_fresh_clone")
+    demo = results.get("demo_heldout", {}).get("decodings", {}).get("pipeline_default")
+    if demo:
+        out["demo_mauve_mpnet_heldout"], out["demo_diversity_set"] = demo["mauve_mpnet"], demo["diversity_set"]
     for key, value in results.get("summarization", {}).get("rougeL", {}).items():
         out[key] = value
     return out
@@ -356,7 +386,7 @@ def summary(results: dict) -> dict:
 
 PARTS = {"autoencoders": part_autoencoders, "recon": part_recon, "dit": part_dit, "peer": part_peer, "decoding": part_decoding,
          "uncond": part_uncond, "split": part_split, "curve": part_curve, "title2story": part_title2story, "summarization": part_summarization, "speed": part_speed,
-         "demo": part_demo}
+         "demo": part_demo, "demo_heldout": part_demo_heldout}
 
 
 def arguments(parser) -> None:
@@ -365,6 +395,7 @@ def arguments(parser) -> None:
     parser.add_argument("--design", action="append", choices=list(DESIGNS),
                         help="autoencoders/dit: this flagship design (default: a and b)")
     parser.add_argument("--flagship", choices=["b", "c"], default="b", help="title2story: the concept design it runs on")
+    parser.add_argument("--demo-dir", type=Path, help="demo_heldout: score this finished `latentdlm demo` output")
     parser.add_argument("--rerun", action="store_true", help="recon, decoding, uncond: score systems measured earlier again")
 
 

@@ -290,9 +290,14 @@ def split_heldout(dataset: LatentDataset, count: int, seed: int, condition_encod
         return dataset, None
     if count >= len(dataset):
         raise LatentDLMError(f"heldout_texts={count} must be fewer than the {len(dataset)} training texts")
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
-    heldout = collate_latents([dataset[i] for i in order[:count]], condition_encoder)
-    return torch.utils.data.Subset(dataset, sorted(order[count:])), heldout
+    kept = heldout_indices(len(dataset), count, seed)
+    heldout = collate_latents([dataset[i] for i in kept], condition_encoder)
+    return torch.utils.data.Subset(dataset, sorted(set(range(len(dataset))) - set(kept))), heldout
+
+
+def heldout_indices(num_texts: int, count: int, seed: int) -> list[int]:
+    """Which of the data's texts (in load order) `heldout_texts` keeps out of training: scorers read the same ones."""
+    return torch.randperm(num_texts, generator=torch.Generator().manual_seed(seed))[:count].tolist()
 
 
 def _round_robin(class_names: Optional[list[str]], count: int) -> Optional[list[str]]:
