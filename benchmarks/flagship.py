@@ -63,9 +63,13 @@ def share_denoiser(source: Path, autoencoder: Path, folder: Path) -> None:
 
 
 def latentdlm_generate(pipe, count: int, batch_size: int, seed: int, decoding: dict | None = None) -> list[str]:
-    """`decoding`: the decoding rule every system of the ladder shares (None: the pipeline's own settings)."""
+    """`decoding`: the decoding rule every system of the ladder shares, whole (the fields it leaves out at their
+    defaults, not at the pipeline's: the peer decodes by the same rule); None: the pipeline's own settings."""
+    from latentdlm.autoencoder.decoding import DecodingConfig
+
+    rule = None if decoding is None else DecodingConfig.from_dict(decoding)
     return pipe(num_samples=count, num_inference_steps=20, scheduler="dpm", seed=seed, batch_size=batch_size, show_progress=False,
-                decoding=decoding).texts
+                decoding=rule).texts
 
 
 # ---- the peer: SmolLM2 fine-tuned as an autoregressive LM -----------------------------------------

@@ -28,7 +28,8 @@ Parts (each reuses what the earlier ones saved under --work-dir, default runs/la
   curve         quality against training minutes: the peer's snapshots, the best concept design with a shorter DiT
   speed         stories per second at batch 1 and 32
   demo          the README's first command from a fresh clone of HEAD with an empty model cache, timed
-  demo_heldout  the demo's samples against the paragraphs its DiT never saw: MAUVE, set diversity
+  demo_heldout  the demo's samples against the paragraphs its DiT never saw (decoding chosen on half of
+                them, the other half scored once): MAUVE, coherence, set diversity
 Results: benchmarks/results/quality_ladder.json (+ .png). Splits as benchmarks/generation.py. Over 300
 lines: one part per measured question of the ladder; the systems live in flagship.py, the tasks in ladder_tasks.py.
 """
@@ -60,6 +61,7 @@ DECODING_RULES = {
     "top_p_0.9": {"top_p": 0.9},
     "top_p_0.9_temperature_0.8": {"top_p": 0.9, "temperature": 0.8},
     "top_p_0.95_repetition_1.1": {"top_p": 0.95, "repetition_penalty": 1.1},
+    "top_p_0.9_temperature_0.7_no_repeat_3": {"top_p": 0.9, "temperature": 0.7, "no_repeat_ngram_size": 3},
 }
 NUM_VALIDATION = 200  # stories per system and rule
 
@@ -312,8 +314,10 @@ def part_demo(args, results: dict) -> None:
 
 def part_demo_heldout(args, results: dict) -> None:
     """The demo's pipeline (--demo-dir, else a `latentdlm demo` run under the work folder) on the paragraphs
-    its DiT never trained on (its config's heldout_texts): as many samples under the pipeline's own decoding
-    and under top-p 0.9, MAUVE (mpnet) against those paragraphs, LD4LG's set diversity beside theirs."""
+    its DiT never trained on (its config's heldout_texts), in two halves: on the first (validation) its own
+    decoding and each of DECODING_RULES, the best MAUVE (mpnet) + coherence ratio chosen; on the second
+    (test) the chosen rule and its own, scored once: MAUVE (mpnet, MiniLM), coherence, LD4LG's set diversity
+    beside the real paragraphs'."""
     from latentdlm.config import load_config
     from latentdlm.data.sources import load_texts
     from latentdlm.training.diffusion import DiffusionTrainConfig, heldout_indices
@@ -323,17 +327,33 @@ def part_demo_heldout(args, results: dict) -> None:
         run_cli(["demo", "--output-dir", str(out), "--overwrite"], args.work_dir / "demo.log")
     cfg = load_config(DiffusionTrainConfig, out / "diffusion-run" / "train_config.yaml", [])
     texts = load_texts(cfg.data.source, cfg.data.column, cfg.data.split, cfg.data.limit)
-    held = set(heldout_indices(len(texts), cfg.heldout_texts, cfg.training.seed))
-    heldout = [texts[i] for i in sorted(held)]
-    score = Scorer(heldout, [t for i, t in enumerate(texts) if i not in held])
+    order = heldout_indices(len(texts), cfg.heldout_texts, cfg.training.seed)
+    validation, test = [texts[i] for i in order[: len(order) // 2]], [texts[i] for i in order[len(order) // 2 :]]
+    training = [t for i, t in enumerate(texts) if i not in set(order)]
     pipe = load_pipeline(out / "diffusion-run" / "pipeline")
-    rows = results["demo_heldout"] = {"demo_dir": str(out), "heldout_paragraphs": len(heldout), "pipeline_decoding": pipe.decoding.to_dict(),
-                                      "diversity_set_real": score.real_diversity, "decodings": {}}
-    for name, decoding in (("pipeline_default", None), ("top_p_0.9", {"top_p": 0.9})):
-        samples = latentdlm_generate(pipe, len(heldout), 32, seed=0, decoding=decoding)
-        rows["decodings"][name] = {**score(samples), "examples": samples[:2] + samples[-2:]}
-        log(rows["decodings"][name], name)
-        results.save()
+    rules = {"pipeline_default": pipe.decoding.to_dict(), **DECODING_RULES}
+    rows = results.setdefault("demo_heldout", {})
+    rows.update({"demo_dir": str(out), "split": f"the DiT's {len(order)} held-out paragraphs: {len(validation)} validation, {len(test)} test",
+                 "rules": rules, "criterion": "validation MAUVE (mpnet) + coherence ratio"})
+    rows.setdefault("validation", {})
+    score = Scorer(validation, training)
+    for name, rule in rules.items():
+        if name not in rows["validation"] or args.rerun:
+            samples = latentdlm_generate(pipe, len(validation), 32, seed=1, decoding=rule)
+            row = score(samples)
+            rows["validation"][name] = {**{k: row[k] for k in ("mauve_mpnet", "mauve_mpnet_std", "coherence_ratio", "diversity_set")},
+                                        "examples": samples[:2]}
+            log(rows["validation"][name], f"validation {name}")
+            results.save()
+    rows["rule"] = max(rules, key=lambda n: rows["validation"][n]["mauve_mpnet"] + rows["validation"][n]["coherence_ratio"])
+    score = Scorer(test, training)
+    rows["diversity_set_real"], tested = score.real_diversity, rows.setdefault("test", {})
+    for name in dict.fromkeys([rows["rule"], "pipeline_default"]):
+        if name not in tested or args.rerun:
+            samples = latentdlm_generate(pipe, len(test), 32, seed=0, decoding=rules[name])
+            tested[name] = {**score(samples), "examples": samples[:3] + samples[-3:]}
+            log(tested[name], f"test {name}")
+            results.save()
 
 
 # ---- the report --------------------------------------------------------------------------------
@@ -376,7 +396,7 @@ def summary(results: dict) -> dict:
     if "speed" in results:
         out["speedup_batch1_vs_peer"] = results["speed"]["latentdlm"]["batch_1"] / results["speed"]["peer"]["batch_1"]
     out["demo_minutes_fresh_clone"] = results.get("demo", {}).get("minutes_fresh_clone")
-    demo = results.get("demo_heldout", {}).get("decodings", {}).get("pipeline_default")
+    demo = results.get("demo_heldout", {}).get("test", {}).get(results["demo_heldout"].get("rule"))
     if demo:
         out["demo_mauve_mpnet_heldout"], out["demo_diversity_set"] = demo["mauve_mpnet"], demo["diversity_set"]
     for key, value in results.get("summarization", {}).get("rougeL", {}).items():

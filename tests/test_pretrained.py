@@ -277,7 +277,7 @@ def test_flagship_demo_on_stand_ins_trains_the_dit_on_cached_embeddings(stand_in
     adapter = concept_autoencoder_folder(stand_ins, tmp_path / "adapter")
     preset = tmp_path / "concept.yaml"
     concept_dm = Path(__file__).resolve().parents[1] / "configs/diffusion/concept.yaml"
-    save_config(load_config(DiffusionTrainConfig, concept_dm, tiny_diffusion_overrides("unused", "unused", **{"denoiser.patch_size": 1})), preset)
+    save_config(load_config(DiffusionTrainConfig, concept_dm, tiny_diffusion_overrides("unused", "unused", **{"denoiser.patch_size": 1, "heldout_texts": 8})), preset)
     monkeypatch.setattr(latentdlm.demo, "ADAPTER", adapter)
     monkeypatch.setattr(latentdlm.demo, "FLAGSHIP_PACKAGES", {})  # the stand-ins need none of the model packages
     monkeypatch.setitem(latentdlm.demo.PRESETS, "flagship", {"diffusion": preset, "minutes": 1.0})
