@@ -51,7 +51,7 @@ from flagship import (
 )
 from ladder_tasks import part_summarization, part_title2story
 from runner import ROOT, last_record, load_pipeline, log, run_benchmark, run_cli, timed, torch_threads
-from scoring import NUM_EVAL, Scorer, rocstories, speed
+from scoring import NUM_EVAL, Scorer, consecutive_latent_cosine, plan_retrieval, rocstories, segment_bank, speed
 
 RECON_COUNT = 200
 SYSTEMS = ("tiny", "a", "b", "c", "peer")
@@ -197,22 +197,6 @@ def stories_scored(system: str, model: Path, score: Scorer, tokenizer, plain, de
     return row
 
 
-def unit_vectors(latents, segment_mask):
-    """(N, S, k, d) latents -> (units, k*d) unit vectors of the real segments, in story order."""
-    import torch.nn.functional as F
-
-    return F.normalize(latents[segment_mask.bool()].flatten(1).float(), dim=-1)
-
-
-def consecutive_latent_cosine(latents, segment_mask) -> float:
-    """Mean cosine between each segment's latent and the next one's in the same story."""
-    import torch.nn.functional as F
-
-    pairs = segment_mask[:, 1:].bool() & segment_mask[:, :-1].bool()
-    cosines = F.cosine_similarity(latents[:, 1:].flatten(2).float(), latents[:, :-1].flatten(2).float(), dim=-1)
-    return float(cosines[pairs].mean())
-
-
 def part_split(args, results: dict) -> None:
     """Where the loss is, per latentdlm system: (i) the plan, its NUM_EVAL DiT samples (seed 0, as in uncond)
     with each segment replaced by its nearest training sentence (cosine on the latents), scored on the test
@@ -230,14 +214,9 @@ def part_split(args, results: dict) -> None:
         if not folder.exists() or (system in rows["systems"] and not args.rerun):
             continue
         pipe = load_pipeline(folder)
-        train = pipe.encode(splits.train)
-        sentences = [u for units in pipe.autoencoder.processor.split_units(splits.train) for u in units]
-        bank = unit_vectors(train.latents, train.segment_mask)
         sampled = pipe(num_samples=NUM_EVAL, num_inference_steps=20, scheduler="dpm", seed=0, batch_size=64, show_progress=False,
                        output_type="latent")
-        nearest = (unit_vectors(sampled.latents, sampled.segment_mask) @ bank.T).argmax(dim=1).tolist()
-        counts = sampled.segment_mask.sum(dim=1).tolist()
-        retrieved = [" ".join(sentences[i] for i in nearest[sum(counts[:n]) : sum(counts[: n + 1])]) for n in range(len(counts))]
+        retrieved = plan_retrieval(*segment_bank(pipe, splits.train), sampled)
         real = pipe.encode(splits.test)
         validation = pipe.encode(splits.validation)
         ceiling = decode_with_settings(pipe.autoencoder, validation, rule, torch.Generator().manual_seed(0), 64)
@@ -318,6 +297,7 @@ def part_demo_heldout(args, results: dict) -> None:
     decoding and each of DECODING_RULES, the best MAUVE (mpnet) + coherence ratio chosen; on the second
     (test) the chosen rule and its own, scored once: MAUVE (mpnet, MiniLM), coherence, LD4LG's set diversity
     beside the real paragraphs'."""
+    from latentdlm.autoencoder.decoding import DecodingConfig
     from latentdlm.config import load_config
     from latentdlm.data.sources import load_texts
     from latentdlm.training.diffusion import DiffusionTrainConfig, heldout_indices
@@ -338,6 +318,9 @@ def part_demo_heldout(args, results: dict) -> None:
     rows.setdefault("validation", {})
     score = Scorer(validation, training)
     for name, rule in rules.items():
+        same = [n for n in rows["validation"] if n in rules and n != name and DecodingConfig.from_dict(rules[n]) == DecodingConfig.from_dict(rule)]
+        if same and name not in rows["validation"]:  # the pipeline's own decoding is one of the rules: measured once
+            rows["validation"][name] = rows["validation"][same[0]]
         if name not in rows["validation"] or args.rerun:
             samples = latentdlm_generate(pipe, len(validation), 32, seed=1, decoding=rule)
             row = score(samples)

@@ -1,5 +1,5 @@
-"""The ROCStories splits (benchmarks/generation.py's docstring), the story scorer and the speed measurement
-that the generation, quality-ladder and latent-space benchmarks share."""
+"""The ROCStories splits (benchmarks/generation.py's docstring), the story scorer, the plan's own measures
+(nearest-sentence retrieval, consecutive-latent cosine) and the speed measurement that the benchmarks share."""
 
 from __future__ import annotations
 
@@ -59,3 +59,42 @@ def speed(generate, batch_size: int, repeats: int) -> float:
     generate(batch_size, 0)
     _, seconds = timed(lambda: [generate(batch_size, seed) for seed in range(1, repeats + 1)])
     return batch_size * repeats / seconds
+
+
+def unit_vectors(latents, segment_mask):
+    """(N, S, k, d) latents -> (units, k*d) unit vectors of the real segments, in text order."""
+    import torch.nn.functional as F
+
+    return F.normalize(latents[segment_mask.bool()].flatten(1).float(), dim=-1)
+
+
+def consecutive_latent_cosine(latents, segment_mask) -> float:
+    """Mean cosine between each segment's latent and the next one's in the same text."""
+    import torch.nn.functional as F
+
+    pairs = segment_mask[:, 1:].bool() & segment_mask[:, :-1].bool()
+    cosines = F.cosine_similarity(latents[:, 1:].flatten(2).float(), latents[:, :-1].flatten(2).float(), dim=-1)
+    return float(cosines[pairs].mean())
+
+
+def segment_bank(pipe, texts: list[str]) -> tuple:
+    """Every segment of `texts` and its unit latent vector (concept latents from the embedding cache)."""
+    from latentdlm.autoencoder.latent_cache import cached_unit_latents
+
+    segments = [u for units in pipe.autoencoder.processor.split_units(texts) for u in units]
+    if pipe.autoencoder.fixed_latents:
+        latents = cached_unit_latents(pipe.autoencoder, segments)
+        return segments, unit_vectors(latents[:, None], latents.new_ones(len(segments), 1))
+    encoded = pipe.encode(texts)
+    return segments, unit_vectors(encoded.latents, encoded.segment_mask)
+
+
+def plan_retrieval(segments: list[str], bank, sampled) -> list[str]:
+    """The plan alone: each segment of the DiT's `sampled` latents (output_type="latent") replaced by the
+    nearest of the `segments` whose unit vectors are `bank` (cosine on the latents), no decoder involved."""
+    nearest = (unit_vectors(sampled.latents, sampled.segment_mask) @ bank.T).argmax(dim=1).tolist()
+    counts, texts, start = sampled.segment_mask.sum(dim=1).tolist(), [], 0
+    for count in counts:
+        texts.append(" ".join(segments[i] for i in nearest[start : start + count]))
+        start += count
+    return texts

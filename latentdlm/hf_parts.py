@@ -50,6 +50,9 @@ class PartConfig:
     gguf_file: Optional[str] = None  # a GGUF file inside name_or_path (dequantised to float32)
     freeze: bool = False
     lora: Optional[LoraSettings] = None  # with freeze: true, adapt the frozen weights through LoRA
+    # a frozen part's own weights: bfloat16 halves their memory and spares bf16 autocast the cast of every
+    # weight at every step (its LoRA adapters, and everything that trains, stay float32)
+    dtype: str = "float32"
 
 
 ENCODER_KINDS = ("hf", "sentence_transformers")
@@ -150,12 +153,23 @@ def _with_lora(model: nn.Module, part: PartConfig) -> nn.Module:
 LORA_MARK = "lora_"  # in the names of LoRA weights
 
 
+WEIGHT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
 def _frozen(module: nn.Module, part: PartConfig) -> nn.Module:
     """A frozen part is a fixed function (no gradients, no dropout; `_Part.train` keeps it so); with
-    `lora` only its adapters train."""
+    `lora` only its adapters train; its own weights in `part.dtype`."""
+    if part.dtype not in WEIGHT_DTYPES:
+        raise LatentDLMError(f"unknown dtype '{part.dtype}' for a part's weights: choose one of {', '.join(WEIGHT_DTYPES)}")
+    if part.dtype != "float32" and not part.freeze:
+        raise LatentDLMError(f"dtype: {part.dtype} is for a frozen part's weights: set freeze: true beside it")
     if part.freeze:
         module.requires_grad_(False).eval()
-    return _with_lora(module, part)
+    module = _with_lora(module, part)
+    for name, param in module.named_parameters():
+        if not param.requires_grad:
+            param.data = param.data.to(WEIGHT_DTYPES[part.dtype])
+    return module
 
 
 class _Part(nn.Module):
@@ -173,6 +187,7 @@ class _Part(nn.Module):
     def _adopt(self, model: nn.Module, part: PartConfig) -> None:
         """Hold the loaded HF model as this part (frozen, with LoRA, as `part` says) and read its shape."""
         self.model = _frozen(model, part)
+        self.weight_dtype = WEIGHT_DTYPES[part.dtype]
         self.frozen = part.freeze
         self.external = part.freeze and part.name_or_path is not None
         self.hf_config = _config_dict(model)
@@ -183,6 +198,11 @@ class _Part(nn.Module):
         if self.frozen:
             self.model.eval()
         return self
+
+    def computing(self, device: torch.device):
+        """The context that runs this part: bf16 autocast for bfloat16 weights (a training loop's own
+        autocast, when on, already is), else nothing."""
+        return torch.autocast(device.type, dtype=self.weight_dtype, enabled=self.weight_dtype != torch.float32)
 
 
 class TextEncoder(_Part):
@@ -203,7 +223,8 @@ class TextEncoder(_Part):
         self._adopt(model, part)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        with self.computing(input_ids.device):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state.float()
 
 
 def _sentence_transformer_backbone(part: PartConfig) -> nn.Module:
@@ -252,22 +273,23 @@ class TextDecoder(_Part):
         return int(start)
 
     def forward(self, memory: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Next-token logits (B, T, vocab) for decoder inputs (B, T) given the memory."""
-        if self.kind == "seq2seq":
-            out = self.model(
-                encoder_outputs=BaseModelOutput(last_hidden_state=memory),
-                attention_mask=_memory_mask(memory),
-                decoder_input_ids=input_ids,
-                decoder_attention_mask=attention_mask,
-                use_cache=False,
-            )
-            return out.logits
-        embeds = torch.cat([memory, self.model.get_input_embeddings()(input_ids)], dim=1)
-        mask = torch.cat([_memory_mask(memory), attention_mask], dim=1)
-        # positions count real tokens only: left-padded context tokens sit between the prefix and the text
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False)
-        return out.logits[:, memory.shape[1] :]
+        """Next-token logits (B, T, vocab), float32, for decoder inputs (B, T) given the memory."""
+        with self.computing(memory.device):
+            if self.kind == "seq2seq":
+                out = self.model(
+                    encoder_outputs=BaseModelOutput(last_hidden_state=memory),
+                    attention_mask=_memory_mask(memory),
+                    decoder_input_ids=input_ids,
+                    decoder_attention_mask=attention_mask,
+                    use_cache=False,
+                )
+                return out.logits.float()
+            embeds = torch.cat([memory, self.model.get_input_embeddings()(input_ids).to(memory.dtype)], dim=1)
+            mask = torch.cat([_memory_mask(memory), attention_mask], dim=1)
+            # positions count real tokens only: left-padded context tokens sit between the prefix and the text
+            positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+            out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False)
+            return out.logits[:, memory.shape[1] :].float()
 
     @torch.no_grad()
     def generate(self, memory: torch.Tensor, max_new_tokens: int, context_ids: Optional[list[list[int]]] = None, **kwargs) -> torch.Tensor:
@@ -275,19 +297,20 @@ class TextDecoder(_Part):
         decoder first produces the `<s>` it was trained to begin with; decoding skips it as a special token.
         A causal decoder starts from BOS after the latent prefix, as in training (`collate`), behind each
         row's left-padded `context_ids` when given."""
-        if self.kind == "seq2seq":
-            ids = self.model.generate(
-                encoder_outputs=BaseModelOutput(last_hidden_state=memory),
-                attention_mask=_memory_mask(memory),
-                max_new_tokens=max_new_tokens,
-                **kwargs,
-            )
-            return ids[:, 1:]  # drop the decoder start token
-        rows = [list(c) + [self.start_token_id] for c in (context_ids or [[]] * memory.shape[0])]
-        ids, text_mask = left_pad(rows, kwargs.get("pad_token_id", self.start_token_id))
-        embeds = torch.cat([memory, self.model.get_input_embeddings()(ids.to(memory.device))], dim=1)
-        mask = torch.cat([_memory_mask(memory), text_mask.to(memory.device)], dim=1)  # generate derives the positions from it
-        return self.model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens, **kwargs)
+        with self.computing(memory.device):
+            if self.kind == "seq2seq":
+                ids = self.model.generate(
+                    encoder_outputs=BaseModelOutput(last_hidden_state=memory),
+                    attention_mask=_memory_mask(memory),
+                    max_new_tokens=max_new_tokens,
+                    **kwargs,
+                )
+                return ids[:, 1:]  # drop the decoder start token
+            rows = [list(c) + [self.start_token_id] for c in (context_ids or [[]] * memory.shape[0])]
+            ids, text_mask = left_pad(rows, kwargs.get("pad_token_id", self.start_token_id))
+            embeds = torch.cat([memory, self.model.get_input_embeddings()(ids.to(memory.device)).to(memory.dtype)], dim=1)
+            mask = torch.cat([_memory_mask(memory), text_mask.to(memory.device)], dim=1)  # generate derives the positions from it
+            return self.model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens, **kwargs)
 
 
 def left_pad(sequences: Sequence[list[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -97,6 +97,28 @@ def test_only_lora_and_the_latent_adapter_train(stand_ins):
     assert model.to_memory(torch.randn(5, 1, 32)).shape == (5, 3, TINY_DECODERS["llama"]["hidden_size"])
 
 
+def test_a_bfloat16_frozen_base_keeps_its_adapters_float32_and_decodes_like_the_float32_one(stand_ins):
+    exact, half = concept_model(stand_ins), concept_model(stand_ins, **{"model.decoder.dtype": "bfloat16"})
+    dtypes = {n: p.dtype for n, p in half.decoder.named_parameters()}
+    assert all(d == (torch.float32 if "lora_" in n else torch.bfloat16) for n, d in dtypes.items())
+    assert any("lora_" in n for n in dtypes) and half.to_memory.norm.weight.dtype == torch.float32
+    ids = torch.tensor([[1, 5, 6, 7]])
+    memory = torch.randn(1, 1, 32)
+    logits = half.decoder_logits(memory, ids, torch.ones_like(ids))  # no autocast around it: the part brings its own
+    assert logits.dtype == torch.float32
+    torch.testing.assert_close(logits, exact.decoder_logits(memory, ids, torch.ones_like(ids)), atol=0.1, rtol=0.05)
+    units = [u for per_text in half.processor.split_units(TEXTS[:2]) for u in per_text]
+    tokens = half.processor.tokenize(units)
+    half.train()
+    autoencoder_loss(half, half.processor.collate(tokens.encoder_ids, tokens.decoder_ids), ObjectiveConfig(), step=1)["loss"].backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in half.parameters() if p.requires_grad)
+    assert len(half.eval().decode(half.encode([STORY]), max_new_tokens=4)) == 1
+    with pytest.raises(LatentDLMError, match="dtype: bfloat16 is for a frozen part's weights"):
+        concept_model(stand_ins, **{"model.decoder.dtype": "bfloat16", "model.decoder.freeze": "false", "model.decoder.lora": "null"})
+    with pytest.raises(LatentDLMError, match="unknown dtype 'float8'"):
+        concept_model(stand_ins, **{"model.decoder.dtype": "float8"})
+
+
 def test_saving_keeps_only_trained_weights_and_reloads_the_same_model(stand_ins, tmp_path):
     model = concept_model(stand_ins)
     with torch.no_grad():  # make the adapters non-trivial so a lost LoRA weight would show
