@@ -204,6 +204,11 @@ class _Part(nn.Module):
         autocast, when on, already is), else nothing."""
         return torch.autocast(device.type, dtype=self.weight_dtype, enabled=self.weight_dtype != torch.float32)
 
+    def outside(self, output: torch.Tensor) -> torch.Tensor:
+        """An output as the rest of the model reads it: float32 from bfloat16 base weights (a model cast
+        whole to one dtype keeps it)."""
+        return output.float() if self.weight_dtype != torch.float32 else output
+
 
 class TextEncoder(_Part):
     """Token ids -> contextual states (B, L, hidden). Wraps any HF encoder or encoder half."""
@@ -224,7 +229,7 @@ class TextEncoder(_Part):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         with self.computing(input_ids.device):
-            return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state.float()
+            return self.outside(self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state)
 
 
 def _sentence_transformer_backbone(part: PartConfig) -> nn.Module:
@@ -273,7 +278,7 @@ class TextDecoder(_Part):
         return int(start)
 
     def forward(self, memory: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Next-token logits (B, T, vocab), float32, for decoder inputs (B, T) given the memory."""
+        """Next-token logits (B, T, vocab) for decoder inputs (B, T) given the memory."""
         with self.computing(memory.device):
             if self.kind == "seq2seq":
                 out = self.model(
@@ -283,13 +288,13 @@ class TextDecoder(_Part):
                     decoder_attention_mask=attention_mask,
                     use_cache=False,
                 )
-                return out.logits.float()
+                return self.outside(out.logits)
             embeds = torch.cat([memory, self.model.get_input_embeddings()(input_ids).to(memory.dtype)], dim=1)
             mask = torch.cat([_memory_mask(memory), attention_mask], dim=1)
             # positions count real tokens only: left-padded context tokens sit between the prefix and the text
             positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
             out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False)
-            return out.logits[:, memory.shape[1] :].float()
+            return self.outside(out.logits[:, memory.shape[1] :])
 
     @torch.no_grad()
     def generate(self, memory: torch.Tensor, max_new_tokens: int, context_ids: Optional[list[list[int]]] = None, **kwargs) -> torch.Tensor:
