@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 
 from runner import ROOT, load_pipeline, log, run_benchmark, run_cli, torch_threads
-from scoring import Scorer, consecutive_latent_cosine, plan_retrieval, segment_bank
+from scoring import Scorer, consecutive_latent_cosine, heldout_halves, plan_retrieval, segment_bank
 
 SHIFTS = (1, 2, 4)
 BAND = (-6.0, -3.0)  # logSNR where two sentence latents become distinguishable
@@ -45,18 +45,6 @@ def part_schedule(args, results: dict) -> None:
     log(rows)
 
 
-def heldout_split(run):
-    """(validation paragraphs, training paragraphs) of a DiT run folder, as demo_heldout splits them."""
-    from latentdlm.config import load_config
-    from latentdlm.data.sources import load_texts
-    from latentdlm.training.diffusion import DiffusionTrainConfig, heldout_indices
-
-    cfg = load_config(DiffusionTrainConfig, run / "train_config.yaml", [])
-    texts = load_texts(cfg.data.source, cfg.data.column, cfg.data.split, cfg.data.limit)
-    order = heldout_indices(len(texts), cfg.heldout_texts, cfg.training.seed)
-    return [texts[i] for i in order[: len(order) // 2]], [t for i, t in enumerate(texts) if i not in set(order)]
-
-
 def shift_part(shift: int):
     def part(args, results: dict) -> None:
         from latentdlm.demo import ADAPTER
@@ -66,7 +54,7 @@ def shift_part(shift: int):
             run_cli(["train-diffusion", "--config", str(CONFIG), f"autoencoder={ADAPTER}", f"objective.noise_shift={shift}",
                      f"training.output_dir={run}", f"training.max_minutes={args.dit_minutes}", "training.overwrite_output_dir=true"],
                     args.work_dir / f"shift_{shift}.log")
-        validation, training = heldout_split(run)
+        validation, _, training = heldout_halves(run)
         score, pipe = Scorer(validation, training), load_pipeline(run / "pipeline")
         sampled = pipe(num_samples=len(validation), num_inference_steps=20, scheduler="dpm", seed=1, batch_size=64,
                        show_progress=False, output_type="latent")

@@ -51,7 +51,7 @@ from flagship import (
 )
 from ladder_tasks import part_summarization, part_title2story
 from runner import ROOT, last_record, load_pipeline, log, run_benchmark, run_cli, timed, torch_threads
-from scoring import NUM_EVAL, Scorer, consecutive_latent_cosine, plan_retrieval, rocstories, segment_bank, speed
+from scoring import NUM_EVAL, Scorer, consecutive_latent_cosine, heldout_halves, plan_retrieval, rocstories, segment_bank, speed
 
 RECON_COUNT = 200
 SYSTEMS = ("tiny", "a", "b", "c", "peer")
@@ -298,22 +298,15 @@ def part_demo_heldout(args, results: dict) -> None:
     (test) the chosen rule and its own, scored once: MAUVE (mpnet, MiniLM), coherence, LD4LG's set diversity
     beside the real paragraphs'."""
     from latentdlm.autoencoder.decoding import DecodingConfig
-    from latentdlm.config import load_config
-    from latentdlm.data.sources import load_texts
-    from latentdlm.training.diffusion import DiffusionTrainConfig, heldout_indices
 
     out = args.demo_dir or args.work_dir / "demo"
     if not (out / "report.md").exists():
         run_cli(["demo", "--output-dir", str(out), "--overwrite"], args.work_dir / "demo.log")
-    cfg = load_config(DiffusionTrainConfig, out / "diffusion-run" / "train_config.yaml", [])
-    texts = load_texts(cfg.data.source, cfg.data.column, cfg.data.split, cfg.data.limit)
-    order = heldout_indices(len(texts), cfg.heldout_texts, cfg.training.seed)
-    validation, test = [texts[i] for i in order[: len(order) // 2]], [texts[i] for i in order[len(order) // 2 :]]
-    training = [t for i, t in enumerate(texts) if i not in set(order)]
+    validation, test, training = heldout_halves(out / "diffusion-run")
     pipe = load_pipeline(out / "diffusion-run" / "pipeline")
     rules = {"pipeline_default": pipe.decoding.to_dict(), **DECODING_RULES}
     rows = results.setdefault("demo_heldout", {})
-    rows.update({"demo_dir": str(out), "split": f"the DiT's {len(order)} held-out paragraphs: {len(validation)} validation, {len(test)} test",
+    rows.update({"demo_dir": str(out), "split": f"the DiT's {len(validation) + len(test)} held-out paragraphs: {len(validation)} validation, {len(test)} test",
                  "rules": rules, "criterion": "validation MAUVE (mpnet) + coherence ratio"})
     rows.setdefault("validation", {})
     score = Scorer(validation, training)
@@ -379,7 +372,8 @@ def summary(results: dict) -> dict:
     if "speed" in results:
         out["speedup_batch1_vs_peer"] = results["speed"]["latentdlm"]["batch_1"] / results["speed"]["peer"]["batch_1"]
     out["demo_minutes_fresh_clone"] = results.get("demo", {}).get("minutes_fresh_clone")
-    demo = results.get("demo_heldout", {}).get("test", {}).get(results["demo_heldout"].get("rule"))
+    held = results.get("demo_heldout", {})
+    demo = held.get("test", {}).get(held.get("rule"))
     if demo:
         out["demo_mauve_mpnet_heldout"], out["demo_diversity_set"] = demo["mauve_mpnet"], demo["diversity_set"]
     for key, value in results.get("summarization", {}).get("rougeL", {}).items():

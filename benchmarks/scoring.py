@@ -61,6 +61,20 @@ def speed(generate, batch_size: int, repeats: int) -> float:
     return batch_size * repeats / seconds
 
 
+def heldout_halves(run) -> tuple[list[str], list[str], list[str]]:
+    """(validation, test, training) paragraphs of a DiT run folder: its `heldout_texts`, in the order they
+    were drawn, split in halves (choose on the first, score once on the second), and the texts it trained on."""
+    from latentdlm.config import load_config
+    from latentdlm.data.sources import load_texts
+    from latentdlm.training.diffusion import DiffusionTrainConfig, heldout_indices
+
+    cfg = load_config(DiffusionTrainConfig, run / "train_config.yaml", [])
+    texts = load_texts(cfg.data.source, cfg.data.column, cfg.data.split, cfg.data.limit)
+    order = heldout_indices(len(texts), cfg.heldout_texts, cfg.training.seed)
+    held, half = set(order), len(order) // 2
+    return [texts[i] for i in order[:half]], [texts[i] for i in order[half:]], [t for i, t in enumerate(texts) if i not in held]
+
+
 def unit_vectors(latents, segment_mask):
     """(N, S, k, d) latents -> (units, k*d) unit vectors of the real segments, in text order."""
     import torch.nn.functional as F
