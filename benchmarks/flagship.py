@@ -58,8 +58,9 @@ def share_denoiser(source: Path, autoencoder: Path, folder: Path) -> None:
     if folder.exists():
         return
     pipe = LatentDiffusionTextPipeline.from_pretrained(source)
-    LatentDiffusionTextPipeline(ParagraphAutoencoder.from_pretrained(autoencoder), pipe.denoiser, pipe.scheduler,
-                                decoding=pipe.decoding).save_pretrained(folder)
+    other = ParagraphAutoencoder.from_pretrained(autoencoder)
+    other.latent_space.load_state_dict(pipe.autoencoder.latent_space.state_dict())  # the statistics the denoiser was trained in
+    LatentDiffusionTextPipeline(other, pipe.denoiser, pipe.scheduler, decoding=pipe.decoding).save_pretrained(folder)
 
 
 def latentdlm_generate(pipe, count: int, batch_size: int, seed: int, decoding: dict | None = None) -> list[str]:

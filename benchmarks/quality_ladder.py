@@ -7,6 +7,8 @@ Budget: AUTOENCODER_MINUTES + DIT_MINUTES of training per latentdlm system, the 
 (the tiny system is the generation benchmark's best, trained for its own minutes, stated in the JSON); the
 conditional tasks add the same minutes to each system, stated in their parts.
 Parts (each reuses what the earlier ones saved under --work-dir, default runs/ladder):
+  plan_noise    (b)'s DiT first, on the frozen encoder's latents; the decoders of (b) and (c) then train with
+                the sphere noise that matches its samples' distance to the nearest real sentence
   autoencoders  design (a) minilm_smollm2 (Perceiver latents), design (b) minilm_smollm2_concept
                 (frozen MiniLM sentence embeddings) and (c) = (b) with model.decoder_context=1 (the decoder
                 also reads the previous sentence), on the training stories' sentences
@@ -37,6 +39,7 @@ lines: one part per measured question of the ladder; the systems live in flagshi
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -51,7 +54,9 @@ from flagship import (
 )
 from ladder_tasks import part_summarization, part_title2story
 from runner import ROOT, last_record, load_pipeline, log, run_benchmark, run_cli, timed, torch_threads
-from scoring import NUM_EVAL, Scorer, consecutive_latent_cosine, heldout_halves, plan_retrieval, rocstories, segment_bank, speed
+from scoring import (
+    NUM_EVAL, Scorer, consecutive_latent_cosine, heldout_halves, plan_retrieval, rocstories, segment_bank, speed, unit_vectors,
+)
 
 RECON_COUNT = 200
 SYSTEMS = ("tiny", "a", "b", "c", "peer")
@@ -67,13 +72,37 @@ NUM_VALIDATION = 200  # stories per system and rule
 
 
 # ---- parts -----------------------------------------------------------------------------------------
+def part_plan_noise(args, results: dict) -> None:
+    """The concept designs' sphere noise, chosen from the plan: (b)'s DiT trains first (concept latents are the
+    frozen encoder's, whatever the decoder: an untrained autoencoder serves), its NUM_EVAL samples are compared
+    with the nearest of the validation stories' sentences, and the decoder of (b) and (c) trains with the
+    latent noise that moves a real latent as far: projected Gaussian noise of std s per dimension leaves a
+    sqrt(d)-radius latent at cosine 1/sqrt(1 + s^2), so s = sqrt(1/cos^2 - 1). The DiT is (b)'s in part dit."""
+    work = args.work_dir / "b"
+    encoder_only = work / "encoder-only"
+    train_stage("train-autoencoder", ROOT / f"configs/autoencoder/{DESIGNS['b']}.yaml", encoder_only, 0.05, ROC_AUTOENCODER)
+    train_stage("train-diffusion", ROOT / f"configs/diffusion/flagship/{DIT_PRESETS['b']}.yaml", work / "plan-run", args.dit_minutes,
+                [f"autoencoder={encoder_only / 'autoencoder'}", "training.eval_every=0"])
+    pipe = load_pipeline(work / "plan-run" / "pipeline")
+    sampled = pipe(num_samples=NUM_EVAL, num_inference_steps=20, scheduler="dpm", seed=0, batch_size=64, show_progress=False,
+                   output_type="latent")
+    _, bank = segment_bank(pipe, rocstories().validation)
+    nearest = (unit_vectors(sampled.latents, sampled.segment_mask) @ bank.T).max(dim=1).values
+    cosine = float(nearest.mean())
+    results["plan_noise"] = {"dit": {"preset": DIT_PRESETS["b"], **last_record(work / "plan-run")},
+                             "nearest_validation_cosine": {"mean": cosine, "quartiles": nearest.quantile(torch.tensor([0.25, 0.5, 0.75])).tolist()},
+                             "latent_noise": round(math.sqrt(max(1 / cosine**2 - 1, 0.0)), 3)}
+    log(results["plan_noise"], "plan noise")
+
+
 def part_autoencoders(args, results: dict) -> None:
     work = args.work_dir
     for design in args.design:
         preset = DESIGNS[design]
         run = work / design / "autoencoder-run"
+        noise = [f"objective.latent_noise={results['plan_noise']['latent_noise']}"] if design in "bc" and "plan_noise" in results else []
         train_stage("train-autoencoder", ROOT / f"configs/autoencoder/{preset}.yaml", run, args.autoencoder_minutes,
-                    ROC_AUTOENCODER + DESIGN_OVERRIDES.get(design, []))
+                    ROC_AUTOENCODER + DESIGN_OVERRIDES.get(design, []) + noise)
         results.setdefault("autoencoders", {})[design] = {"preset": preset, **last_record(run)}
         results.save()
 
@@ -116,6 +145,11 @@ def part_dit(args, results: dict) -> None:
         if design == "c":  # (b)'s DiT as it is: (c) has the same latents (frozen MiniLM), only its decoder differs
             share_denoiser(pipeline_dir(work, "b"), autoencoder_dir(work, "c"), pipeline_dir(work, "c"))
             results.setdefault("dit", {})["c"] = {"shared_with": "b", **results.get("dit", {}).get("b", {})}
+            continue
+        if design == "b" and (work / "b" / "plan-run" / "pipeline").exists():  # trained first, by part plan_noise
+            share_denoiser(work / "b" / "plan-run" / "pipeline", autoencoder_dir(work, "b"), pipeline_dir(work, "b"))
+            results.setdefault("dit", {})["b"] = {"trained_by": "plan_noise", **results["plan_noise"]["dit"]}
+            results.save()
             continue
         preset = DIT_PRESETS[design]
         run = work / design / "diffusion-run"
@@ -381,7 +415,7 @@ def summary(results: dict) -> dict:
     return out
 
 
-PARTS = {"autoencoders": part_autoencoders, "recon": part_recon, "dit": part_dit, "peer": part_peer, "decoding": part_decoding,
+PARTS = {"plan_noise": part_plan_noise, "autoencoders": part_autoencoders, "recon": part_recon, "dit": part_dit, "peer": part_peer, "decoding": part_decoding,
          "uncond": part_uncond, "split": part_split, "curve": part_curve, "title2story": part_title2story, "summarization": part_summarization, "speed": part_speed,
          "demo": part_demo, "demo_heldout": part_demo_heldout}
 
