@@ -7,14 +7,15 @@ Budget: AUTOENCODER_MINUTES + DIT_MINUTES of training per latentdlm system, the 
 (the tiny system is the generation benchmark's best, trained for its own minutes, stated in the JSON); the
 conditional tasks add the same minutes to each system, stated in their parts.
 Parts (each reuses what the earlier ones saved under --work-dir, default runs/ladder):
-  plan_noise    (b)'s DiT first, on the frozen encoder's latents; the decoders of (b) and (c) then train with
+  plan_noise    (b)'s DiT first, on the frozen encoder's latents; the decoders of (b), (c) and (d) then train with
                 the sphere noise that matches its samples' distance to the nearest real sentence
   autoencoders  design (a) minilm_smollm2 (Perceiver latents), design (b) minilm_smollm2_concept
-                (frozen MiniLM sentence embeddings) and (c) = (b) with model.decoder_context=1 (the decoder
-                also reads the previous sentence), on the training stories' sentences
+                (frozen MiniLM sentence embeddings), (c) = (b) with model.decoder_context=1 (the decoder also
+                reads the previous sentence) and (d) = (b) decoded as one stream per story (model.decoder_stream),
+                on the training stories' sentences
   recon         reconstruction of held-out stories (rocstories/dev.jsonl[:RECON_COUNT]): BLEU, exact match,
                 meaning (MiniLM cosine, BERTScore F1 on mpnet) for tiny, (a), (b)
-  dit           the latent DiT of each design (configs/diffusion/flagship/*_roc_uncond.yaml); (c) uses (b)'s
+  dit           the latent DiT of each design (configs/diffusion/flagship/*_roc_uncond.yaml); (c), (d) use (b)'s
   peer          SmolLM2-135M + LoRA (same rank as the decoders) fine-tuned on the stories, bf16, same minutes
   decoding      one decoding rule for every system, the peer included (DECODING_RULES: greedy + no-repeat,
                 top-p, temperature, repetition penalty), chosen on NUM_VALIDATION validation stories per system
@@ -25,7 +26,7 @@ Parts (each reuses what the earlier ones saved under --work-dir, default runs/la
                 prompts, --dit-minutes more each; guidance chosen on validation titles, test scored once
   summarization Debian description -> synopsis: design (b) trained on the synopses + a document-conditioned
                 DiT vs lead-1 vs SmolLM2 + LoRA fine-tuned on description -> synopsis prompts, same minutes
-  split         the loss split between plan and decoder (a, b, c): DiT samples decoded by their nearest
+  split         the loss split between plan and decoder (a, b, c, d): DiT samples decoded by their nearest
                 training sentence, the consecutive-latent cosine, and the decoder's ceiling on real latents
   curve         quality against training minutes: the peer's snapshots, the best concept design with a shorter DiT
   speed         stories per second at batch 1 and 32
@@ -48,7 +49,7 @@ from pathlib import Path
 import plots
 import torch
 from flagship import (
-    AUTOENCODER_MINUTES, DESIGN_OVERRIDES, DESIGNS, DIT_MINUTES, DIT_PRESETS, ROC_AUTOENCODER, TINY_PIPELINE,
+    AUTOENCODER_MINUTES, CONCEPT_DESIGNS, DESIGN_OVERRIDES, DESIGNS, DIT_MINUTES, DIT_PRESETS, ROC_AUTOENCODER, TINY_PIPELINE,
     autoencoder_dir, finetune_smollm2, latentdlm_generate, load_adapter, peer_generate, peer_path, peer_tokenizer,
     perplexity, perplexity_judge, pipeline_dir, save_adapter, share_denoiser, train_stage,
 )
@@ -59,7 +60,7 @@ from scoring import (
 )
 
 RECON_COUNT = 200
-SYSTEMS = ("tiny", "a", "b", "c", "peer")
+SYSTEMS = ("tiny", "a", "b", "c", "d", "peer")
 # decoding rules (DecodingConfig fields): one, chosen on validation, decodes every system, the peer included
 DECODING_RULES = {
     "greedy_no_repeat_3": {"no_repeat_ngram_size": 3},
@@ -100,7 +101,7 @@ def part_autoencoders(args, results: dict) -> None:
     for design in args.design:
         preset = DESIGNS[design]
         run = work / design / "autoencoder-run"
-        noise = [f"objective.latent_noise={results['plan_noise']['latent_noise']}"] if design in "bc" and "plan_noise" in results else []
+        noise = [f"objective.latent_noise={results['plan_noise']['latent_noise']}"] if design in CONCEPT_DESIGNS and "plan_noise" in results else []
         train_stage("train-autoencoder", ROOT / f"configs/autoencoder/{preset}.yaml", run, args.autoencoder_minutes,
                     ROC_AUTOENCODER + DESIGN_OVERRIDES.get(design, []) + noise)
         results.setdefault("autoencoders", {})[design] = {"preset": preset, **last_record(run)}
@@ -114,7 +115,7 @@ def part_recon(args, results: dict) -> None:
     work = args.work_dir
     texts = rocstories().test[:RECON_COUNT]
     rows = results.setdefault("recon", {"split": f"rocstories/dev.jsonl[:{RECON_COUNT}]", "systems": {}})
-    for system in ("tiny", "a", "b", "c"):
+    for system in ("tiny", "a", "b", "c", "d"):
         folder = pipeline_dir(work, "tiny") / "autoencoder" if system == "tiny" else autoencoder_dir(work, system)
         if not folder.exists() or (system in rows["systems"] and not args.rerun):
             continue
@@ -142,9 +143,12 @@ def bertscore_f1(references: list[str], candidates: list[str]) -> float:
 def part_dit(args, results: dict) -> None:
     work = args.work_dir
     for design in args.design:
-        if design == "c":  # (b)'s DiT as it is: (c) has the same latents (frozen MiniLM), only its decoder differs
-            share_denoiser(pipeline_dir(work, "b"), autoencoder_dir(work, "c"), pipeline_dir(work, "c"))
-            results.setdefault("dit", {})["c"] = {"shared_with": "b", **results.get("dit", {}).get("b", {})}
+        if design in ("c", "d"):  # (b)'s DiT as it is: the same latents (frozen MiniLM), only the decoder differs
+            plan_run = work / "b" / "plan-run" / "pipeline"
+            share_denoiser(plan_run if plan_run.exists() else pipeline_dir(work, "b"), autoencoder_dir(work, design), pipeline_dir(work, design))
+            trained = results.get("dit", {}).get("b") or {"trained_by": "plan_noise", **results.get("plan_noise", {}).get("dit", {})}
+            results.setdefault("dit", {})[design] = {"shared_with": "b", **trained}
+            results.save()
             continue
         if design == "b" and (work / "b" / "plan-run" / "pipeline").exists():  # trained first, by part plan_noise
             share_denoiser(work / "b" / "plan-run" / "pipeline", autoencoder_dir(work, "b"), pipeline_dir(work, "b"))
@@ -201,8 +205,9 @@ def part_decoding(args, results: dict) -> None:
 
 
 def shared_rule(results: dict) -> dict | None:
-    """The decoding rule chosen on validation (None before part decoding: each system's own defaults)."""
-    name = results.get("decoding", {}).get("rule")
+    """The decoding rule chosen on validation by part decoding, else the one --rule gave (recorded as given,
+    not chosen), else None: each system's own defaults."""
+    name = results.get("decoding", {}).get("rule") or results.get("given_rule", {}).get("rule")
     return DECODING_RULES[name] if name else None
 
 
@@ -243,7 +248,7 @@ def part_split(args, results: dict) -> None:
     score = Scorer(splits.test, splits.train)
     rows = results.setdefault("split", {"systems": {}})
     rule = DecodingConfig.from_dict(shared_rule(results) or {})
-    for system in ("a", "b", "c"):
+    for system in ("a", "b", "c", "d"):
         folder = pipeline_dir(args.work_dir, system)
         if not folder.exists() or (system in rows["systems"] and not args.rerun):
             continue
@@ -427,12 +432,16 @@ def arguments(parser) -> None:
                         help="autoencoders/dit: this flagship design (default: a and b)")
     parser.add_argument("--flagship", choices=["b", "c"], default="b", help="title2story: the concept design it runs on")
     parser.add_argument("--demo-dir", type=Path, help="demo_heldout: score this finished `latentdlm demo` output")
+    parser.add_argument("--rule", choices=list(DECODING_RULES),
+                        help="the shared decoding rule while part decoding has not chosen one (recorded as given)")
     parser.add_argument("--rerun", action="store_true", help="recon, decoding, uncond: score systems measured earlier again")
 
 
 def setup(args, results: dict) -> None:
     args.design = args.design or ["a", "b"]
     torch_threads(2)
+    if args.rule:
+        results["given_rule"] = {"rule": args.rule, "why": "given by --rule: part decoding has not chosen one on validation"}
     if not {"autoencoders", "dit", "peer"}.isdisjoint(args.only) or "setup" not in results:  # the story systems' budget
         results["setup"] = {"budget_minutes_per_system": args.autoencoder_minutes + args.dit_minutes,
                             "split_minutes": {"autoencoder": args.autoencoder_minutes, "dit": args.dit_minutes},

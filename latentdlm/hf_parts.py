@@ -8,6 +8,7 @@ resolved config dict is saved with the autoencoder, so a saved autoencoder rebui
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -295,6 +296,30 @@ class TextDecoder(_Part):
             positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
             out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False)
             return self.outside(out.logits[:, memory.shape[1] :])
+
+    def stream_logits(self, memory: torch.Tensor, tokens: torch.Tensor, index: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Causal decoders, texts as single streams: logits (B, T, vocab) of rows `index` (B, T) into the table
+        [memory (N, m, hidden) flattened; the embeddings of `tokens`] (processor.collate_stream), right-padded."""
+        with self.computing(memory.device):
+            table = torch.cat([memory.flatten(0, 1), self.embed_tokens(tokens).to(memory.dtype)])
+            positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+            out = self.model(inputs_embeds=table[index], attention_mask=attention_mask, position_ids=positions, use_cache=False)
+            return self.outside(out.logits)
+
+    @torch.no_grad()
+    def step(self, embeds: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor, cache=None):
+        """One cached step of a causal decoder: input vectors (B, c, hidden) at `positions` (B, c), the mask over
+        everything so far (B, past + c; 0 on padding anywhere) -> (the last position's logits (B, vocab), cache)."""
+        accepted = inspect.signature(self.model.forward).parameters  # transformers 5 renamed past_key_values to cache
+        extra = {"cache" if "cache" in accepted else "past_key_values": cache}
+        if "logits_to_keep" in accepted:
+            extra["logits_to_keep"] = 1
+        with self.computing(embeds.device):
+            out = self.model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=positions, use_cache=True, **extra)
+            return self.outside(out.logits[:, -1]), getattr(out, "cache", None) or out.past_key_values
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model.get_input_embeddings()(ids)
 
     @torch.no_grad()
     def generate(self, memory: torch.Tensor, max_new_tokens: int, context_ids: Optional[list[list[int]]] = None, **kwargs) -> torch.Tensor:

@@ -43,6 +43,10 @@ class AutoencoderConfig:
     # causal decoders in segment mode: the decoder also reads the text of the previous N segments (the
     # real ones in training, its own output when decoding), so names and pronouns carry across sentences
     decoder_context: int = 0
+    # causal decoders in segment mode: each text decodes as ONE stream, every segment's latent prefix injected
+    # where the segment starts ([prefix 1, bos, text 1, prefix 2, bos, text 2, ...]): each segment reads the
+    # whole text so far, its words and its plan; trained one pass per text, decoded under one KV cache
+    decoder_stream: bool = False
     # segment mode (SLD): mode "sentences" or "dialogue_turns" gives each segment its own latent block
     segmentation: SegmentationConfig = field(default_factory=lambda: SegmentationConfig(mode="none"))
     dropout: float = 0.0

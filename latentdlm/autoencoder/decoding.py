@@ -3,7 +3,8 @@
 `DecodingConfig` is the one set of decoder settings that the pipeline (its saved defaults), the CLI
 and the app share. A `DecodingStrategy` decides which segments decode together and what each reads
 besides its latent: `ParallelDecoding` decodes every segment of every text in one pass;
-`ContextualDecoding` goes segment position by position, each segment reading its text's previous ones.
+`ContextualDecoding` goes segment position by position, each segment reading its text's previous ones;
+`StreamDecoding` writes each text as one stream under one KV cache (decoder_stream).
 A new strategy is one new class here, chosen in `strategy_for`.
 """
 
@@ -111,8 +112,114 @@ class ContextualDecoding(DecodingStrategy):
         return [processor.context_tokens(texts[row][:s]) for row, s in wave]
 
 
+class StreamDecoding(DecodingStrategy):
+    """Each text as one stream under one KV cache (decoder_stream), as it trained: [prefix 1, bos, text 1,
+    prefix 2, bos, ...]. A segment ends at eos, which is not fed back: the next segment's prefix follows.
+    All rows advance together; a step feeds each row what it has to read (one token, or a new segment's
+    prefix, or given segments' text), left-padded to the step's widest (padding masked out everywhere)."""
+
+    def decode(self, model, encoded, batch_size, max_new_tokens, generate_kwargs, fixed=None):
+        if generate_kwargs.get("num_beams", 1) != 1:
+            raise LatentDLMError("beam search does not apply to one-stream decoding (decoder_stream): use 1 beam")
+        mask = encoded.segment_mask.cpu()
+        given = [list(fixed[row]) + [None] * (mask.shape[1] - len(fixed[row])) if fixed else [None] * mask.shape[1] for row in range(len(mask))]
+        texts = []
+        for start in range(0, len(mask), batch_size):
+            rows = range(start, min(start + batch_size, len(mask)))
+            texts += _Streams(model, encoded.latents[start : rows.stop], mask[start : rows.stop], [given[r] for r in rows],
+                              max_new_tokens or model.config.max_length, generate_kwargs).run()
+        return texts
+
+
+class _Streams:
+    """One batch of texts decoded as streams (StreamDecoding)."""
+
+    def __init__(self, model, latents: torch.Tensor, mask: torch.Tensor, given: list[list[Optional[str]]], limit: int, kwargs: dict):
+        self.model, self.decoder, self.mask, self.given, self.limit = model, model.decoder, mask, given, limit
+        self.eos, self.start = kwargs["eos_token_id"], model.decoder.start_token_id
+        self.sample, self.processors = kwargs.get("do_sample", False), _logits_processors(kwargs)
+        flat = model.latent_design.project(latents[mask.to(latents.device)]).to(model.device, model.dtype)
+        self.memory = model.to_memory(flat)  # (present units, m, hidden), in row-major order
+        first_unit = torch.cumsum(mask.sum(dim=1), 0) - mask.sum(dim=1)
+        self.unit = lambda row, s: int(first_unit[row]) + int(mask[row, :s].sum())  # noqa: E731
+        self.out = [[given[row][s] if mask[row, s] else None for s in range(mask.shape[1])] for row in range(len(mask))]
+        self.written_ids: dict[tuple[int, int], list[int]] = {}  # (row, segment) -> the token ids it wrote
+
+    def embed(self, ids: list[int]) -> torch.Tensor:
+        return self.decoder.embed_tokens(torch.tensor(ids, device=self.model.device)).to(self.memory.dtype)
+
+    def forced(self, row: int, s: int) -> tuple[Optional[torch.Tensor], Optional[int]]:
+        """What the row reads from segment s on until a segment to write starts: the prefixes (and the text of
+        given segments) up to that segment's start token; with that segment (None: nothing left to write)."""
+        pieces = []
+        while s < self.mask.shape[1] and self.mask[row, s]:
+            pieces += [self.memory[self.unit(row, s)], self.embed([self.start])]
+            if self.given[row][s] is None:
+                return torch.cat(pieces), s
+            pieces.append(self.embed(self.model.processor.tokenize([self.given[row][s]]).decoder_ids[0][:-1]))
+            s += 1
+        return None, None
+
+    def run(self) -> list[list[str]]:
+        rows, width = len(self.mask), self.memory.shape[-1]
+        inputs, segment = zip(*(self.forced(row, 0) for row in range(rows)))
+        inputs, segment, written = list(inputs), list(segment), [[] for _ in range(rows)]
+        seen, past, cache = torch.zeros(rows, dtype=torch.long), torch.zeros(rows, 0, dtype=torch.long), None
+        while any(s is not None for s in segment):
+            step = max(len(x) for x in inputs if x is not None)
+            embeds, step_mask = torch.zeros(rows, step, width, device=self.model.device), torch.zeros(rows, step, dtype=torch.long)
+            for row, x in enumerate(inputs):
+                if x is not None:
+                    embeds[row, step - len(x) :], step_mask[row, step - len(x) :] = x, 1
+            positions = (seen.unsqueeze(1) + step_mask.cumsum(dim=1) - 1).clamp(min=0)
+            seen, past = seen + step_mask.sum(dim=1), torch.cat([past, step_mask], dim=1)
+            logits, cache = self.decoder.step(embeds, past.to(self.model.device), positions.to(self.model.device), cache)
+            for row in range(rows):
+                inputs[row] = None
+                if segment[row] is not None:
+                    inputs[row], segment[row] = self.advance(row, segment[row], written[row], logits[row : row + 1].float())
+        return [[t for t in row if t is not None] for row in self.out]
+
+    def advance(self, row: int, s: int, written: list[int], logits: torch.Tensor) -> tuple[Optional[torch.Tensor], Optional[int]]:
+        """The row's next token; -> what it reads next and the segment it then writes."""
+        scores = self.processors(torch.tensor([written], dtype=torch.long, device=logits.device), logits)
+        token = int(torch.multinomial(scores.softmax(-1), 1)) if self.sample else int(scores.argmax(-1))
+        if token != self.eos:
+            written.append(token)
+            if len(written) < self.limit:
+                return self.embed([token]), s
+        self.out[row][s] = self.model.processor.batch_decode(torch.tensor([written]))[0]
+        self.written_ids[row, s] = list(written)
+        written.clear()
+        following, s = self.forced(row, s + 1)
+        fed = [self.embed([token])] if token != self.eos else []  # a segment cut at the limit: its last token is read too
+        return (torch.cat(fed + [following]) if following is not None else None), s
+
+
+def _logits_processors(kwargs: dict):
+    """transformers' own processors for the generate settings a DecodingConfig gives."""
+    from transformers.generation.logits_process import (
+        LogitsProcessorList, NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    processors = LogitsProcessorList()
+    if kwargs.get("repetition_penalty", 1.0) != 1.0:
+        processors.append(RepetitionPenaltyLogitsProcessor(kwargs["repetition_penalty"]))
+    if kwargs.get("no_repeat_ngram_size", 0):
+        processors.append(NoRepeatNGramLogitsProcessor(kwargs["no_repeat_ngram_size"]))
+    if kwargs.get("do_sample"):
+        if kwargs.get("temperature", 1.0) != 1.0:
+            processors.append(TemperatureLogitsWarper(kwargs["temperature"]))
+        if kwargs.get("top_p") is not None:
+            processors.append(TopPLogitsWarper(kwargs["top_p"]))
+    return processors
+
+
 def strategy_for(config) -> DecodingStrategy:
-    """The decoding an autoencoder was trained for: reading the previous segments' text, or not."""
+    """The decoding an autoencoder was trained for: one stream per text, reading the previous segments' text, or not."""
+    if config.decoder_stream:
+        return StreamDecoding()
     return ContextualDecoding() if config.decoder_context else ParallelDecoding()
 
 

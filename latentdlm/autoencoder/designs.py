@@ -153,6 +153,11 @@ class DecoderMemory(nn.Module):
         self.transformer = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False) if num_layers else None
         self.norm = nn.LayerNorm(decoder_dim)
 
+    @property
+    def length(self) -> int:
+        """Memory vectors per unit (m)."""
+        return self.positions.shape[0]
+
     @torch.no_grad()
     def match_scale(self, token_embeddings: torch.Tensor) -> None:
         """Start the memory at the RMS of the decoder's token embeddings (the final LayerNorm's gain): a

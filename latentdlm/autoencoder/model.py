@@ -9,6 +9,7 @@ whole paragraph is one unit. Text <-> token ids is the processor's (autoencoder/
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,11 +75,14 @@ class ParagraphAutoencoder(HubModule):
         self.register_load_state_dict_pre_hook(_rename_legacy_weights)
 
     def _check_context(self) -> None:
-        context = self.config.decoder_context
+        context, stream = self.config.decoder_context, self.config.decoder_stream
         if context < 0:
             raise LatentDLMError(f"decoder_context must be 0 or more segments, got {context}")
-        if context and (self.decoder.kind != "causal" or self.config.segmentation.mode == "none"):
-            raise LatentDLMError("decoder_context (the previous segments' text) needs a causal decoder in segment mode")
+        if context and stream:
+            raise LatentDLMError("decoder_stream already reads the whole text so far: leave decoder_context at 0")
+        if (context or stream) and (self.decoder.kind != "causal" or self.config.segmentation.mode == "none"):
+            what = "decoder_stream (one stream per text)" if stream else "decoder_context (the previous segments' text)"
+            raise LatentDLMError(f"{what} needs a causal decoder in segment mode")
 
     def _check_vocab(self) -> None:
         tokenizers = (self.processor.encoder_tokenizer, self.processor.decoder_tokenizer)
@@ -102,6 +106,14 @@ class ParagraphAutoencoder(HubModule):
 
     def decoder_logits(self, latents: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.to_memory(latents), input_ids, attention_mask)
+
+    def batch_logits(self, latents: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Next-token logits for a collated batch, aligned with its labels: one row per unit, or with
+        decoder_stream one row per text (`collate_stream`), the units' latents (N, k, d) in its order."""
+        if "stream_index" in batch:
+            return self.decoder.stream_logits(self.to_memory(latents), batch["stream_tokens"], batch["stream_index"],
+                                              batch["decoder_attention_mask"])
+        return self.decoder_logits(latents, batch["decoder_input_ids"], batch["decoder_attention_mask"])
 
     def generate_units(self, latents: torch.Tensor, contexts: Optional[list[list[int]]], batch_size: int,
                        max_new_tokens: Optional[int], generate_kwargs: dict) -> list[str]:
@@ -163,6 +175,8 @@ class ParagraphAutoencoder(HubModule):
         targets = self.processor.tokenize([u for units in per_text for u in units]).decoder_ids
         contexts = self.processor.context_ids(per_text)
         latents = self.latent_design.project(latents)  # as decoding reads them
+        if self.config.decoder_stream:
+            return self._stream_nll(latents, targets, [len(units) for units in per_text])
         out = torch.empty(len(targets))
         for start in range(0, len(targets), batch_size):
             batch = self.processor.collate(None, targets[start : start + batch_size], None if contexts is None else contexts[start : start + batch_size])
@@ -172,6 +186,19 @@ class ParagraphAutoencoder(HubModule):
             nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2).float(), labels, ignore_index=-100, reduction="none")
             out[start : start + len(labels)] = (nll.sum(dim=1) / (labels != -100).sum(dim=1).clamp_min(1)).cpu()
         return out
+
+    def _stream_nll(self, latents: torch.Tensor, targets: list[list[int]], counts: list[int]) -> torch.Tensor:
+        """decoder_nll with decoder_stream: each text in one pass, every unit's tokens reading the text before it."""
+        starts = [0, *itertools.accumulate(counts)]
+        per_text = [targets[a:b] for a, b in zip(starts, starts[1:])]
+        batch = self.processor.collate_stream(per_text, self.to_memory.length)
+        logits = self.batch_logits(latents.to(self.device, self.dtype), {k: v.to(self.device) for k, v in batch.items()})
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2).float(), batch["labels"].to(self.device), ignore_index=-100,
+                                                reduction="none").flatten().cpu()
+        units = batch["label_units"].flatten()
+        kept = units >= 0
+        totals = torch.zeros(len(targets)).index_add_(0, units[kept], nll[kept])
+        return totals / torch.bincount(units[kept], minlength=len(targets)).clamp_min(1)
 
     def reconstruct(self, texts: Sequence[str], batch_size: int = 64) -> list[str]:
         return self.decode(self.encode(texts, batch_size), batch_size)

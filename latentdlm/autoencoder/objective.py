@@ -80,15 +80,20 @@ def autoencoder_loss(model: ParagraphAutoencoder, batch: dict[str, torch.Tensor]
         posterior = model.encode_tokens(noisy() if cfg.token_noise > 0 else ids, mask)
     latents = model.latent_design.perturb(posterior.sample(), cfg.latent_noise)
 
-    dec_in, dec_mask = batch["decoder_input_ids"], batch["decoder_attention_mask"]
+    decoder_side = dict(batch)  # what the decoder reads, after word and context dropout
     if cfg.word_dropout > 0:
         hidden = next(t for t in (dec_tok.unk_token_id, dec_tok.mask_token_id, dec_tok.pad_token_id, dec_tok.eos_token_id) if t is not None)
-        dec_in = _hide_decoder_inputs(dec_in, dec_mask, cfg.word_dropout, hidden)
+        if "stream_tokens" in batch:  # every unit's start token stays
+            tokens = batch["stream_tokens"]
+            decoder_side["stream_tokens"] = _hide_decoder_inputs(tokens[None], (tokens != model.processor.start_token_id)[None], cfg.word_dropout, hidden)[0]
+        else:
+            decoder_side["decoder_input_ids"] = _hide_decoder_inputs(batch["decoder_input_ids"], batch["decoder_attention_mask"], cfg.word_dropout, hidden)
     if cfg.context_dropout > 0 and "context_mask" in batch:
+        dec_mask = batch["decoder_attention_mask"]
         dropped = torch.rand(dec_mask.shape[0], 1, device=dec_mask.device) < cfg.context_dropout
-        dec_mask = dec_mask.masked_fill(batch["context_mask"].to(dec_mask.device) & dropped, 0)  # read as padding
+        decoder_side["decoder_attention_mask"] = dec_mask.masked_fill(batch["context_mask"].to(dec_mask.device) & dropped, 0)  # read as padding
 
-    nll = _reconstruction_nll(model.decoder_logits(latents, dec_in, dec_mask), batch["labels"])
+    nll = _reconstruction_nll(model.batch_logits(latents, decoder_side), batch["labels"])
     terms = {"nll": nll}
 
     kl_dims = posterior.kl_per_dim()  # (k, d), mean over the batch's units
@@ -104,9 +109,7 @@ def autoencoder_loss(model: ParagraphAutoencoder, batch: dict[str, torch.Tensor]
         direction = F.normalize(grad.flatten(1), dim=-1).view_as(latents)
         scale = cfg.adversarial_eps * latents.detach().flatten(1).norm(dim=-1).view(-1, 1, 1)
         adversarial = latents + (scale * direction).detach()
-        terms["adversarial"] = cfg.adversarial_weight * _reconstruction_nll(
-            model.decoder_logits(adversarial, dec_in, dec_mask), batch["labels"]
-        )
+        terms["adversarial"] = cfg.adversarial_weight * _reconstruction_nll(model.batch_logits(adversarial, decoder_side), batch["labels"])
 
     if cfg.contrastive_weight > 0 and noisy is not None:
         second_view = model.encode_tokens(noisy() if cfg.token_noise > 0 else ids, mask).sample()
@@ -120,9 +123,8 @@ def autoencoder_loss(model: ParagraphAutoencoder, batch: dict[str, torch.Tensor]
 def latent_usage_gap(model: ParagraphAutoencoder, batch: dict[str, torch.Tensor]) -> float:
     """NLL with latents shuffled across the batch minus NLL with the right ones (0 = latent ignored)."""
     latents = batch["latents"] if "latents" in batch else model.encode_tokens(batch["input_ids"], batch["attention_mask"]).mean
-    right = _reconstruction_nll(model.decoder_logits(latents, batch["decoder_input_ids"], batch["decoder_attention_mask"]), batch["labels"])
-    shuffled = latents.roll(1, dims=0)
-    wrong = _reconstruction_nll(model.decoder_logits(shuffled, batch["decoder_input_ids"], batch["decoder_attention_mask"]), batch["labels"])
+    right = _reconstruction_nll(model.batch_logits(latents, batch), batch["labels"])
+    wrong = _reconstruction_nll(model.batch_logits(latents.roll(1, dims=0), batch), batch["labels"])
     return float(wrong - right)
 
 

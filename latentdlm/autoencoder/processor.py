@@ -96,6 +96,29 @@ class TextProcessor:
             batch["context_mask"] = torch.cat([context_mask.bool(), target], dim=1)
         return batch
 
+    def collate_stream(self, decoder_ids: Sequence[Sequence[list[int]]], memory_length: int) -> dict[str, torch.Tensor]:
+        """Texts as single streams (decoder_stream): `decoder_ids[t]` holds text t's unit targets; each unit u
+        becomes [its m memory slots, start token, target[:-1]], labelled [-100] * m + target. A stream's rows
+        are indices (`stream_index`, right-padded) into one table: the batch's N units x m memory vectors
+        first (unit order over the texts), then `stream_tokens`; `label_units` gives each label's unit (-1: none)."""
+        counts = [len(units) for units in decoder_ids]
+        token_row, tokens, index, labels, owners = sum(counts) * memory_length, [], [], [], []
+        unit = 0
+        for units in decoder_ids:
+            row_index, row_labels, row_owner = [], [], []
+            for target in units:
+                inputs = [self.start_token_id] + list(target[:-1])
+                row_index += [unit * memory_length + j for j in range(memory_length)]
+                row_index += range(token_row + len(tokens), token_row + len(tokens) + len(inputs))
+                tokens += inputs
+                row_labels += [-100] * memory_length + list(target)
+                row_owner += [-1] * memory_length + [unit] * len(target)
+                unit += 1
+            index.append(row_index), labels.append(row_labels), owners.append(row_owner)
+        stream_index, mask = right_pad(index, 0)
+        return {"stream_tokens": torch.tensor(tokens, dtype=torch.long), "stream_index": stream_index,
+                "decoder_attention_mask": mask, "labels": right_pad(labels, -100)[0], "label_units": right_pad(owners, -1)[0]}
+
     def context_ids(self, per_text: Sequence[Sequence[str]]) -> Optional[list[list[int]]]:
         """For every unit of every text (in order), the decoder tokens of the text's previous
         `decoder_context` units: what the decoder reads before writing it (None without decoder_context)."""

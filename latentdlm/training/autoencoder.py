@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,16 +83,42 @@ class UnitDataset(torch.utils.data.Dataset):
         return self.encoder_ids[i], self.decoder_ids[i], None if self.context_ids is None else self.context_ids[i]
 
 
+class TextStreamDataset(torch.utils.data.Dataset):
+    """decoder_stream: one example per text, its units' (encoder inputs, decoder targets)."""
+
+    def __init__(self, encoder_inputs, decoder_ids: list[list[int]], counts: list[int]):
+        self.encoder_inputs, self.decoder_ids = encoder_inputs, decoder_ids
+        self.starts = [0, *itertools.accumulate(counts)]
+
+    def __len__(self) -> int:
+        return len(self.starts) - 1
+
+    def __getitem__(self, i: int):
+        units = slice(self.starts[i], self.starts[i + 1])
+        return self.encoder_inputs[units], self.decoder_ids[units]
+
+
 def make_dataloader(model: ParagraphAutoencoder, texts: list[str], batch_size: int, seed: int, num_workers: int = 0) -> DataLoader:
     """Every unit (a segment, or a whole paragraph) of every text is one example (with decoder_context,
-    together with the text of the units before it)."""
+    together with the text of the units before it); with decoder_stream every text is one example (a batch
+    holds `batch_size` texts)."""
     processor = model.processor
     per_text = processor.split_units(texts)
     units = [u for units in per_text for u in units]
     tokens = processor.tokenize(units)
     contexts = processor.context_ids(per_text)
     cached = model.fixed_latents  # a frozen encoder under a weightless design: its latents are computed once, not every step
-    dataset = UnitDataset(cached_unit_latents(model, units) if cached else tokens.encoder_ids, tokens.decoder_ids, contexts)
+    encoder_inputs = cached_unit_latents(model, units) if cached else tokens.encoder_ids
+    loader = lambda dataset, collate, lengths: DataLoader(  # noqa: E731
+        dataset, batch_size=batch_size, sampler=LengthGroupedSampler(lengths, batch_size, seed), collate_fn=collate,
+        num_workers=num_workers, drop_last=True, generator=torch.Generator().manual_seed(seed),  # keeps the global RNG (restored on resume) untouched
+    )
+    if model.config.decoder_stream:
+        counts = [len(u) for u in per_text]
+        dataset = TextStreamDataset(encoder_inputs, tokens.decoder_ids, counts)
+        lengths = [sum(len(ids) for ids in dataset[i][1]) for i in range(len(dataset))]
+        return loader(dataset, lambda items: stream_batch(model, [e for e, _ in items], [d for _, d in items]), lengths)
+    dataset = UnitDataset(encoder_inputs, tokens.decoder_ids, contexts)
 
     def collate(items):
         context = None if contexts is None else [c for _, _, c in items]
@@ -99,11 +126,17 @@ def make_dataloader(model: ParagraphAutoencoder, texts: list[str], batch_size: i
             return processor.collate([a for a, _, _ in items], [b for _, b, _ in items], context)
         return {**processor.collate(None, [b for _, b, _ in items], context), "latents": torch.stack([a for a, _, _ in items])}
 
-    sampler = LengthGroupedSampler([len(ids) for ids in tokens.decoder_ids], batch_size, seed)
-    return DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate, num_workers=num_workers, drop_last=True,
-        generator=torch.Generator().manual_seed(seed),  # keeps the global RNG (restored on resume) untouched
-    )
+    return loader(dataset, collate, [len(ids) for ids in tokens.decoder_ids])
+
+
+def stream_batch(model: ParagraphAutoencoder, encoder_inputs: list, decoder_ids: list[list[list[int]]]) -> dict:
+    """Texts as streams (decoder_stream): their units' encoder side (cached latents or token ids) in order,
+    and `collate_stream`'s decoder side."""
+    batch = model.processor.collate_stream(decoder_ids, model.to_memory.length)
+    if isinstance(encoder_inputs[0], torch.Tensor):
+        return {**batch, "latents": torch.cat(encoder_inputs)}
+    input_ids, attention_mask = model.processor.encoder_batch([ids for text in encoder_inputs for ids in text])
+    return {**batch, "input_ids": input_ids, "attention_mask": attention_mask}
 
 
 def evaluate_autoencoder(model: ParagraphAutoencoder, texts: list[str], batch_size: int) -> tuple[dict, list[str]]:
@@ -119,6 +152,12 @@ def latent_gap(model: ParagraphAutoencoder, texts: list[str], max_units: int = 6
     """How much the decoder relies on the latent: NLL(shuffled latents) - NLL(own latents)."""
     processor = model.processor
     per_text = processor.split_units(texts)
+    if model.config.decoder_stream:  # whole texts, up to max_units units (at least one text)
+        counts = list(itertools.accumulate(len(u) for u in per_text))
+        per_text = per_text[: max(1, sum(c <= max_units for c in counts))]
+        tokenized = [processor.tokenize(units) for units in per_text]
+        batch = stream_batch(model, [t.encoder_ids for t in tokenized], [t.decoder_ids for t in tokenized])
+        return latent_usage_gap(model, {k: v.to(model.device) for k, v in batch.items()})
     units = [u for units in per_text for u in units][:max_units]
     tokens = processor.tokenize(units)
     contexts = processor.context_ids(per_text)
