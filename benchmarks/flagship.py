@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import torch
-from runner import run_cli
+from runner import last_record, run_cli
 from safetensors.torch import load_file, save_file
 from scoring import TRAIN_LIMIT
 
@@ -53,6 +53,17 @@ def train_stage(command: str, preset: Path, run: Path, minutes: float, extra: li
     run_cli([command, "--config", str(preset), f"data.source={source}", f"data.limit={limit or 'null'}",
              f"training.output_dir={run}", f"training.max_minutes={minutes}", "training.overwrite_output_dir=true", *extra],
             run.with_suffix(".log"))
+
+
+def stage_record(run: Path) -> dict:
+    """A training run's steps, loss and minutes, and the epochs they make over the training stories (ROCStories
+    have five sentences: a unit-by-unit autoencoder's example is a sentence; a stream's or a DiT's, a story)."""
+    import yaml
+
+    record = last_record(run)
+    config = yaml.safe_load((run / "train_config.yaml").read_text())
+    per_story = 5 if "model" in config and not config["model"].get("decoder_stream") else 1
+    return {**record, "epochs": round(record["steps"] * config["training"]["batch_size"] / (per_story * TRAIN_LIMIT), 2)}
 
 
 def share_denoiser(source: Path, autoencoder: Path, folder: Path) -> None:

@@ -50,11 +50,11 @@ import plots
 import torch
 from flagship import (
     AUTOENCODER_MINUTES, CONCEPT_DESIGNS, DESIGN_OVERRIDES, DESIGNS, DIT_MINUTES, DIT_PRESETS, ROC_AUTOENCODER, TINY_PIPELINE,
-    autoencoder_dir, finetune_smollm2, latentdlm_generate, load_adapter, peer_generate, peer_path, peer_tokenizer,
+    autoencoder_dir, finetune_smollm2, stage_record, latentdlm_generate, load_adapter, peer_generate, peer_path, peer_tokenizer,
     perplexity, perplexity_judge, pipeline_dir, save_adapter, share_denoiser, train_stage,
 )
 from ladder_tasks import part_summarization, part_title2story
-from runner import ROOT, last_record, load_pipeline, log, run_benchmark, run_cli, timed, torch_threads
+from runner import ROOT, load_pipeline, log, run_benchmark, run_cli, timed, torch_threads
 from scoring import (
     NUM_EVAL, Scorer, consecutive_latent_cosine, heldout_halves, plan_retrieval, rocstories, segment_bank, speed, unit_vectors,
 )
@@ -75,10 +75,13 @@ NUM_VALIDATION = 200  # stories per system and rule
 # ---- parts -----------------------------------------------------------------------------------------
 def part_plan_noise(args, results: dict) -> None:
     """The concept designs' sphere noise, chosen from the plan: (b)'s DiT trains first (concept latents are the
-    frozen encoder's, whatever the decoder: an untrained autoencoder serves), its NUM_EVAL samples are compared
-    with the nearest of the validation stories' sentences, and the decoder of (b) and (c) trains with the
-    latent noise that moves a real latent as far: projected Gaussian noise of std s per dimension leaves a
-    sqrt(d)-radius latent at cosine 1/sqrt(1 + s^2), so s = sqrt(1/cos^2 - 1). The DiT is (b)'s in part dit."""
+    frozen encoder's, whatever the decoder: an untrained autoencoder serves); its NUM_EVAL samples and the test
+    stories' real sentences are each compared with the nearest of the validation stories' sentences. A new real
+    sentence is no closer than c_real to the bank either, so only the samples' extra distance is the DiT's error:
+    an error orthogonal to the real sentence gives cos(sample, nearest) = c_real cos(error) (spherical cosine law),
+    so cos(error) = c_samples / c_real, and projected Gaussian noise of std s per dimension moves a sqrt(d)-radius
+    latent to cosine 1/sqrt(1 + s^2): s = sqrt((c_real / c_samples)^2 - 1). The decoders of the concept designs
+    train with it. The DiT is (b)'s in part dit."""
     work = args.work_dir / "b"
     encoder_only = work / "encoder-only"
     train_stage("train-autoencoder", ROOT / f"configs/autoencoder/{DESIGNS['b']}.yaml", encoder_only, 0.05, ROC_AUTOENCODER)
@@ -88,11 +91,15 @@ def part_plan_noise(args, results: dict) -> None:
     sampled = pipe(num_samples=NUM_EVAL, num_inference_steps=20, scheduler="dpm", seed=0, batch_size=64, show_progress=False,
                    output_type="latent")
     _, bank = segment_bank(pipe, rocstories().validation)
-    nearest = (unit_vectors(sampled.latents, sampled.segment_mask) @ bank.T).max(dim=1).values
-    cosine = float(nearest.mean())
-    results["plan_noise"] = {"dit": {"preset": DIT_PRESETS["b"], **last_record(work / "plan-run")},
-                             "nearest_validation_cosine": {"mean": cosine, "quartiles": nearest.quantile(torch.tensor([0.25, 0.5, 0.75])).tolist()},
-                             "latent_noise": round(math.sqrt(max(1 / cosine**2 - 1, 0.0)), 3)}
+    _, real = segment_bank(pipe, rocstories().test)
+    nearest = {"samples": (unit_vectors(sampled.latents, sampled.segment_mask) @ bank.T).max(dim=1).values,
+               "real_test_sentences": (real @ bank.T).max(dim=1).values}
+    c_samples, c_real = (float(nearest[k].mean()) for k in ("samples", "real_test_sentences"))
+    quartiles = torch.tensor([0.25, 0.5, 0.75])
+    results["plan_noise"] = {"dit": {"preset": DIT_PRESETS["b"], **stage_record(work / "plan-run")},
+                             "nearest_validation_cosine": {k: {"mean": float(v.mean()), "quartiles": v.quantile(quartiles).tolist()}
+                                                           for k, v in nearest.items()},
+                             "latent_noise": round(math.sqrt(max((c_real / c_samples) ** 2 - 1, 0.0)), 3)}
     log(results["plan_noise"], "plan noise")
 
 
@@ -104,7 +111,7 @@ def part_autoencoders(args, results: dict) -> None:
         noise = [f"objective.latent_noise={results['plan_noise']['latent_noise']}"] if design in CONCEPT_DESIGNS and "plan_noise" in results else []
         train_stage("train-autoencoder", ROOT / f"configs/autoencoder/{preset}.yaml", run, args.autoencoder_minutes,
                     ROC_AUTOENCODER + DESIGN_OVERRIDES.get(design, []) + noise)
-        results.setdefault("autoencoders", {})[design] = {"preset": preset, **last_record(run)}
+        results.setdefault("autoencoders", {})[design] = {"preset": preset, **stage_record(run)}
         results.save()
 
 
@@ -146,7 +153,7 @@ def part_dit(args, results: dict) -> None:
         if design in ("c", "d"):  # (b)'s DiT as it is: the same latents (frozen MiniLM), only the decoder differs
             plan_run = work / "b" / "plan-run" / "pipeline"
             share_denoiser(plan_run if plan_run.exists() else pipeline_dir(work, "b"), autoencoder_dir(work, design), pipeline_dir(work, design))
-            trained = results.get("dit", {}).get("b") or {"trained_by": "plan_noise", **results.get("plan_noise", {}).get("dit", {})}
+            trained = results.get("dit", {}).get("b") or {"trained_by": "plan_noise", **stage_record(plan_run.parent)}
             results.setdefault("dit", {})[design] = {"shared_with": "b", **trained}
             results.save()
             continue
@@ -159,7 +166,7 @@ def part_dit(args, results: dict) -> None:
         run = work / design / "diffusion-run"
         train_stage("train-diffusion", ROOT / f"configs/diffusion/flagship/{preset}.yaml", run, args.dit_minutes,
                     [f"autoencoder={autoencoder_dir(work, design)}", "training.eval_every=0"])
-        results.setdefault("dit", {})[design] = {"preset": preset, **last_record(run)}
+        results.setdefault("dit", {})[design] = {"preset": preset, **stage_record(run)}
         results.save()
 
 
@@ -398,9 +405,12 @@ def summary(results: dict) -> dict:
         best = systems[best_latentdlm(results)]
         out["mauve_mpnet_best_latentdlm"], out["coherence_ratio_best_latentdlm"] = best["mauve_mpnet"], best["coherence_ratio"]
         out["diversity_set_best_latentdlm"] = best.get("diversity_set")
-    if "peer" in systems:
-        out["mauve_mpnet_peer"], out["coherence_ratio_peer"] = systems["peer"]["mauve_mpnet"], systems["peer"]["coherence_ratio"]
-        out["diversity_set_peer"] = systems["peer"].get("diversity_set")
+    # the peer's code, budget and decoding (top-p 0.9) did not change with issue 23's fixes: until part peer runs
+    # again, its earlier row stands (it has no set diversity: that metric came with the fixes)
+    peer = systems.get("peer") or results.get("before_fixes", {}).get("uncond", {}).get("systems", {}).get("peer")
+    if peer:
+        out["mauve_mpnet_peer"], out["coherence_ratio_peer"] = peer["mauve_mpnet"], peer["coherence_ratio"]
+        out["diversity_set_peer"] = peer.get("diversity_set")
     out["diversity_set_real"] = results.get("uncond", {}).get("diversity_set_real")
     split = results.get("split", {}).get("systems", {}).get(best_latentdlm(results))
     if split:

@@ -339,7 +339,7 @@ def _loss_on(num_units, tokens_per_unit, kl_per_unit, cfg):
     stub = SimpleNamespace(
         processor=SimpleNamespace(encoder_tokenizer=None, decoder_tokenizer=None), latent_design=LatentDesign(),
         encode_tokens=lambda ids, mask: Latents(mean, torch.zeros_like(mean)),
-        decoder_logits=lambda latents, ids, mask: torch.zeros(*ids.shape, vocab) + 0 * latents.sum(),
+        batch_logits=lambda latents, batch: torch.zeros(*batch["decoder_input_ids"].shape, vocab) + 0 * latents.sum(),
     )
     shape = (num_units, tokens_per_unit)
     batch = {"input_ids": torch.ones(shape, dtype=torch.long), "attention_mask": torch.ones(shape, dtype=torch.long),

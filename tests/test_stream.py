@@ -61,29 +61,41 @@ def test_a_segment_reads_the_story_before_it_and_not_the_other_rows(stand_ins): 
 
 
 def test_cached_stream_decoding_writes_what_the_one_pass_stream_predicts(stand_ins):  # noqa: F811
-    """Greedy decoding under one KV cache (rows out of step, a given segment read in between) picks at every
-    position the argmax of the teacher-forced pass over the same stream: positions, padding and cache agree."""
+    """Greedy decoding under one KV cache picks at every position the argmax of the teacher-forced pass over
+    the same stream, with rows out of step (sentences ended early by a stand-in processor), a given segment read
+    in between, and prefixes read whole or one vector a step: positions, padding and cache agree."""
     from latentdlm.autoencoder.decoding import _Streams
 
     model = stream_model(stand_ins)
-    encoded = model.encode(TEXTS)
+    texts = [STORY, "A dog barked. It ran home. Then it slept.", "The cat slept. It woke up."]
+    encoded = model.encode(texts)
+    eos = model.processor.decoder_tokenizer.eos_token_id
+
+    def end_early(ids, scores):  # a sentence whose last token id is a multiple of 3 ends there
+        if ids.shape[1] >= 2 and int(ids[0, -1]) % 3 == 0:
+            scores = torch.full_like(scores, float("-inf"))
+            scores[:, eos] = 0.0
+        return scores
+
     given = "He saw some grapes on a vine."
-    kwargs = {"eos_token_id": model.processor.decoder_tokenizer.eos_token_id, "do_sample": False}
-    streams = _Streams(model, encoded.latents, encoded.segment_mask, [[None, given, None], [None]], 5, kwargs)
-    texts = streams.run()
-    assert texts[0][1] == given and [len(t) for t in texts] == [3, 1] and set(streams.written_ids) == {(0, 0), (0, 2), (1, 0)}
-    # a row writes the same whatever the others read at each step (here a given first sentence: a wider first step)
-    other = _Streams(model, encoded.latents, encoded.segment_mask, [[given, None, None], [None]], 5, kwargs)
-    assert other.run()[1] == texts[1]
-    eos = kwargs["eos_token_id"]
-    ids = {unit: streams.written_ids[key] for unit, key in ((0, (0, 0)), (2, (0, 2)), (3, (1, 0)))}
-    targets = [[ids[0] + [eos], model.processor.tokenize([given]).decoder_ids[0], ids[2] + [eos]], [ids[3] + [eos]]]
+    fixed = [[None, given, None], [None, None, None], [None, None]]
+    runs = []
+    for rows in ([0, 1, 2], [0], [1], [2]):  # together, then each alone (a batch of one reads its queue whole)
+        streams = _Streams(model, encoded.latents[rows], encoded.segment_mask[rows], [fixed[r] for r in rows], 5,
+                           {"eos_token_id": eos, "do_sample": False})
+        streams.processors = end_early
+        runs.append((streams.run(), streams.written_ids))
+    (together, ids), alone = runs[0], runs[1:]
+    assert together == [run[0][0] for run in alone] and together[0][1] == given
+    assert set(ids) == {(0, 0), (0, 2), (1, 0), (1, 1), (1, 2), (2, 0), (2, 1)}
+    targets = [[ids[row, s] + [eos] if (row, s) in ids else model.processor.tokenize([given]).decoder_ids[0]
+                for s in range(len(fixed[row]))] for row in range(3)]
     batch = model.processor.collate_stream(targets, model.to_memory.length)
     predicted = model.batch_logits(encoded.latents[encoded.segment_mask], batch).argmax(-1)
-    for unit, row in ((0, 0), (2, 0), (3, 1)):
-        expected = ids[unit] + ([eos] if len(ids[unit]) < 5 else [])  # and the eos that ended it, unless cut at the limit
-        where = (batch["label_units"][row] == unit).nonzero().flatten()[: len(expected)]
-        assert predicted[row, where].tolist() == expected, unit
+    for unit, (row, s) in enumerate((row, s) for row in range(3) for s in range(len(fixed[row]))):
+        if (row, s) in ids:
+            where = (batch["label_units"][row] == unit).nonzero().flatten()[: len(ids[row, s])]
+            assert predicted[row, where].tolist() == ids[row, s], (row, s)
 
 
 def test_stream_sampling_repeats_with_the_seed_and_beams_are_refused(stand_ins):  # noqa: F811

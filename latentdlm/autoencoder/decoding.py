@@ -115,8 +115,10 @@ class ContextualDecoding(DecodingStrategy):
 class StreamDecoding(DecodingStrategy):
     """Each text as one stream under one KV cache (decoder_stream), as it trained: [prefix 1, bos, text 1,
     prefix 2, bos, ...]. A segment ends at eos, which is not fed back: the next segment's prefix follows.
-    All rows advance together; a step feeds each row what it has to read (one token, or a new segment's
-    prefix, or given segments' text), left-padded to the step's widest (padding masked out everywhere)."""
+    All rows advance together, each reading from its own queue of input vectors (the next token, or a new
+    segment's prefix and start token, or given segments' text). When most rows have several vectors queued
+    (the first prefixes, or a batch of one) a step reads every queue whole, left-padded to the longest;
+    otherwise one vector per row, so rows out of step never pad the others (padding is masked out)."""
 
     def decode(self, model, encoded, batch_size, max_new_tokens, generate_kwargs, fixed=None):
         if generate_kwargs.get("num_beams", 1) != 1:
@@ -162,26 +164,27 @@ class _Streams:
 
     def run(self) -> list[list[str]]:
         rows, width = len(self.mask), self.memory.shape[-1]
-        inputs, segment = zip(*(self.forced(row, 0) for row in range(rows)))
-        inputs, segment, written = list(inputs), list(segment), [[] for _ in range(rows)]
+        queues, segment = (list(x) for x in zip(*(self.forced(row, 0) for row in range(rows))))  # queue None: row done
+        written = [[] for _ in range(rows)]
         seen, past, cache = torch.zeros(rows, dtype=torch.long), torch.zeros(rows, 0, dtype=torch.long), None
-        while any(s is not None for s in segment):
-            step = max(len(x) for x in inputs if x is not None)
+        while any(q is not None for q in queues):
+            active = [row for row in range(rows) if queues[row] is not None]
+            whole = 2 * sum(len(queues[row]) > 1 for row in active) >= len(active)
+            step = max(len(queues[row]) for row in active) if whole else 1
             embeds, step_mask = torch.zeros(rows, step, width, device=self.model.device), torch.zeros(rows, step, dtype=torch.long)
-            for row, x in enumerate(inputs):
-                if x is not None:
-                    embeds[row, step - len(x) :], step_mask[row, step - len(x) :] = x, 1
+            for row in active:
+                fed, queues[row] = queues[row][:step], queues[row][step:]
+                embeds[row, step - len(fed) :], step_mask[row, step - len(fed) :] = fed, 1
             positions = (seen.unsqueeze(1) + step_mask.cumsum(dim=1) - 1).clamp(min=0)
             seen, past = seen + step_mask.sum(dim=1), torch.cat([past, step_mask], dim=1)
             logits, cache = self.decoder.step(embeds, past.to(self.model.device), positions.to(self.model.device), cache)
-            for row in range(rows):
-                inputs[row] = None
-                if segment[row] is not None:
-                    inputs[row], segment[row] = self.advance(row, segment[row], written[row], logits[row : row + 1].float())
+            for row in active:
+                if not len(queues[row]):  # read all it had queued: its next token
+                    queues[row], segment[row] = self.advance(row, segment[row], written[row], logits[row : row + 1].float())
         return [[t for t in row if t is not None] for row in self.out]
 
     def advance(self, row: int, s: int, written: list[int], logits: torch.Tensor) -> tuple[Optional[torch.Tensor], Optional[int]]:
-        """The row's next token; -> what it reads next and the segment it then writes."""
+        """The row's next token; -> what it reads next and the segment it then writes (None, None: row done)."""
         scores = self.processors(torch.tensor([written], dtype=torch.long, device=logits.device), logits)
         token = int(torch.multinomial(scores.softmax(-1), 1)) if self.sample else int(scores.argmax(-1))
         if token != self.eos:
