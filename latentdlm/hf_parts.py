@@ -7,6 +7,7 @@ resolved config dict is saved with the autoencoder, so a saved autoencoder rebui
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import inspect
 import warnings
@@ -310,13 +311,18 @@ class TextDecoder(_Part):
     def step(self, embeds: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor, cache=None):
         """One cached step of a causal decoder: input vectors (B, c, hidden) at `positions` (B, c), the mask over
         everything so far (B, past + c; 0 on padding anywhere) -> (the last position's logits (B, vocab), cache)."""
-        accepted = inspect.signature(self.model.forward).parameters  # transformers 5 renamed past_key_values to cache
-        extra = {"cache" if "cache" in accepted else "past_key_values": cache}
-        if "logits_to_keep" in accepted:
-            extra["logits_to_keep"] = 1
+        cache_name, keep = self._step_arguments
+        extra = {cache_name: cache, **keep}
         with self.computing(embeds.device):
             out = self.model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=positions, use_cache=True, **extra)
             return self.outside(out.logits[:, -1]), getattr(out, "cache", None) or out.past_key_values
+
+    @functools.cached_property
+    def _step_arguments(self) -> tuple[str, dict]:
+        """The model's name for the KV cache (transformers 5 renamed past_key_values to cache) and, where it has
+        one, the argument that computes the last position's logits only: read once, not at every step."""
+        accepted = inspect.signature(self.model.forward).parameters
+        return ("cache" if "cache" in accepted else "past_key_values"), ({"logits_to_keep": 1} if "logits_to_keep" in accepted else {})
 
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model.get_input_embeddings()(ids)

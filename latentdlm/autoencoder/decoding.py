@@ -85,7 +85,7 @@ class DecodingStrategy:
         where not None, is that segment's text as given: not decoded, and read as context by the segments after it."""
         mask = encoded.segment_mask.cpu()
         rows, positions = mask.shape
-        given = [[None] * positions if fixed is None else list(fixed[row]) + [None] * (positions - len(fixed[row])) for row in range(rows)]
+        given = given_segments(fixed, mask)
         texts = [[given[row][s] if mask[row, s] else None for s in range(positions)] for row in range(rows)]
         todo = [(row, s) for row in range(rows) for s in range(positions) if mask[row, s] and given[row][s] is None]
         for wave in self.waves(todo, positions):
@@ -96,6 +96,12 @@ class DecodingStrategy:
             for (row, s), piece in zip(wave, pieces):
                 texts[row][s] = piece
         return [[t for t, keep in zip(row, mask[i]) if keep] for i, row in enumerate(texts)]
+
+
+def given_segments(fixed: Optional[Sequence[Sequence[Optional[str]]]], mask: torch.Tensor) -> list[list[Optional[str]]]:
+    """`fixed` (rows of given texts, None where a segment is to be written) padded to every segment position of `mask`."""
+    rows, positions = mask.shape
+    return [[None] * positions if fixed is None else list(fixed[row]) + [None] * (positions - len(fixed[row])) for row in range(rows)]
 
 
 class ParallelDecoding(DecodingStrategy):
@@ -124,7 +130,7 @@ class StreamDecoding(DecodingStrategy):
         if generate_kwargs.get("num_beams", 1) != 1:
             raise LatentDLMError("beam search does not apply to one-stream decoding (decoder_stream): use 1 beam")
         mask = encoded.segment_mask.cpu()
-        given = [list(fixed[row]) + [None] * (mask.shape[1] - len(fixed[row])) if fixed else [None] * mask.shape[1] for row in range(len(mask))]
+        given = given_segments(fixed, mask)
         texts = []
         for start in range(0, len(mask), batch_size):
             rows = range(start, min(start + batch_size, len(mask)))
@@ -142,8 +148,7 @@ class _Streams:
         self.sample, self.processors = kwargs.get("do_sample", False), _logits_processors(kwargs)
         flat = model.latent_design.project(latents[mask.to(latents.device)]).to(model.device, model.dtype)
         self.memory = model.to_memory(flat)  # (present units, m, hidden), in row-major order
-        first_unit = torch.cumsum(mask.sum(dim=1), 0) - mask.sum(dim=1)
-        self.unit = lambda row, s: int(first_unit[row]) + int(mask[row, :s].sum())  # noqa: E731
+        self.units = mask.flatten().long().cumsum(0).view_as(mask) - 1  # (row, segment) -> its row in self.memory
         self.out = [[given[row][s] if mask[row, s] else None for s in range(mask.shape[1])] for row in range(len(mask))]
         self.written_ids: dict[tuple[int, int], list[int]] = {}  # (row, segment) -> the token ids it wrote
 
@@ -155,7 +160,7 @@ class _Streams:
         given segments) up to that segment's start token; with that segment (None: nothing left to write)."""
         pieces = []
         while s < self.mask.shape[1] and self.mask[row, s]:
-            pieces += [self.memory[self.unit(row, s)], self.embed([self.start])]
+            pieces += [self.memory[self.units[row, s]], self.embed([self.start])]
             if self.given[row][s] is None:
                 return torch.cat(pieces), s
             pieces.append(self.embed(self.model.processor.tokenize([self.given[row][s]]).decoder_ids[0][:-1]))
@@ -166,7 +171,7 @@ class _Streams:
         rows, width = len(self.mask), self.memory.shape[-1]
         queues, segment = (list(x) for x in zip(*(self.forced(row, 0) for row in range(rows))))  # queue None: row done
         written = [[] for _ in range(rows)]
-        seen, past, cache = torch.zeros(rows, dtype=torch.long), torch.zeros(rows, 0, dtype=torch.long), None
+        past, cache = torch.zeros(rows, 0, dtype=torch.long), None  # the mask over every position read so far
         while any(q is not None for q in queues):
             active = [row for row in range(rows) if queues[row] is not None]
             whole = 2 * sum(len(queues[row]) > 1 for row in active) >= len(active)
@@ -175,8 +180,8 @@ class _Streams:
             for row in active:
                 fed, queues[row] = queues[row][:step], queues[row][step:]
                 embeds[row, step - len(fed) :], step_mask[row, step - len(fed) :] = fed, 1
-            positions = (seen.unsqueeze(1) + step_mask.cumsum(dim=1) - 1).clamp(min=0)
-            seen, past = seen + step_mask.sum(dim=1), torch.cat([past, step_mask], dim=1)
+            positions = (past.sum(dim=1, keepdim=True) + step_mask.cumsum(dim=1) - 1).clamp(min=0)
+            past = torch.cat([past, step_mask], dim=1)
             logits, cache = self.decoder.step(embeds, past.to(self.model.device), positions.to(self.model.device), cache)
             for row in active:
                 if not len(queues[row]):  # read all it had queued: its next token

@@ -9,7 +9,6 @@ whole paragraph is one unit. Text <-> token ids is the processor's (autoencoder/
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,11 +171,11 @@ class ParagraphAutoencoder(HubModule):
         """Each unit's mean per-token negative log-likelihood under the decoder given its latents (N, k, d),
         units in order over `per_text` (with decoder_context, each reads its text's previous units): how
         readily the decoder writes that text from there (a fluency proxy for decoded latents)."""
-        targets = self.processor.tokenize([u for units in per_text for u in units]).decoder_ids
-        contexts = self.processor.context_ids(per_text)
         latents = self.latent_design.project(latents)  # as decoding reads them
         if self.config.decoder_stream:
-            return self._stream_nll(latents, targets, [len(units) for units in per_text])
+            return self._stream_nll(latents, per_text)
+        targets = self.processor.tokenize([u for units in per_text for u in units]).decoder_ids
+        contexts = self.processor.context_ids(per_text)
         out = torch.empty(len(targets))
         for start in range(0, len(targets), batch_size):
             batch = self.processor.collate(None, targets[start : start + batch_size], None if contexts is None else contexts[start : start + batch_size])
@@ -187,18 +186,17 @@ class ParagraphAutoencoder(HubModule):
             out[start : start + len(labels)] = (nll.sum(dim=1) / (labels != -100).sum(dim=1).clamp_min(1)).cpu()
         return out
 
-    def _stream_nll(self, latents: torch.Tensor, targets: list[list[int]], counts: list[int]) -> torch.Tensor:
+    def _stream_nll(self, latents: torch.Tensor, per_text: Sequence[Sequence[str]]) -> torch.Tensor:
         """decoder_nll with decoder_stream: each text in one pass, every unit's tokens reading the text before it."""
-        starts = [0, *itertools.accumulate(counts)]
-        per_text = [targets[a:b] for a, b in zip(starts, starts[1:])]
-        batch = self.processor.collate_stream(per_text, self.to_memory.length)
+        batch = self.processor.collate_stream([self.processor.tokenize(units).decoder_ids for units in per_text], self.to_memory.length)
         logits = self.batch_logits(latents.to(self.device, self.dtype), {k: v.to(self.device) for k, v in batch.items()})
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2).float(), batch["labels"].to(self.device), ignore_index=-100,
                                                 reduction="none").flatten().cpu()
-        units = batch["label_units"].flatten()
-        kept = units >= 0
-        totals = torch.zeros(len(targets)).index_add_(0, units[kept], nll[kept])
-        return totals / torch.bincount(units[kept], minlength=len(targets)).clamp_min(1)
+        owners = batch["label_units"].flatten()
+        kept = owners >= 0
+        count = sum(len(units) for units in per_text)
+        totals = torch.zeros(count).index_add_(0, owners[kept], nll[kept])
+        return totals / torch.bincount(owners[kept], minlength=count).clamp_min(1)
 
     def reconstruct(self, texts: Sequence[str], batch_size: int = 64) -> list[str]:
         return self.decode(self.encode(texts, batch_size), batch_size)
