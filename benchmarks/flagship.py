@@ -190,17 +190,32 @@ def peer_generate(model, tokenizer, prompts: list[str], batch_size: int, seed: i
 
 @torch.no_grad()
 def perplexity(texts: list[str], tokenizer, model) -> float:
-    """Per-token perplexity under the untouched SmolLM2-135M."""
-    total, count = 0.0, 0
+    """Per-token perplexity of all the texts together under the untouched SmolLM2-135M."""
+    nlls = token_nlls(texts, tokenizer, model)
+    return math.exp(sum(total for total, _ in nlls) / max(sum(n for _, n in nlls), 1))
+
+
+def token_nlls(texts: list[str], tokenizer, model) -> list[tuple[float, int]]:
+    """Each text's summed next-token NLL under `model` and its token count ((0.0, 0) for an empty text)."""
+    out = []
     for start in range(0, len(texts), 16):
-        enc = [[tokenizer.bos_token_id] + tokenizer(t)["input_ids"] for t in texts[start : start + 16] if t.strip()]
+        enc = [[tokenizer.bos_token_id] + tokenizer(t)["input_ids"] for t in texts[start : start + 16]]
         width = max(map(len, enc))
         ids = torch.tensor([e + [tokenizer.pad_token_id] * (width - len(e)) for e in enc])
-        labels = torch.tensor([e + [-100] * (width - len(e)) for e in enc])
-        n = int((labels[:, 1:] != -100).sum())
-        total += float(model(input_ids=ids, attention_mask=(labels != -100).long(), labels=labels).loss) * n
-        count += n
-    return math.exp(total / max(count, 1))
+        mask = torch.tensor([[1] * len(e) + [0] * (width - len(e)) for e in enc])
+        labels = torch.tensor([e[1:] + [-100] * (width - len(e) + 1) for e in enc])
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none").sum(dim=1)
+        out += [(float(total), int(n)) for total, n in zip(nll, (labels != -100).sum(dim=1))]
+    return out
+
+
+def judged_examples(texts: list[str], nlls: list[tuple[float, int]], count: int = 2) -> dict:
+    """The `count` texts with the lowest and the highest per-token perplexity under the judge: good and bad examples
+    picked by a rule, not by hand."""
+    ranked = sorted((total / n, text) for text, (total, n) in zip(texts, nlls) if n)
+    return {"lowest_perplexity": [t for _, t in ranked[:count]], "highest_perplexity": [t for _, t in ranked[-count:]]}
 
 
 def perplexity_judge():

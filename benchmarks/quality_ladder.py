@@ -50,8 +50,8 @@ import plots
 import torch
 from flagship import (
     AUTOENCODER_MINUTES, CONCEPT_DESIGNS, DESIGN_OVERRIDES, DESIGNS, DIT_MINUTES, DIT_PRESETS, ROC_AUTOENCODER, TINY_PIPELINE,
-    autoencoder_dir, finetune_smollm2, stage_record, latentdlm_generate, load_adapter, peer_generate, peer_path, peer_tokenizer,
-    perplexity, perplexity_judge, pipeline_dir, save_adapter, share_denoiser, train_stage,
+    autoencoder_dir, finetune_smollm2, judged_examples, latentdlm_generate, load_adapter, peer_generate, peer_path, peer_tokenizer,
+    perplexity_judge, pipeline_dir, save_adapter, share_denoiser, stage_record, token_nlls, train_stage,
 )
 from ladder_tasks import part_summarization, part_title2story
 from runner import ROOT, load_pipeline, log, run_benchmark, run_cli, timed, torch_threads
@@ -70,6 +70,7 @@ DECODING_RULES = {
     "top_p_0.9_temperature_0.7_no_repeat_3": {"top_p": 0.9, "temperature": 0.7, "no_repeat_ngram_size": 3},
 }
 NUM_VALIDATION = 200  # stories per system and rule
+SAMPLES_KEPT = 30  # unconditional samples per system kept in the JSON, to read together
 
 
 # ---- parts -----------------------------------------------------------------------------------------
@@ -122,7 +123,7 @@ def part_recon(args, results: dict) -> None:
     work = args.work_dir
     texts = rocstories().test[:RECON_COUNT]
     rows = results.setdefault("recon", {"split": f"rocstories/dev.jsonl[:{RECON_COUNT}]", "systems": {}})
-    for system in ("tiny", "a", "b", "c", "d"):
+    for system in (s for s in args.system if s != "peer"):
         folder = pipeline_dir(work, "tiny") / "autoencoder" if system == "tiny" else autoencoder_dir(work, system)
         if not folder.exists() or (system in rows["systems"] and not args.rerun):
             continue
@@ -195,7 +196,7 @@ def part_decoding(args, results: dict) -> None:
     with the best mean MAUVE (mpnet) over the systems measured under all rules decodes them all in uncond."""
     score = Scorer(rocstories().validation, rocstories().train)
     rows = results.setdefault("decoding", {"split": "validation (train.jsonl[4500:5000])", "rules": DECODING_RULES, "systems": {}})
-    for system in SYSTEMS:
+    for system in args.system:
         if not system_model(args.work_dir, system).exists():
             continue
         for name, rule in DECODING_RULES.items():
@@ -223,7 +224,7 @@ def part_uncond(args, results: dict) -> None:
     tokenizer, plain = perplexity_judge()
     rows = results.setdefault("uncond", {"split": "test (dev.jsonl[:500])", "systems": {}})
     rows["decoding"], rows["diversity_set_real"] = shared_rule(results), score.real_diversity
-    for system in SYSTEMS:
+    for system in args.system:
         model = system_model(args.work_dir, system)
         if system in rows["systems"] and not args.rerun:
             continue
@@ -237,8 +238,9 @@ def part_uncond(args, results: dict) -> None:
 def stories_scored(system: str, model: Path, score: Scorer, tokenizer, plain, decoding: dict | None) -> dict:
     """NUM_EVAL unconditional stories of one system, scored."""
     texts, seconds = stories(model, NUM_EVAL, decoding, seed=0)
-    row = {**score(texts), "perplexity_smollm2": perplexity(texts, tokenizer, plain), "seconds_per_story": seconds / NUM_EVAL,
-           "examples": texts[:2] + texts[-2:]}
+    nlls = token_nlls(texts, tokenizer, plain)
+    row = {**score(texts), "perplexity_smollm2": math.exp(sum(t for t, _ in nlls) / sum(n for _, n in nlls)),
+           "seconds_per_story": seconds / NUM_EVAL, "examples": judged_examples(texts, nlls), "samples": texts[:SAMPLES_KEPT]}
     log(row, system)
     return row
 
@@ -255,7 +257,7 @@ def part_split(args, results: dict) -> None:
     score = Scorer(splits.test, splits.train)
     rows = results.setdefault("split", {"systems": {}})
     rule = DecodingConfig.from_dict(shared_rule(results) or {})
-    for system in ("a", "b", "c", "d"):
+    for system in (s for s in args.system if s in ("a", "b", "c", "d")):
         folder = pipeline_dir(args.work_dir, system)
         if not folder.exists() or (system in rows["systems"] and not args.rerun):
             continue
@@ -398,8 +400,9 @@ def summary(results: dict) -> dict:
     recon = results.get("recon", {}).get("systems", {})
     if "a" in recon:
         out["recon_bleu_a"], out["recon_cosine_a"] = recon["a"]["bleu"], recon["a"]["cosine_minilm"]
-    if "b" in recon:
-        out["recon_cosine_b"] = recon["b"]["cosine_minilm"]
+    concept = next((d for d in CONCEPT_DESIGNS if d in recon), None)  # (b), else the decoders that share its latents
+    if concept:
+        out["recon_cosine_b"] = recon[concept]["cosine_minilm"]
     systems = results.get("uncond", {}).get("systems", {})
     if any(s != "peer" for s in systems):
         best = systems[best_latentdlm(results)]
@@ -444,6 +447,8 @@ def arguments(parser) -> None:
     parser.add_argument("--demo-dir", type=Path, help="demo_heldout: score this finished `latentdlm demo` output")
     parser.add_argument("--rule", choices=list(DECODING_RULES),
                         help="the shared decoding rule while part decoding has not chosen one (recorded as given)")
+    parser.add_argument("--system", nargs="+", choices=SYSTEMS, default=list(SYSTEMS),
+                        help="recon, decoding, uncond, split: these systems, in this order (default: all)")
     parser.add_argument("--rerun", action="store_true", help="recon, decoding, uncond: score systems measured earlier again")
 
 
