@@ -79,14 +79,15 @@ def share_denoiser(source: Path, autoencoder: Path, folder: Path) -> None:
     LatentDiffusionTextPipeline(other, pipe.denoiser, pipe.scheduler, decoding=pipe.decoding).save_pretrained(folder)
 
 
-def latentdlm_generate(pipe, count: int, batch_size: int, seed: int, decoding: dict | None = None) -> list[str]:
+def latentdlm_generate(pipe, count: int, batch_size: int, seed: int, decoding: dict | None = None, sampler: dict | None = None) -> list[str]:
     """`decoding`: the decoding rule every system of the ladder shares, whole (the fields it leaves out at their
-    defaults, not at the pipeline's: the peer decodes by the same rule); None: the pipeline's own settings."""
+    defaults, not at the pipeline's: the peer decodes by the same rule); None: the pipeline's own settings.
+    `sampler`: the pipeline's scheduler and num_inference_steps (default DPM-Solver++, 20 steps)."""
     from latentdlm.autoencoder.decoding import DecodingConfig
 
     rule = None if decoding is None else DecodingConfig.from_dict(decoding)
-    return pipe(num_samples=count, num_inference_steps=20, scheduler="dpm", seed=seed, batch_size=batch_size, show_progress=False,
-                decoding=rule).texts
+    sampler = sampler or {"scheduler": "dpm", "num_inference_steps": 20}
+    return pipe(num_samples=count, seed=seed, batch_size=batch_size, show_progress=False, decoding=rule, **sampler).texts
 
 
 # ---- the peer: SmolLM2 fine-tuned as an autoregressive LM -----------------------------------------

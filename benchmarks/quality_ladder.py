@@ -9,6 +9,9 @@ conditional tasks add the same minutes to each system, stated in their parts.
 Parts (each reuses what the earlier ones saved under --work-dir, default runs/ladder):
   plan_noise    (b)'s DiT first, on the frozen encoder's latents; the decoders of (b), (c) and (d) then train with
                 the sphere noise that matches its samples' distance to the nearest real sentence
+  plan          the concept designs' plan chosen on validation: (b)'s DiT with each noise_shift of PLAN_DITS, each
+                sampler of PLAN_SAMPLERS, scored by the plan alone (nearest training sentences); the winner serves
+                (c), (d) (part dit) and samples every latentdlm system after it
   autoencoders  design (a) minilm_smollm2 (Perceiver latents), design (b) minilm_smollm2_concept
                 (frozen MiniLM sentence embeddings), (c) = (b) with model.decoder_context=1 (the decoder also
                 reads the previous sentence) and (d) = (b) decoded as one stream per story (model.decoder_stream),
@@ -70,6 +73,11 @@ DECODING_RULES = {
     "top_p_0.9_temperature_0.7_no_repeat_3": {"top_p": 0.9, "temperature": 0.7, "no_repeat_ngram_size": 3},
 }
 NUM_VALIDATION = 200  # stories per system and rule
+# the concept designs' plan, chosen on validation (part plan): (b)'s DiT trained with each of these overrides,
+# sampled by each sampler; "shift_1" is part plan_noise's run (the plain schedule)
+PLAN_DITS = {"shift_1": [], "shift_2": ["objective.noise_shift=2"], "shift_4": ["objective.noise_shift=4"]}
+PLAN_SAMPLERS = {"dpm_20": {"scheduler": "dpm", "num_inference_steps": 20}, "dpm_50": {"scheduler": "dpm", "num_inference_steps": 50},
+                 "ddpm_250": {"scheduler": "ddpm", "num_inference_steps": 250}}
 SAMPLES_KEPT = 30  # unconditional samples per system kept in the JSON, to read together
 
 
@@ -102,6 +110,51 @@ def part_plan_noise(args, results: dict) -> None:
                                                            for k, v in nearest.items()},
                              "latent_noise": round(math.sqrt(max((c_real / c_samples) ** 2 - 1, 0.0)), 3)}
     log(results["plan_noise"], "plan noise")
+
+
+def plan_run(work: Path, dit: str) -> Path:
+    """(b)'s DiT run of one PLAN_DITS entry (shift_1: part plan_noise's)."""
+    return work / "b" / ("plan-run" if dit == "shift_1" else f"plan-run-{dit}")
+
+
+def part_plan(args, results: dict) -> None:
+    """The plan chosen on validation, on the concept latents (the split finds the plan losing most, not the decoder):
+    (b)'s DiT trained --dit-minutes with each of PLAN_DITS (noise_shift s divides the SNR by s^2: more of the training
+    draws and sampler steps where two sentence latents become distinguishable), each sampled by each of PLAN_SAMPLERS;
+    scored by the plan alone on the validation stories (every sampled sentence latent replaced by its nearest
+    training sentence): MAUVE (mpnet) + coherence ratio. The winner's DiT serves (c) and (d) in part dit, its
+    sampler every latentdlm system in the parts after it."""
+    splits, work = rocstories(), args.work_dir
+    score, bank = Scorer(splits.validation, splits.train), None
+    rows = results.setdefault("plan", {"split": "validation (train.jsonl[4500:5000])", "dits": PLAN_DITS, "samplers": PLAN_SAMPLERS,
+                                       "criterion": "plan retrieval MAUVE (mpnet) + coherence ratio", "candidates": {}})
+    for dit, overrides in PLAN_DITS.items():
+        run = plan_run(work, dit)
+        train_stage("train-diffusion", ROOT / f"configs/diffusion/flagship/{DIT_PRESETS['b']}.yaml", run, args.dit_minutes,
+                    [f"autoencoder={work / 'b' / 'encoder-only' / 'autoencoder'}", "training.eval_every=0", *overrides])
+        pipe = load_pipeline(run / "pipeline")
+        bank = bank or segment_bank(pipe, splits.train)
+        for name, sampler in PLAN_SAMPLERS.items():
+            key = f"{dit}/{name}"
+            if key in rows["candidates"] and not args.rerun:
+                continue
+            sampled = pipe(num_samples=len(splits.validation), seed=1, batch_size=64, show_progress=False, output_type="latent", **sampler)
+            retrieved = plan_retrieval(*bank, sampled)
+            row = score(retrieved)
+            rows["candidates"][key] = {**{k: row[k] for k in ("mauve_mpnet", "mauve_mpnet_std", "mauve_minilm", "coherence_ratio", "diversity_set")},
+                                       "consecutive_latent_cosine": consecutive_latent_cosine(sampled.latents, sampled.segment_mask),
+                                       "dit": stage_record(run), "examples": retrieved[:2]}
+            log(rows["candidates"][key], key)
+            results.save()
+    quality = {k: r["mauve_mpnet"] + r["coherence_ratio"] for k, r in rows["candidates"].items()}
+    rows["chosen"] = max(quality, key=quality.get)
+    log({"chosen": rows["chosen"]}, "plan")
+
+
+def chosen_plan(results: dict) -> tuple[str, dict]:
+    """(the PLAN_DITS entry, the sampler's pipeline arguments) part plan chose; before it runs, plan_noise's DiT and DPM-20."""
+    dit, sampler = results.get("plan", {}).get("chosen", "shift_1/dpm_20").split("/")
+    return dit, PLAN_SAMPLERS[sampler]
 
 
 def part_autoencoders(args, results: dict) -> None:
@@ -151,11 +204,12 @@ def bertscore_f1(references: list[str], candidates: list[str]) -> float:
 def part_dit(args, results: dict) -> None:
     work = args.work_dir
     for design in args.design:
-        if design in ("c", "d"):  # (b)'s DiT as it is: the same latents (frozen MiniLM), only the decoder differs
-            plan_run = work / "b" / "plan-run" / "pipeline"
-            share_denoiser(plan_run if plan_run.exists() else pipeline_dir(work, "b"), autoencoder_dir(work, design), pipeline_dir(work, design))
-            trained = results.get("dit", {}).get("b") or {"trained_by": "plan_noise", **stage_record(plan_run.parent)}
-            results.setdefault("dit", {})[design] = {"shared_with": "b", **trained}
+        if design in ("c", "d"):  # (b)'s DiT chosen by part plan: the same latents (frozen MiniLM), only the decoder differs
+            dit = chosen_plan(results)[0]
+            if results.get("dit", {}).get(design, {}).get("plan_dit", "shift_1") != dit:  # the plan changed: share the new one
+                shutil.rmtree(pipeline_dir(work, design), ignore_errors=True)
+            share_denoiser(plan_run(work, dit) / "pipeline", autoencoder_dir(work, design), pipeline_dir(work, design))
+            results.setdefault("dit", {})[design] = {"shared_with": "b", "plan_dit": dit, **stage_record(plan_run(work, dit))}
             results.save()
             continue
         if design == "b" and (work / "b" / "plan-run" / "pipeline").exists():  # trained first, by part plan_noise
@@ -183,12 +237,13 @@ def system_model(work: Path, system: str) -> Path:
     return peer_path(work) if system == "peer" else pipeline_dir(work, system)
 
 
-def stories(model: Path, count: int, decoding: dict | None, seed: int) -> tuple[list[str], float]:
-    """`count` unconditional stories of one system (a peer adapter file or a pipeline folder) and the seconds taken."""
+def stories(model: Path, count: int, decoding: dict | None, seed: int, sampler: dict) -> tuple[list[str], float]:
+    """`count` unconditional stories of one system (a peer adapter file or a pipeline folder, sampled by `sampler`) and
+    the seconds taken."""
     if model.suffix == ".safetensors":
         return timed(lambda: peer_generate(load_adapter(model), peer_tokenizer(), [""] * count, 32, seed, decoding))
     pipe = load_pipeline(model)
-    return timed(lambda: latentdlm_generate(pipe, count, 64, seed, decoding))
+    return timed(lambda: latentdlm_generate(pipe, count, 64, seed, decoding, sampler))
 
 
 def part_decoding(args, results: dict) -> None:
@@ -201,7 +256,7 @@ def part_decoding(args, results: dict) -> None:
             continue
         for name, rule in DECODING_RULES.items():
             if name not in rows["systems"].get(system, {}) or args.rerun:
-                texts, _ = stories(system_model(args.work_dir, system), NUM_VALIDATION, rule, seed=1)
+                texts, _ = stories(system_model(args.work_dir, system), NUM_VALIDATION, rule, seed=1, sampler=chosen_plan(results)[1])
                 row = score(texts)
                 rows["systems"].setdefault(system, {})[name] = {**{k: row[k] for k in ("mauve_mpnet", "mauve_mpnet_std",
                                                                                        "coherence_ratio", "diversity_set")},
@@ -231,13 +286,13 @@ def part_uncond(args, results: dict) -> None:
         if not model.exists():
             print(f"== {system}: not trained yet, skipped", flush=True)
             continue
-        rows["systems"][system] = stories_scored(system, model, score, tokenizer, plain, rows["decoding"])
+        rows["systems"][system] = stories_scored(system, model, score, tokenizer, plain, rows["decoding"], chosen_plan(results)[1])
         results.save()
 
 
-def stories_scored(system: str, model: Path, score: Scorer, tokenizer, plain, decoding: dict | None) -> dict:
+def stories_scored(system: str, model: Path, score: Scorer, tokenizer, plain, decoding: dict | None, sampler: dict) -> dict:
     """NUM_EVAL unconditional stories of one system, scored."""
-    texts, seconds = stories(model, NUM_EVAL, decoding, seed=0)
+    texts, seconds = stories(model, NUM_EVAL, decoding, seed=0, sampler=sampler)
     nlls = token_nlls(texts, tokenizer, plain)
     row = {**score(texts), "perplexity_smollm2": math.exp(sum(t for t, _ in nlls) / sum(n for _, n in nlls)),
            "seconds_per_story": seconds / NUM_EVAL, "examples": judged_examples(texts, nlls), "samples": texts[:SAMPLES_KEPT]}
@@ -262,8 +317,7 @@ def part_split(args, results: dict) -> None:
         if not folder.exists() or (system in rows["systems"] and not args.rerun):
             continue
         pipe = load_pipeline(folder)
-        sampled = pipe(num_samples=NUM_EVAL, num_inference_steps=20, scheduler="dpm", seed=0, batch_size=64, show_progress=False,
-                       output_type="latent")
+        sampled = pipe(num_samples=NUM_EVAL, seed=0, batch_size=64, show_progress=False, output_type="latent", **chosen_plan(results)[1])
         retrieved = plan_retrieval(*segment_bank(pipe, splits.train), sampled)
         real = pipe.encode(splits.test)
         validation = pipe.encode(splits.validation)
@@ -299,7 +353,7 @@ def part_curve(args, results: dict) -> None:
               **{("peer", m): peer_path(args.work_dir, f"uncond-{m:g}min") for m in (budget / 3, 2 * budget / 3)}}
     for (system, minutes), model in models.items():
         if f"{minutes:g}" not in points[system]:
-            row = stories_scored(system, model, score, tokenizer, plain, shared_rule(results))
+            row = stories_scored(system, model, score, tokenizer, plain, shared_rule(results), chosen_plan(results)[1])
             points[system][f"{minutes:g}"] = {k: row[k] for k in ("mauve_mpnet", "mauve_mpnet_std", "coherence_ratio", "examples")}
             results.save()
 
@@ -309,7 +363,7 @@ def part_speed(args, results: dict) -> None:
     best = best_latentdlm(results)
     pipe = load_pipeline(pipeline_dir(args.work_dir, best))
     rule = shared_rule(results)
-    ours = lambda size, seed: latentdlm_generate(pipe, size, size, seed, rule)  # noqa: E731
+    ours = lambda size, seed: latentdlm_generate(pipe, size, size, seed, rule, chosen_plan(results)[1])  # noqa: E731
     theirs = lambda size, seed: peer_generate(peer, tokenizer, [""] * size, size, seed, rule)  # noqa: E731
     results["speed"] = {"latentdlm_system": best, **{name: {"batch_1": speed(fn, 1, 4), "batch_32": speed(fn, 32, 1)}
                                                       for name, fn in (("latentdlm", ours), ("peer", theirs))}}
@@ -433,7 +487,7 @@ def summary(results: dict) -> dict:
     return out
 
 
-PARTS = {"plan_noise": part_plan_noise, "autoencoders": part_autoencoders, "recon": part_recon, "dit": part_dit, "peer": part_peer, "decoding": part_decoding,
+PARTS = {"plan_noise": part_plan_noise, "plan": part_plan, "autoencoders": part_autoencoders, "recon": part_recon, "dit": part_dit, "peer": part_peer, "decoding": part_decoding,
          "uncond": part_uncond, "split": part_split, "curve": part_curve, "title2story": part_title2story, "summarization": part_summarization, "speed": part_speed,
          "demo": part_demo, "demo_heldout": part_demo_heldout}
 
