@@ -151,10 +151,23 @@ def part_plan(args, results: dict) -> None:
     log({"chosen": rows["chosen"]}, "plan")
 
 
-def chosen_plan(results: dict) -> tuple[str, dict]:
-    """(the PLAN_DITS entry, the sampler's pipeline arguments) part plan chose; before it runs, plan_noise's DiT and DPM-20."""
+def chosen_plan_name(results: dict) -> tuple[str, str]:
+    """(the PLAN_DITS entry, the PLAN_SAMPLERS entry) part plan chose; before it runs, plan_noise's DiT and DPM-20."""
     dit, sampler = results.get("plan", {}).get("chosen", "shift_1/dpm_20").split("/")
+    return dit, sampler
+
+
+def chosen_plan(results: dict) -> tuple[str, dict]:
+    """(the PLAN_DITS entry, the sampler's pipeline arguments) part plan chose."""
+    dit, sampler = chosen_plan_name(results)
     return dit, PLAN_SAMPLERS[sampler]
+
+
+def replace_row(rows: dict, system: str, row: dict) -> None:
+    """A system's row measured again (--rerun, or a new plan): the one it replaces kept under rows["earlier"]."""
+    if system in rows["systems"]:
+        rows.setdefault("earlier", {}).setdefault(system, []).append(rows["systems"][system])
+    rows["systems"][system] = row
 
 
 def part_autoencoders(args, results: dict) -> None:
@@ -286,7 +299,8 @@ def part_uncond(args, results: dict) -> None:
         if not model.exists():
             print(f"== {system}: not trained yet, skipped", flush=True)
             continue
-        rows["systems"][system] = stories_scored(system, model, score, tokenizer, plain, rows["decoding"], chosen_plan(results)[1])
+        row = stories_scored(system, model, score, tokenizer, plain, rows["decoding"], chosen_plan(results)[1])
+        replace_row(rows, system, row if system == "peer" else {**row, "plan": "/".join(chosen_plan_name(results))})
         results.save()
 
 
@@ -322,12 +336,13 @@ def part_split(args, results: dict) -> None:
         real = pipe.encode(splits.test)
         validation = pipe.encode(splits.validation)
         ceiling = decode_with_settings(pipe.autoencoder, validation, rule, torch.Generator().manual_seed(0), 64)
-        rows["systems"][system] = {
+        replace_row(rows, system, {
+            "plan": "/".join(chosen_plan_name(results)),
             "plan_retrieval": {**score(retrieved), "examples": retrieved[:2]},
             "consecutive_latent_cosine": {"samples": consecutive_latent_cosine(sampled.latents, sampled.segment_mask),
                                           "real_test_stories": consecutive_latent_cosine(real.latents, real.segment_mask)},
             "decoder_ceiling": {**score(ceiling), "examples": ceiling[:2]},
-        }
+        })
         log(rows["systems"][system], system)
         results.save()
 
