@@ -75,7 +75,7 @@ DECODING_RULES = {
 NUM_VALIDATION = 200  # stories per system and rule
 # the concept designs' plan, chosen on validation (part plan): (b)'s DiT trained with each of these overrides,
 # sampled by each sampler; "shift_1" is part plan_noise's run (the plain schedule)
-PLAN_DITS = {"shift_1": [], "shift_2": ["objective.noise_shift=2"], "shift_4": ["objective.noise_shift=4"]}
+PLAN_DITS = {"shift_1": ["objective.noise_shift=1"], "shift_2": ["objective.noise_shift=2"], "shift_4": ["objective.noise_shift=4"]}
 PLAN_SAMPLERS = {"dpm_20": {"scheduler": "dpm", "num_inference_steps": 20}, "dpm_50": {"scheduler": "dpm", "num_inference_steps": 50},
                  "ddpm_250": {"scheduler": "ddpm", "num_inference_steps": 250}}
 SAMPLES_KEPT = 30  # unconditional samples per system kept in the JSON, to read together
@@ -95,7 +95,7 @@ def part_plan_noise(args, results: dict) -> None:
     encoder_only = work / "encoder-only"
     train_stage("train-autoencoder", ROOT / f"configs/autoencoder/{DESIGNS['b']}.yaml", encoder_only, 0.05, ROC_AUTOENCODER)
     train_stage("train-diffusion", ROOT / f"configs/diffusion/flagship/{DIT_PRESETS['b']}.yaml", work / "plan-run", args.dit_minutes,
-                [f"autoencoder={encoder_only / 'autoencoder'}", "training.eval_every=0"])
+                [f"autoencoder={encoder_only / 'autoencoder'}", "training.eval_every=0", *PLAN_DITS["shift_1"]])
     pipe = load_pipeline(work / "plan-run" / "pipeline")
     sampled = pipe(num_samples=NUM_EVAL, num_inference_steps=20, scheduler="dpm", seed=0, batch_size=64, show_progress=False,
                    output_type="latent")
