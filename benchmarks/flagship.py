@@ -189,7 +189,6 @@ def peer_generate(model, tokenizer, prompts: list[str], batch_size: int, seed: i
     return texts
 
 
-@torch.no_grad()
 def perplexity(texts: list[str], tokenizer, model) -> float:
     """Per-token perplexity of all the texts together under the untouched SmolLM2-135M."""
     nlls = token_nlls(texts, tokenizer, model)
