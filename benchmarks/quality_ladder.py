@@ -176,10 +176,23 @@ def part_autoencoders(args, results: dict) -> None:
         preset = DESIGNS[design]
         run = work / design / "autoencoder-run"
         noise = [f"objective.latent_noise={results['plan_noise']['latent_noise']}"] if design in CONCEPT_DESIGNS and "plan_noise" in results else []
-        train_stage("train-autoencoder", ROOT / f"configs/autoencoder/{preset}.yaml", run, args.autoencoder_minutes,
-                    ROC_AUTOENCODER + DESIGN_OVERRIDES.get(design, []) + noise)
+        try:
+            train_stage("train-autoencoder", ROOT / f"configs/autoencoder/{preset}.yaml", run, args.autoencoder_minutes,
+                        ROC_AUTOENCODER + DESIGN_OVERRIDES.get(design, []) + noise)
+        except SystemExit:  # e.g. stopped by min_latent_gap: the run's own message and its last step kept, then the part fails
+            results.setdefault("autoencoders", {})[design] = {"preset": preset, **stopped_record(run)}
+            results.save()
+            raise
         results.setdefault("autoencoders", {})[design] = {"preset": preset, **stage_record(run)}
         results.save()
+
+
+def stopped_record(run: Path) -> dict:
+    """A training run that stopped with an error: its last `error:` line and its last logged step."""
+    errors = [line[line.index("error: ") :] for line in run.with_suffix(".log").read_text().splitlines() if "error: " in line]
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    return {"stopped": errors[-1] if errors else "failed, see the log", "log": str(run.with_suffix(".log")),
+            "last_step": last["step"], "train_minutes": last["train_minutes"], "loss": last["loss"]}
 
 
 def part_recon(args, results: dict) -> None:
