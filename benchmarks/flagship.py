@@ -191,7 +191,11 @@ def peer_generate(model, tokenizer, prompts: list[str], batch_size: int, seed: i
 
 def perplexity(texts: list[str], tokenizer, model) -> float:
     """Per-token perplexity of all the texts together under the untouched SmolLM2-135M."""
-    nlls = token_nlls(texts, tokenizer, model)
+    return pooled_perplexity(token_nlls(texts, tokenizer, model))
+
+
+def pooled_perplexity(nlls: list[tuple[float, int]]) -> float:
+    """exp(summed NLL / summed tokens) over texts' (NLL, token count) pairs (token_nlls)."""
     return math.exp(sum(total for total, _ in nlls) / max(sum(n for _, n in nlls), 1))
 
 

@@ -54,7 +54,7 @@ import torch
 from flagship import (
     AUTOENCODER_MINUTES, CONCEPT_DESIGNS, DESIGN_OVERRIDES, DESIGNS, DIT_MINUTES, DIT_PRESETS, ROC_AUTOENCODER, TINY_PIPELINE,
     autoencoder_dir, finetune_smollm2, judged_examples, latentdlm_generate, load_adapter, peer_generate, peer_path, peer_tokenizer,
-    perplexity_judge, pipeline_dir, save_adapter, share_denoiser, stage_record, token_nlls, train_stage,
+    perplexity_judge, pipeline_dir, pooled_perplexity, save_adapter, share_denoiser, stage_record, token_nlls, train_stage,
 )
 from ladder_tasks import part_summarization, part_title2story
 from runner import ROOT, load_pipeline, log, run_benchmark, run_cli, timed, torch_threads
@@ -97,8 +97,7 @@ def part_plan_noise(args, results: dict) -> None:
     train_stage("train-diffusion", ROOT / f"configs/diffusion/flagship/{DIT_PRESETS['b']}.yaml", work / "plan-run", args.dit_minutes,
                 [f"autoencoder={encoder_only / 'autoencoder'}", "training.eval_every=0", *PLAN_DITS["shift_1"]])
     pipe = load_pipeline(work / "plan-run" / "pipeline")
-    sampled = pipe(num_samples=NUM_EVAL, num_inference_steps=20, scheduler="dpm", seed=0, batch_size=64, show_progress=False,
-                   output_type="latent")
+    sampled = pipe(num_samples=NUM_EVAL, seed=0, batch_size=64, show_progress=False, output_type="latent", **PLAN_SAMPLERS["dpm_20"])
     _, bank = segment_bank(pipe, rocstories().validation)
     _, real = segment_bank(pipe, rocstories().test)
     nearest = {"samples": (unit_vectors(sampled.latents, sampled.segment_mask) @ bank.T).max(dim=1).values,
@@ -151,16 +150,14 @@ def part_plan(args, results: dict) -> None:
     log({"chosen": rows["chosen"]}, "plan")
 
 
-def chosen_plan_name(results: dict) -> tuple[str, str]:
-    """(the PLAN_DITS entry, the PLAN_SAMPLERS entry) part plan chose; before it runs, plan_noise's DiT and DPM-20."""
-    dit, sampler = results.get("plan", {}).get("chosen", "shift_1/dpm_20").split("/")
-    return dit, sampler
+def chosen_plan(results: dict) -> str:
+    """"DIT/SAMPLER" (a PLAN_DITS and a PLAN_SAMPLERS entry) that part plan chose; before it runs, plan_noise's DiT and DPM-20."""
+    return results.get("plan", {}).get("chosen", "shift_1/dpm_20")
 
 
-def chosen_plan(results: dict) -> tuple[str, dict]:
-    """(the PLAN_DITS entry, the sampler's pipeline arguments) part plan chose."""
-    dit, sampler = chosen_plan_name(results)
-    return dit, PLAN_SAMPLERS[sampler]
+def plan_sampler(results: dict) -> dict:
+    """The chosen plan's sampler, as pipeline arguments."""
+    return PLAN_SAMPLERS[chosen_plan(results).split("/")[1]]
 
 
 def replace_row(rows: dict, system: str, row: dict) -> None:
@@ -231,7 +228,7 @@ def part_dit(args, results: dict) -> None:
     work = args.work_dir
     for design in args.design:
         if design in ("c", "d"):  # (b)'s DiT chosen by part plan: the same latents (frozen MiniLM), only the decoder differs
-            dit = chosen_plan(results)[0]
+            dit = chosen_plan(results).split("/")[0]
             if results.get("dit", {}).get(design, {}).get("plan_dit", "shift_1") != dit:  # the plan changed: share the new one
                 shutil.rmtree(pipeline_dir(work, design), ignore_errors=True)
             share_denoiser(plan_run(work, dit) / "pipeline", autoencoder_dir(work, design), pipeline_dir(work, design))
@@ -282,7 +279,7 @@ def part_decoding(args, results: dict) -> None:
             continue
         for name, rule in DECODING_RULES.items():
             if name not in rows["systems"].get(system, {}) or args.rerun:
-                texts, _ = stories(system_model(args.work_dir, system), NUM_VALIDATION, rule, seed=1, sampler=chosen_plan(results)[1])
+                texts, _ = stories(system_model(args.work_dir, system), NUM_VALIDATION, rule, seed=1, sampler=plan_sampler(results))
                 row = score(texts)
                 rows["systems"].setdefault(system, {})[name] = {**{k: row[k] for k in ("mauve_mpnet", "mauve_mpnet_std",
                                                                                        "coherence_ratio", "diversity_set")},
@@ -312,8 +309,8 @@ def part_uncond(args, results: dict) -> None:
         if not model.exists():
             print(f"== {system}: not trained yet, skipped", flush=True)
             continue
-        row = stories_scored(system, model, score, tokenizer, plain, rows["decoding"], chosen_plan(results)[1])
-        replace_row(rows, system, row if system == "peer" else {**row, "plan": "/".join(chosen_plan_name(results))})
+        row = stories_scored(system, model, score, tokenizer, plain, rows["decoding"], plan_sampler(results))
+        replace_row(rows, system, row if system == "peer" else {**row, "plan": chosen_plan(results)})
         results.save()
 
 
@@ -321,7 +318,7 @@ def stories_scored(system: str, model: Path, score: Scorer, tokenizer, plain, de
     """NUM_EVAL unconditional stories of one system, scored."""
     texts, seconds = stories(model, NUM_EVAL, decoding, seed=0, sampler=sampler)
     nlls = token_nlls(texts, tokenizer, plain)
-    row = {**score(texts), "perplexity_smollm2": math.exp(sum(t for t, _ in nlls) / sum(n for _, n in nlls)),
+    row = {**score(texts), "perplexity_smollm2": pooled_perplexity(nlls),
            "seconds_per_story": seconds / NUM_EVAL, "examples": judged_examples(texts, nlls), "samples": texts[:SAMPLES_KEPT]}
     log(row, system)
     return row
@@ -344,13 +341,13 @@ def part_split(args, results: dict) -> None:
         if not folder.exists() or (system in rows["systems"] and not args.rerun):
             continue
         pipe = load_pipeline(folder)
-        sampled = pipe(num_samples=NUM_EVAL, seed=0, batch_size=64, show_progress=False, output_type="latent", **chosen_plan(results)[1])
+        sampled = pipe(num_samples=NUM_EVAL, seed=0, batch_size=64, show_progress=False, output_type="latent", **plan_sampler(results))
         retrieved = plan_retrieval(*segment_bank(pipe, splits.train), sampled)
         real = pipe.encode(splits.test)
         validation = pipe.encode(splits.validation)
         ceiling = decode_with_settings(pipe.autoencoder, validation, rule, torch.Generator().manual_seed(0), 64)
         replace_row(rows, system, {
-            "plan": "/".join(chosen_plan_name(results)),
+            "plan": chosen_plan(results),
             "plan_retrieval": {**score(retrieved), "examples": retrieved[:2]},
             "consecutive_latent_cosine": {"samples": consecutive_latent_cosine(sampled.latents, sampled.segment_mask),
                                           "real_test_stories": consecutive_latent_cosine(real.latents, real.segment_mask)},
@@ -381,7 +378,7 @@ def part_curve(args, results: dict) -> None:
               **{("peer", m): peer_path(args.work_dir, f"uncond-{m:g}min") for m in (budget / 3, 2 * budget / 3)}}
     for (system, minutes), model in models.items():
         if f"{minutes:g}" not in points[system]:
-            row = stories_scored(system, model, score, tokenizer, plain, shared_rule(results), chosen_plan(results)[1])
+            row = stories_scored(system, model, score, tokenizer, plain, shared_rule(results), plan_sampler(results))
             points[system][f"{minutes:g}"] = {k: row[k] for k in ("mauve_mpnet", "mauve_mpnet_std", "coherence_ratio", "examples")}
             results.save()
 
@@ -391,7 +388,7 @@ def part_speed(args, results: dict) -> None:
     best = best_latentdlm(results)
     pipe = load_pipeline(pipeline_dir(args.work_dir, best))
     rule = shared_rule(results)
-    ours = lambda size, seed: latentdlm_generate(pipe, size, size, seed, rule, chosen_plan(results)[1])  # noqa: E731
+    ours = lambda size, seed: latentdlm_generate(pipe, size, size, seed, rule, plan_sampler(results))  # noqa: E731
     theirs = lambda size, seed: peer_generate(peer, tokenizer, [""] * size, size, seed, rule)  # noqa: E731
     results["speed"] = {"latentdlm_system": best, **{name: {"batch_1": speed(fn, 1, 4), "batch_32": speed(fn, 32, 1)}
                                                       for name, fn in (("latentdlm", ours), ("peer", theirs))}}
