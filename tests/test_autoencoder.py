@@ -146,6 +146,24 @@ def test_the_pooled_residual_feeds_the_perceiver_latents_the_mean_state():
     assert "latent_design.pooled.weight" in model.state_dict() and tiny_model().latent_design.pooled is None
 
 
+@pytest.mark.parametrize("regularization", ["l2", "vae"])
+def test_batch_normed_latents_cannot_be_the_same_for_every_unit(regularization, tmp_path):
+    model = tiny_model(regularization=regularization, latent_batch_norm=True).train()
+    design = model.latent_design
+    features = torch.randn(1, *design.compressor.latent_queries.shape).repeat(8, 1, 1)
+    features = features + 0.1 * torch.randn_like(features)  # nearly the same features for every unit (~99% shared)
+    latents = design.bottleneck(features).mean.flatten(1)
+    if regularization == "vae":  # standardised per coordinate across the batch: no constant coordinate
+        assert latents.mean(0).abs().max() < 1e-4 and latents.std(0).min() > 0.9
+    else:  # then onto the sphere: the units still point in different directions
+        assert torch.nn.functional.cosine_similarity(latents[:1], latents[1:]).max() < 0.9
+    model.eval()
+    model.save_pretrained(tmp_path / "ae")
+    reloaded = ParagraphAutoencoder.from_pretrained(tmp_path / "ae")
+    assert torch.equal(reloaded.latent_design.bottleneck.standardize.running_mean, design.bottleneck.standardize.running_mean)
+    assert torch.allclose(reloaded.encode([STORY]).latents, model.encode([STORY]).latents, atol=1e-5)  # running statistics at inference
+
+
 def test_vae_sampling_differs_from_the_mean():
     model = tiny_model(regularization="vae")
     assert not torch.equal(model.encode([STORY], sample=True).latents, model.encode([STORY]).latents)

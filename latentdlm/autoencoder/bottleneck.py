@@ -36,7 +36,7 @@ class Latents:
 
 
 class Bottleneck(nn.Module):
-    def __init__(self, input_dim: int, latent_dim: int, regularization: str):
+    def __init__(self, input_dim: int, latent_dim: int, regularization: str, standardize_units: Optional[int] = None):
         super().__init__()
         if regularization not in REGULARIZATIONS:
             raise LatentDLMError(f"unknown regularization '{regularization}': choose one of {', '.join(REGULARIZATIONS)}")
@@ -44,6 +44,10 @@ class Bottleneck(nn.Module):
         self.latent_dim = latent_dim
         out = 2 * latent_dim if regularization == "vae" else latent_dim
         self.projection = nn.Linear(input_dim, out)
+        # BN-VAE (Zhu et al., 2020): every coordinate of the k x d latents batch-normalised (no affine), so no
+        # coordinate can settle on one value for every unit: a latent that is the same for all texts (a
+        # learned soft prompt, the easy path of posterior collapse) is impossible by construction
+        self.standardize = nn.BatchNorm1d(standardize_units * latent_dim, affine=False) if standardize_units else None
         if regularization == "vae":
             # start near-deterministic (sigma ~ 0.08): unit posterior noise at init drowns the latent and
             # the decoder learns to ignore it before it can learn to read it (posterior collapse)
@@ -54,7 +58,13 @@ class Bottleneck(nn.Module):
         out = self.projection(features)
         if self.regularization == "vae":
             mean, logvar = out.chunk(2, dim=-1)
-            return Latents(mean, logvar.clamp(-12.0, 6.0))
+            return Latents(self._standardized(mean), logvar.clamp(-12.0, 6.0))
+        out = self._standardized(out)
         if self.regularization == "l2":
             out = nn.functional.normalize(out, dim=-1) * math.sqrt(self.latent_dim)
         return Latents(out, None)
+
+    def _standardized(self, latents: torch.Tensor) -> torch.Tensor:
+        if self.standardize is None:
+            return latents
+        return self.standardize(latents.flatten(1).float()).view_as(latents).to(latents.dtype)

@@ -39,6 +39,10 @@ class AutoencoderConfig:
     # perceiver: the encoder's mean-pooled state, projected, added to every Perceiver output, so that the
     # latents carry the sentence from step 0 (the decoder has no reason to learn to ignore them)
     pooled_residual: bool = False
+    # perceiver: each of the k x d latent coordinates batch-normalised across units before the regularisation
+    # (BN-VAE): no coordinate can hold one value for every text, so the latents cannot turn into a learned soft
+    # prompt that the decoder reads instead of the text (posterior collapse); running statistics at inference
+    latent_batch_norm: bool = False
     max_length: int = 64  # tokens per encoded unit (a segment in segment mode, else a paragraph)
     # causal decoders in segment mode: the decoder also reads the text of the previous N segments (the
     # real ones in training, its own output when decoding), so names and pronouns carry across sentences

@@ -47,7 +47,8 @@ class PerceiverLatents(LatentDesign):
         super().__init__()
         self.compressor = PerceiverResampler(encoder_width, config.compressor_dim, config.num_latents, config.compressor_layers,
                                              config.compressor_heads, config.dropout)
-        self.bottleneck = Bottleneck(config.compressor_dim, config.latent_dim, config.regularization)
+        self.bottleneck = Bottleneck(config.compressor_dim, config.latent_dim, config.regularization,
+                                     config.num_latents if config.latent_batch_norm else None)
         self.pooled = nn.Linear(encoder_width, config.compressor_dim) if config.pooled_residual else None
 
     def forward(self, states: torch.Tensor, attention_mask: torch.Tensor) -> Latents:
