@@ -309,7 +309,8 @@ def part_uncond(args, results: dict) -> None:
         if not model.exists():
             print(f"== {system}: not trained yet, skipped", flush=True)
             continue
-        row = stories_scored(system, model, score, tokenizer, plain, rows["decoding"], plan_sampler(results))
+        row = {**stories_scored(system, model, score, tokenizer, plain, rows["decoding"], plan_sampler(results)),
+               "decoding": rows["decoding"]}  # each row its own rule: rows kept from an earlier rule say theirs
         replace_row(rows, system, row if system == "peer" else {**row, "plan": chosen_plan(results)})
         results.save()
 
