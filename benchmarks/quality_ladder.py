@@ -91,12 +91,11 @@ def part_plan_noise(args, results: dict) -> None:
     so cos(error) = c_samples / c_real, and projected Gaussian noise of std s per dimension moves a sqrt(d)-radius
     latent to cosine 1/sqrt(1 + s^2): s = sqrt((c_real / c_samples)^2 - 1). The decoders of the concept designs
     train with it. The DiT is (b)'s in part dit."""
-    work = args.work_dir / "b"
-    encoder_only = work / "encoder-only"
-    train_stage("train-autoencoder", ROOT / f"configs/autoencoder/{DESIGNS['b']}.yaml", encoder_only, 0.05, ROC_AUTOENCODER)
-    train_stage("train-diffusion", ROOT / f"configs/diffusion/flagship/{DIT_PRESETS['b']}.yaml", work / "plan-run", args.dit_minutes,
-                [f"autoencoder={encoder_only / 'autoencoder'}", "training.eval_every=0", *PLAN_DITS["shift_1"]])
-    pipe = load_pipeline(work / "plan-run" / "pipeline")
+    run = plan_run(args.work_dir, "shift_1")
+    train_stage("train-autoencoder", ROOT / f"configs/autoencoder/{DESIGNS['b']}.yaml", encoder_only_run(args.work_dir), 0.05, ROC_AUTOENCODER)
+    train_stage("train-diffusion", ROOT / f"configs/diffusion/flagship/{DIT_PRESETS['b']}.yaml", run, args.dit_minutes,
+                [f"autoencoder={encoder_only_run(args.work_dir) / 'autoencoder'}", "training.eval_every=0", *PLAN_DITS["shift_1"]])
+    pipe = load_pipeline(run / "pipeline")
     sampled = pipe(num_samples=NUM_EVAL, seed=0, batch_size=64, show_progress=False, output_type="latent", **PLAN_SAMPLERS["dpm_20"])
     _, bank = segment_bank(pipe, rocstories().validation)
     _, real = segment_bank(pipe, rocstories().test)
@@ -104,11 +103,16 @@ def part_plan_noise(args, results: dict) -> None:
                "real_test_sentences": (real @ bank.T).max(dim=1).values}
     c_samples, c_real = (float(nearest[k].mean()) for k in ("samples", "real_test_sentences"))
     quartiles = torch.tensor([0.25, 0.5, 0.75])
-    results["plan_noise"] = {"dit": {"preset": DIT_PRESETS["b"], **stage_record(work / "plan-run")},
+    results["plan_noise"] = {"dit": {"preset": DIT_PRESETS["b"], **stage_record(run)},
                              "nearest_validation_cosine": {k: {"mean": float(v.mean()), "quartiles": v.quantile(quartiles).tolist()}
                                                            for k, v in nearest.items()},
                              "latent_noise": round(math.sqrt(max((c_real / c_samples) ** 2 - 1, 0.0)), 3)}
     log(results["plan_noise"], "plan noise")
+
+
+def encoder_only_run(work: Path) -> Path:
+    """Part plan_noise's (b) autoencoder trained for minutes only: the frozen encoder's latents every plan DiT trains on."""
+    return work / "b" / "encoder-only"
 
 
 def plan_run(work: Path, dit: str) -> Path:
@@ -130,7 +134,7 @@ def part_plan(args, results: dict) -> None:
     for dit, overrides in PLAN_DITS.items():
         run = plan_run(work, dit)
         train_stage("train-diffusion", ROOT / f"configs/diffusion/flagship/{DIT_PRESETS['b']}.yaml", run, args.dit_minutes,
-                    [f"autoencoder={work / 'b' / 'encoder-only' / 'autoencoder'}", "training.eval_every=0", *overrides])
+                    [f"autoencoder={encoder_only_run(work) / 'autoencoder'}", "training.eval_every=0", *overrides])
         pipe = load_pipeline(run / "pipeline")
         bank = bank or segment_bank(pipe, splits.train)
         for name, sampler in PLAN_SAMPLERS.items():
@@ -153,6 +157,11 @@ def part_plan(args, results: dict) -> None:
 def chosen_plan(results: dict) -> str:
     """"DIT/SAMPLER" (a PLAN_DITS and a PLAN_SAMPLERS entry) that part plan chose; before it runs, plan_noise's DiT and DPM-20."""
     return results.get("plan", {}).get("chosen", "shift_1/dpm_20")
+
+
+def plan_dit(results: dict) -> str:
+    """The chosen plan's PLAN_DITS entry."""
+    return chosen_plan(results).split("/")[0]
 
 
 def plan_sampler(results: dict) -> dict:
@@ -228,15 +237,15 @@ def part_dit(args, results: dict) -> None:
     work = args.work_dir
     for design in args.design:
         if design in ("c", "d"):  # (b)'s DiT chosen by part plan: the same latents (frozen MiniLM), only the decoder differs
-            dit = chosen_plan(results).split("/")[0]
+            dit = plan_dit(results)
             if results.get("dit", {}).get(design, {}).get("plan_dit", "shift_1") != dit:  # the plan changed: share the new one
                 shutil.rmtree(pipeline_dir(work, design), ignore_errors=True)
             share_denoiser(plan_run(work, dit) / "pipeline", autoencoder_dir(work, design), pipeline_dir(work, design))
             results.setdefault("dit", {})[design] = {"shared_with": "b", "plan_dit": dit, **stage_record(plan_run(work, dit))}
             results.save()
             continue
-        if design == "b" and (work / "b" / "plan-run" / "pipeline").exists():  # trained first, by part plan_noise
-            share_denoiser(work / "b" / "plan-run" / "pipeline", autoencoder_dir(work, "b"), pipeline_dir(work, "b"))
+        if design == "b" and (plan_run(work, "shift_1") / "pipeline").exists():  # trained first, by part plan_noise
+            share_denoiser(plan_run(work, "shift_1") / "pipeline", autoencoder_dir(work, "b"), pipeline_dir(work, "b"))
             results.setdefault("dit", {})["b"] = {"trained_by": "plan_noise", **results["plan_noise"]["dit"]}
             results.save()
             continue
@@ -309,8 +318,7 @@ def part_uncond(args, results: dict) -> None:
         if not model.exists():
             print(f"== {system}: not trained yet, skipped", flush=True)
             continue
-        row = {**stories_scored(system, model, score, tokenizer, plain, rows["decoding"], plan_sampler(results)),
-               "decoding": rows["decoding"]}  # each row its own rule: rows kept from an earlier rule say theirs
+        row = stories_scored(system, model, score, tokenizer, plain, rows["decoding"], plan_sampler(results))
         replace_row(rows, system, row if system == "peer" else {**row, "plan": chosen_plan(results)})
         results.save()
 
@@ -319,7 +327,7 @@ def stories_scored(system: str, model: Path, score: Scorer, tokenizer, plain, de
     """NUM_EVAL unconditional stories of one system, scored."""
     texts, seconds = stories(model, NUM_EVAL, decoding, seed=0, sampler=sampler)
     nlls = token_nlls(texts, tokenizer, plain)
-    row = {**score(texts), "perplexity_smollm2": pooled_perplexity(nlls),
+    row = {**score(texts), "decoding": decoding, "perplexity_smollm2": pooled_perplexity(nlls),  # each row its own rule
            "seconds_per_story": seconds / NUM_EVAL, "examples": judged_examples(texts, nlls), "samples": texts[:SAMPLES_KEPT]}
     log(row, system)
     return row
