@@ -136,13 +136,22 @@ def test_latent_noise_on_pooled_latents_stays_on_their_sphere():
     assert torch.equal(PooledLatents(None, 384).perturb(clean, 0.0), clean)
 
 
-def test_the_pooled_residual_feeds_the_perceiver_latents_the_mean_state():
+def test_the_pooled_residual_starts_as_the_sentence_embedding_and_gates_the_perceiver_in():
     model = tiny_model(regularization="l2", pooled_residual=True)
-    with_pooled = model.encode([STORY]).latents
+    design = model.latent_design
+    at_init = model.encode([STORY]).latents
     with torch.no_grad():
-        model.latent_design.pooled.weight.zero_()
-        model.latent_design.pooled.bias.zero_()
-    assert not torch.allclose(model.encode([STORY]).latents, with_pooled)  # the term is read
+        for weight in design.compressor.parameters():
+            weight.add_(torch.randn_like(weight))
+    assert torch.allclose(model.encode([STORY]).latents, at_init)  # step 0: the Perceiver is gated out
+    with torch.no_grad():
+        design.pooled.weight.zero_()
+        design.pooled.bias.zero_()
+    assert not torch.allclose(model.encode([STORY]).latents, at_init)  # the sentence embedding is what is read
+    batch = one_batch(model, [STORY])
+    latents = model.encode_tokens(batch["input_ids"], batch["attention_mask"]).mean
+    (latents * torch.randn_like(latents)).sum().backward()
+    assert design.compressor_gate.grad.abs() > 0  # and the gate learns to let the Perceiver in
     assert "latent_design.pooled.weight" in model.state_dict() and tiny_model().latent_design.pooled is None
 
 

@@ -49,12 +49,21 @@ class PerceiverLatents(LatentDesign):
                                              config.compressor_heads, config.dropout)
         self.bottleneck = Bottleneck(config.compressor_dim, config.latent_dim, config.regularization,
                                      config.num_latents if config.latent_batch_norm else None)
-        self.pooled = nn.Linear(encoder_width, config.compressor_dim) if config.pooled_residual else None
+        if config.pooled_residual:
+            # one projection of the sentence embedding per latent vector (together they hold all of it), and the
+            # Perceiver's output gated in from zero (ReZero): at step 0 the latents are exactly a linear map of
+            # the normalised sentence embedding that design (b)'s decoder learns to read at once, and the
+            # Perceiver learns what that embedding misses (wording) as a residual
+            self.pooled = nn.Linear(encoder_width, config.num_latents * config.compressor_dim)
+            self.compressor_gate = nn.Parameter(torch.zeros(()))
+        else:
+            self.pooled = None
 
     def forward(self, states: torch.Tensor, attention_mask: torch.Tensor) -> Latents:
         features = self.compressor(states, attention_mask)
         if self.pooled is not None:
-            features = features + self.pooled(mean_pool(states, attention_mask)).unsqueeze(1)
+            pooled = self.pooled(onto_sphere(mean_pool(states, attention_mask)))
+            features = pooled.view_as(features) + self.compressor_gate * features
         return self.bottleneck(features)
 
 
