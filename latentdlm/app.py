@@ -38,14 +38,27 @@ class Capabilities:
     segments: bool  # segment mode: a number of segments, and infilling
     max_segments: int
     max_steps: int
+    source_name: str = "document"  # text-conditioned models: what they read and what they write, as their training
+    target_name: str = "summary"  # data's columns name them ("title" -> "story"), for the Summarize tab's labels
 
     @classmethod
     def of(cls, pipe) -> "Capabilities":
         dn = pipe.denoiser.config
         conditional = bool(dn.class_names or dn.condition_dim)
+        data = ((pipe.training_record or {}).get("config") or {}).get("data") or {}
         return cls(list(dn.class_names or []), pipe.condition_encoder is not None, conditional and dn.condition_dropout > 0,
                    pipe.autoencoder.config.segmentation.mode != "none", dn.max_segments,
-                   min(MAX_STEPS, pipe.scheduler.config.num_train_timesteps))
+                   min(MAX_STEPS, pipe.scheduler.config.num_train_timesteps),
+                   column_name(data.get("condition_column"), "document"), column_name(data.get("column"), "text"))
+
+
+GENERIC_COLUMNS = {"text", "src", "source", "trg", "tgt", "target", "input", "output"}
+
+
+def column_name(column: Optional[str], fallback: str) -> str:
+    """A data column's name as a label ("synopsis", "title"), or `fallback` where the name says nothing ("trg")."""
+    name = str(column or "").strip().lower().replace("_", " ")
+    return fallback if not name or name in GENERIC_COLUMNS else name
 
 
 def check_port(host: str, port: int) -> None:
@@ -292,7 +305,7 @@ def build_app(pipe, title: str = "latentdlm"):
                              api_name="infill")
         if caps.text_conditioned:
             with gr.Tab("Summarize"):
-                document = gr.Textbox(label="document", lines=8)
+                document = gr.Textbox(label=caps.source_name, lines=8)
                 with gr.Row():
                     guidance = gr.Slider(1.0, 8.0, value=1.0, step=0.5, label="guidance scale (1 = none)",
                                          visible=caps.guidance)
@@ -302,7 +315,7 @@ def build_app(pipe, title: str = "latentdlm"):
                     sum_seed = gr.Number(0, precision=0, label="seed")
                 extra = decoding_inputs()
                 button = gr.Button("Summarize", variant="primary")
-                output = gr.Textbox(label="summary", lines=4)
+                output = gr.Textbox(label=f"{caps.target_name} (what this model writes)", lines=4)
                 button.click(event(h.summarize, 6, DECODING_KEYS), [document, guidance, sum_method, candidates, sum_steps, sum_seed, *extra],
                              output, api_name="summarize")
     return demo

@@ -15,7 +15,7 @@ pytest.importorskip("gradio")
 from gradio_client import Client  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
-from latentdlm.app import build_app  # noqa: E402
+from latentdlm.app import build_app, column_name  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
 FABLE = "The fox saw some grapes. He could not reach them. He said they were sour."
@@ -137,6 +137,9 @@ def test_the_text_conditioned_page_summarizes(conditional_pipeline):
     with served(conditional_pipeline) as client:
         api = endpoints(client)
         assert "/summarize" in api and "source text (condition)" in [p["label"] for p in api["/generate"]["parameters"]]
+        # trained title -> text: the tab's boxes say so (a Debian model's say "document" -> "summary")
+        assert api["/summarize"]["parameters"][0]["label"] == "title"
+        assert api["/summarize"]["returns"][0]["label"] == "text (what this model writes)"
         summary = client.predict("The Lion and the Mouse", 1, "cfg", 1, 2, 0, api_name="/summarize")
         assert isinstance(summary, str) and summary.strip()
         refused(lambda: client.predict(" ", 1, "cfg", 1, 2, 0, api_name="/summarize"), "The document is empty")
@@ -153,3 +156,7 @@ def test_the_app_command_refuses_a_busy_port_and_a_folder_that_is_no_pipeline(pi
         assert f"port {port} on 127.0.0.1 is in use: choose another with --port" in capsys.readouterr().err
     assert main(["app", "--model", str(tmp_path), "--port", str(free_port())]) == 2
     assert "is not a latentdlm pipeline folder" in capsys.readouterr().err
+
+
+def test_the_summarize_tab_names_what_the_model_reads_and_writes():
+    assert [column_name(c, "text") for c in ("summary", "trg", None, " Synopsis_Line ")] == ["summary", "text", "text", "synopsis line"]

@@ -113,6 +113,29 @@ def test_condition_padding_changes_nothing():
     assert torch.allclose(plain, model(x, t, condition_states=padded, condition_mask=mask), atol=1e-5)
 
 
+@pytest.mark.parametrize("source_latents", [None, 3])
+def test_the_source_read_once_predicts_what_reading_it_every_pass_does(source_latents):
+    model = randomize_output(tiny_dit(condition_dim=6, source_latents=source_latents))
+    x, t = inputs()
+    conditions = {"condition_states": torch.randn(2, 7, 6), "condition_mask": torch.tensor([[1] * 7, [1, 1, 0, 0, 0, 0, 0]], dtype=torch.bool)}
+    prepared = model.prepare_conditions(conditions)
+    assert set(prepared) == {"condition_context", "condition_mask"}
+    assert prepared["condition_context"].shape == (2, source_latents or 7, 32)  # what every layer's cross-attention reads
+    torch.testing.assert_close(model(x, t, **prepared), model(x, t, **conditions))
+    assert not torch.allclose(model(x, t, **prepared), model(x, t))  # and it is read
+    assert model.prepare_conditions({"class_labels": torch.tensor([0])}) == {"class_labels": torch.tensor([0])}
+
+
+def test_a_resampled_source_costs_each_pass_the_same_whatever_its_length():
+    model = randomize_output(tiny_dit(condition_dim=6, source_latents=3))
+    short, long = ({"condition_states": torch.randn(2, n, 6), "condition_mask": torch.ones(2, n, dtype=torch.bool)} for n in (4, 200))
+    assert model.prepare_conditions(short)["condition_context"].shape == model.prepare_conditions(long)["condition_context"].shape
+    loss = diffusion_loss(model, training_scheduler("epsilon"), {"latents": torch.randn(2, S * K, D), "latent_mask": torch.ones(2, S * K, dtype=torch.bool),
+                                                        **long}, DiffusionObjectiveConfig(condition_dropout=0.5))["loss"]
+    loss.backward()
+    assert model.source_resampler.latent_queries.grad.abs().sum() > 0  # the resampler trains with the DiT
+
+
 @pytest.mark.parametrize("kind", ["class", "text"])
 def test_guidance_scale_one_is_the_conditional_prediction_and_zero_the_null_one(kind):
     model = randomize_output(tiny_dit(class_names=["a", "b", "c"]) if kind == "class" else tiny_dit(condition_dim=6))
@@ -336,7 +359,7 @@ def test_guided_sampling_feeds_each_branch_its_own_self_condition(kind):
     torch.nn.init.normal_(model.proj_in.weight, std=0.5)  # make the self-condition input matter
     recorder = Recorder(model)
     recorder.config, recorder.device = model.config, model.device
-    recorder.null_class, recorder.null_conditions = model.null_class, model.null_conditions
+    recorder.null_class, recorder.null_conditions, recorder.prepare_conditions = model.null_class, model.null_conditions, model.prepare_conditions
     scheduler = make_scheduler("ddim", training_scheduler("v_prediction"))
     mask = torch.ones(2, K, dtype=torch.bool)
     conditions = ({"class_labels": torch.tensor([0, 1])} if kind == "class" else

@@ -18,6 +18,7 @@ from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from latentdlm.autoencoder.perceiver import PerceiverResampler
 from latentdlm.errors import LatentDLMError
 
 MASKED = -1e4  # additive attention bias for padding (finite: a fully padded row stays finite)
@@ -66,6 +67,7 @@ class LatentDiT(ModelMixin, ConfigMixin):
         class_names: Optional[list[str]] = None,
         condition_dim: Optional[int] = None,
         condition_dropout: Optional[float] = None,  # recorded at training: guidance needs a trained null condition
+        source_latents: Optional[int] = None,  # a Perceiver resamples the source states to this many vectors
     ):
         super().__init__()
         if hidden_size % num_heads:
@@ -81,9 +83,12 @@ class LatentDiT(ModelMixin, ConfigMixin):
         self.time_embedding = TimestepEmbedding(256, hidden_size)
         # the last row is the null class (classifier-free guidance)
         self.class_embedding = nn.Embedding(len(class_names) + 1, hidden_size) if class_names else None
-        self.length_head = None
+        self.length_head = self.source_resampler = None
         if condition_dim:
-            self.condition_proj = nn.Sequential(nn.Linear(condition_dim, hidden_size), nn.GELU(approximate="tanh"), nn.Linear(hidden_size, hidden_size))
+            # with source_latents, every layer's cross-attention reads that many vectors, not every source token
+            self.source_resampler = PerceiverResampler(condition_dim, hidden_size, source_latents, 1, num_heads) if source_latents else None
+            source_width = hidden_size if source_latents else condition_dim
+            self.condition_proj = nn.Sequential(nn.Linear(source_width, hidden_size), nn.GELU(approximate="tanh"), nn.Linear(hidden_size, hidden_size))
             self.null_condition = nn.Parameter(torch.randn(1, condition_dim) * 0.02)
             # how many segments the target of a source text has: a classifier on the pooled source states
             self.length_head = nn.Sequential(nn.Linear(condition_dim, hidden_size), nn.GELU(approximate="tanh"),
@@ -152,6 +157,25 @@ class LatentDiT(ModelMixin, ConfigMixin):
         return self.length_head(pooled)
 
     # ---- forward -----------------------------------------------------------------------------
+    def prepare_conditions(self, conditions: dict) -> dict:
+        """Condition kwargs with the source read once: its states (null rows included) resampled to
+        `source_latents` vectors when set and projected to the DiT's width, as `condition_context`, so that
+        both passes of a training step and every step of a sampling call (both guidance branches) share it."""
+        if "condition_states" not in conditions:
+            return conditions
+        prepared = {k: v for k, v in conditions.items() if k not in ("condition_states", "condition_mask")}
+        prepared["condition_context"], prepared["condition_mask"] = self._source_context(conditions["condition_states"],
+                                                                                         conditions.get("condition_mask"))
+        return prepared
+
+    def _source_context(self, states: torch.Tensor, mask: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        states = states.to(self.proj_in.weight.dtype)
+        mask = torch.ones(states.shape[:2], dtype=torch.bool, device=states.device) if mask is None else mask.bool()
+        if self.source_resampler is not None:
+            states = self.source_resampler(states, mask)
+            mask = torch.ones(states.shape[:2], dtype=torch.bool, device=states.device)
+        return self.condition_proj(states), mask
+
     def forward(
         self,
         sample: torch.Tensor,
@@ -161,10 +185,12 @@ class LatentDiT(ModelMixin, ConfigMixin):
         class_labels: Optional[torch.Tensor] = None,
         condition_states: Optional[torch.Tensor] = None,
         condition_mask: Optional[torch.Tensor] = None,
+        condition_context: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """sample (B, S*k, d) noisy latents; latent_mask (B, S*k) True where a segment exists;
         self_condition (B, S*k, d) the previous x0 estimate (zeros for none); class_labels (B,) with
-        `null_class` for unconditional; condition_states (B, L, C) with condition_mask (B, L).
+        `null_class` for unconditional; condition_states (B, L, C) with condition_mask (B, L), or the
+        `condition_context` that `prepare_conditions` made of them (with its own mask).
         Returns the prediction, shaped like `sample` and in its dtype (the weights may be bf16 while the
         sampler keeps its latents in float32)."""
         cfg = self.config
@@ -194,11 +220,11 @@ class LatentDiT(ModelMixin, ConfigMixin):
 
         context = context_bias = None
         if cfg.condition_dim:
-            if condition_states is None:
-                condition_states, condition_mask = self.null_conditions(batch)
-            if condition_mask is None:
-                condition_mask = torch.ones(condition_states.shape[:2], dtype=torch.bool, device=sample.device)
-            context = self.condition_proj(condition_states.to(hidden.dtype))
+            if condition_context is None:
+                if condition_states is None:
+                    condition_states, condition_mask = self.null_conditions(batch)
+                condition_context, condition_mask = self._source_context(condition_states, condition_mask)
+            context = condition_context.to(hidden.dtype)
             context_bias = attention_bias(condition_mask.bool(), hidden.dtype)
         self_bias = None if latent_mask is None else attention_bias(latent_mask.bool(), hidden.dtype)
 

@@ -66,6 +66,8 @@ def diffusion_loss(
     noisy = scheduler.add_noise(clean, noise, timesteps)
     drop = torch.rand(size, generator=generator, device=clean.device) < cfg.condition_dropout
     conditions = drop_conditions(module, batch, drop)
+    if denoiser is module:  # the source read once for both passes (a DiT that reads sources trains inside ConditionedObjective)
+        conditions = module.prepare_conditions(conditions)
 
     self_condition = None
     if module.config.self_conditioning:
@@ -89,11 +91,11 @@ def diffusion_loss(
 
 
 class ConditionedObjective(torch.nn.Module):
-    """A text-conditioned run with a trainable condition encoder as one module (one DDP wrapper): the
-    encoder turns the batch's source tokens into states, then the DiT's loss. (A frozen encoder's states
-    are cached before training; it runs here without gradients.)"""
+    """A text-conditioned run as one module (one DDP wrapper): a trainable condition encoder turns the
+    batch's source tokens into states (a frozen encoder's states come cached in the batch), then the DiT's
+    loss, which reads the source once for both of its passes (`LatentDiT.prepare_conditions`)."""
 
-    def __init__(self, denoiser: LatentDiT, condition_encoder: torch.nn.Module, scheduler: DDPMScheduler,
+    def __init__(self, denoiser: LatentDiT, condition_encoder: Optional[torch.nn.Module], scheduler: DDPMScheduler,
                  cfg: DiffusionObjectiveConfig):
         super().__init__()
         self.denoiser, self.condition_encoder = denoiser, condition_encoder
@@ -101,7 +103,8 @@ class ConditionedObjective(torch.nn.Module):
 
     def forward(self, batch: dict, generator: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:
         batch = dict(batch)
-        ids, mask = batch.pop("condition_input_ids"), batch.pop("condition_attention_mask")
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.condition_encoder.config.freeze):
-            batch.update(self.condition_encoder(ids, mask))
+        if "condition_input_ids" in batch:
+            ids, mask = batch.pop("condition_input_ids"), batch.pop("condition_attention_mask")
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.condition_encoder.config.freeze):
+                batch.update(self.condition_encoder(ids, mask))
         return diffusion_loss(self.denoiser, self.scheduler, batch, self.cfg, generator)

@@ -181,6 +181,8 @@ def sample_latents(
     if guider is not None:
         conditions = with_null_half(denoiser, conditions, size)
         guider = RowGuidance(guider, latent_mask)
+    if "condition_states" in conditions:  # the source read once for every step and both branches
+        conditions = denoiser.prepare_conditions(conditions)
     self_condition = torch.zeros((branches * size, *shape[1:]), device=device) if denoiser.config.self_conditioning else None
     repeats = max([hook.repeats for hook in hooks], default=1)
     for i, t in enumerate(progress(timesteps)):

@@ -70,6 +70,9 @@ class DenoiserConfig:
     patch_size: int = 1  # latents of a segment per DiT token: 4 makes a 16-latent segment 4 tokens (~4x cheaper)
     dropout: float = 0.0
     self_conditioning: bool = True
+    # text-conditioned DiTs: a Perceiver resamples the source's token states to this many vectors, read by every
+    # layer's cross-attention (null: all tokens, up to condition.max_length)
+    source_latents: Optional[int] = None
 
 
 @dataclass
@@ -118,6 +121,7 @@ def build_denoiser(cfg: DiffusionTrainConfig, autoencoder: ParagraphAutoencoder,
         patch_size=cfg.denoiser.patch_size, dropout=cfg.denoiser.dropout, self_conditioning=cfg.denoiser.self_conditioning,
         class_names=data["class_names"], condition_dim=condition_dim,
         condition_dropout=cfg.objective.condition_dropout if conditional else None,
+        source_latents=cfg.denoiser.source_latents if condition_dim else None,
     )
     denoiser.set_segment_statistics(data["counts"], data.get("labels"))
     autoencoder.latent_space.fit(data["units"])  # the latent space's shift and scale: applied around the denoiser
@@ -168,9 +172,12 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: bool = False, cpu: bool =
                         collate_fn=lambda items: collate_latents(items, condition_encoder),
                         generator=torch.Generator().manual_seed(cfg.training.seed))
 
-    # a trainable condition encoder trains with the DiT as one module; a frozen one was cached above
-    reads_sources = condition_encoder is not None and not condition_encoder.config.freeze
-    trainee = ConditionedObjective(denoiser, condition_encoder, train_scheduler, cfg.objective) if reads_sources else denoiser
+    # a DiT that reads sources trains as one module with its objective (the source read once per step), and
+    # with a trainable condition encoder (a frozen one's states were cached above)
+    reads_sources = condition_encoder is not None
+    trains_encoder = reads_sources and not condition_encoder.config.freeze
+    trainee = (ConditionedObjective(denoiser, condition_encoder if trains_encoder else None, train_scheduler, cfg.objective)
+               if reads_sources else denoiser)
     optimizer, scheduler = make_optimizer(cfg.training, trainee, accelerator.num_processes)
     model, optimizer, loader, scheduler = accelerator.prepare(trainee, optimizer, loader, scheduler)
     ema = EMAModel(trainable(accelerator.unwrap_model(model)), decay=cfg.ema_decay)  # under FSDP: this rank's shards
@@ -253,11 +260,11 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: bool = False, cpu: bool =
     if is_sharded(accelerator):  # FSDP: whole copies of the parts, from the weights gathered over the ranks
         prefix = "denoiser." if reads_sources else ""
         weights = {"denoiser": gathered_weights(accelerator, model, prefix)}
-        if reads_sources:
+        if trains_encoder:
             weights["condition_encoder"] = gathered_weights(accelerator, model, "condition_encoder.")
         if accelerator.is_main_process:
             final_parts["denoiser"] = LatentDiT.from_config(denoiser.config)
-            if reads_sources:
+            if trains_encoder:
                 final_parts["condition_encoder"] = ConditionEncoder.build(cfg.condition, autoencoder.processor.encoder_tokenizer)
             for name, part in final_parts.items():
                 part.load_state_dict(weights[name])

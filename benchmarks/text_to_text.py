@@ -1,0 +1,128 @@
+"""Text-to-text (issue 24): summaries and title -> story against lead-1 and the fine-tuned peer.
+
+    python benchmarks/text_to_text.py --only PART [--only PART ...]   # parts, each merged into one JSON
+
+Parts:
+  dit_step   seconds per training step of the Debian summariser's DiT (configs/diffusion/flagship/concept_debian.yaml:
+             384 wide, 6 layers, self-conditioning, a batch of 64 with MiniLM states of real package descriptions,
+             up to 256 tokens) reading the source (a) every token, as before, (b) resampled by a Perceiver to each
+             --source-latents count of vectors, read once per step; against (c) the same DiT without a source. Interleaved
+             rounds, the median step; also seconds per sampling call (64 samples, DPM 20 steps, guidance on).
+
+Results: benchmarks/results/text_to_text.json; summary keys as issue 24 names them (None until their part runs).
+"""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import json
+import statistics
+import time
+
+from runner import ROOT, run_benchmark, torch_threads
+
+from latentdlm.data.sources import data_root
+
+SUMMARY_KEYS = (
+    "rougeL_debian", "rougeL_debian_lead1", "rougeL_debian_peer", "rougeL_xsum", "rougeL_xsum_lead1", "rougeL_xsum_peer",
+    "rougeL_dialogsum", "rougeL_dialogsum_peer", "rougeL_debian_ceiling", "latent_gap_source_aware",
+    "mauve_mpnet_title2story", "mauve_mpnet_title2story_peer", "cond_step_seconds_ratio",
+)
+BATCH, WARMUP = 64, 2
+
+
+def debian_documents(count: int) -> list[str]:
+    with gzip.open(data_root() / "debian_descriptions" / "pairs.jsonl.gz", "rt") as f:
+        return [json.loads(line)["document"] for line in itertools.islice(f, count)]
+
+
+def part_dit_step(args, results: dict) -> None:
+    import torch
+
+    from latentdlm.config import load_config
+    from latentdlm.diffusion.condition import ConditionEncoder
+    from latentdlm.diffusion.denoiser import LatentDiT
+    from latentdlm.diffusion.objective import ConditionedObjective, diffusion_loss
+    from latentdlm.diffusion.sampling import make_guider, sample_latents
+    from latentdlm.diffusion.schedulers import make_scheduler, training_scheduler
+    from latentdlm.training.diffusion import DiffusionTrainConfig
+
+    torch_threads(2)
+    cfg = load_config(DiffusionTrainConfig, ROOT / "configs/diffusion/flagship/concept_debian.yaml")
+    encoder = ConditionEncoder.build(cfg.condition, None)
+    sources = encoder.encode(debian_documents(BATCH))  # real descriptions: the token counts users' batches have
+    objective = cfg.objective
+    scheduler = training_scheduler(objective.prediction_type, objective.beta_schedule, objective.num_train_timesteps,
+                                   objective.noise_shift)
+    size = dict(latent_dim=384, num_latents=1, max_segments=1, hidden_size=cfg.denoiser.hidden_size,
+                num_layers=cfg.denoiser.num_layers, num_heads=cfg.denoiser.num_heads, self_conditioning=True)
+    torch.manual_seed(0)
+    batch = {"latents": torch.randn(BATCH, 1, 384), "latent_mask": torch.ones(BATCH, 1, dtype=torch.bool)}  # timing only
+    arms = {
+        "no_source": (LatentDiT(**size), {}),
+        "every_token": (LatentDiT(**size, condition_dim=384, condition_dropout=0.1), sources),
+        **{f"resampled_{n}": (LatentDiT(**size, condition_dim=384, condition_dropout=0.1, source_latents=n), sources)
+           for n in args.source_latents},
+    }
+
+    def step(dit, conditions, optimizer):
+        terms = (ConditionedObjective(dit, None, scheduler, cfg.objective)({**batch, **conditions}) if conditions
+                 else diffusion_loss(dit, scheduler, batch, cfg.objective))
+        optimizer.zero_grad()
+        terms["loss"].backward()
+        optimizer.step()
+
+    optimizers = {name: torch.optim.AdamW(dit.parameters(), lr=1e-4) for name, (dit, _) in arms.items()}
+    seconds = {name: [] for name in arms}
+    for round_ in range(WARMUP + args.rounds):  # interleaved: the machine's drift hits every arm alike
+        for name, (dit, conditions) in arms.items():
+            start = time.perf_counter()
+            step(dit, conditions, optimizers[name])
+            if round_ >= WARMUP:
+                seconds[name].append(time.perf_counter() - start)
+
+    sampler = make_scheduler("dpm", scheduler)
+    sampling = {}
+    with torch.no_grad():
+        for name, (dit, conditions) in arms.items():
+            dit.eval()
+            start = time.perf_counter()
+            sample_latents(dit, sampler, batch["latent_mask"], 20, torch.Generator().manual_seed(0), dict(conditions),
+                           make_guider("cfg", 2.0) if conditions else None)
+            sampling[name] = time.perf_counter() - start
+    rows = {name: {"step_seconds_median": statistics.median(s), "step_seconds": s, "sampling_call_seconds": sampling[name],
+                   "parameters_m": sum(p.numel() for p in arms[name][0].parameters()) / 1e6} for name, s in seconds.items()}
+    base = rows["no_source"]["step_seconds_median"]
+    for row in rows.values():
+        row["ratio_to_no_source"] = row["step_seconds_median"] / base
+    results["dit_step"] = {
+        "setup": f"batch {BATCH}, Debian descriptions encoded by frozen MiniLM (max 256 tokens, mean "
+                 f"{float(sources['condition_mask'].sum(1).float().mean()):.0f}), DiT {cfg.denoiser.hidden_size} x "
+                 f"{cfg.denoiser.num_layers}, self-conditioning (two passes per step), AdamW; {args.rounds} interleaved rounds "
+                 f"after {WARMUP} warm-up; sampling: DPM 20 steps, CFG 2.0 for the conditional arms; 2 threads",
+        "source_latents": args.source_latents,
+        "arms": rows,
+    }
+    for name, row in rows.items():
+        print(f"{name:>16}: {row['step_seconds_median']:.3f} s/step ({row['ratio_to_no_source']:.2f}x), "
+              f"sampling {row['sampling_call_seconds']:.2f} s", flush=True)
+
+
+def summary(results: dict) -> dict:
+    out = dict.fromkeys(SUMMARY_KEYS)
+    step = results.get("dit_step")
+    if step:
+        out["cond_step_seconds_ratio"] = step["arms"][f"resampled_{step['source_latents'][0]}"]["ratio_to_no_source"]
+    return out
+
+
+def arguments(parser) -> None:
+    parser.add_argument("--source-latents", type=int, nargs="+", default=[32, 8],
+                        help="dit_step: the Perceiver's vectors, one arm each; the first is the summary's (default %(default)s)")
+    parser.add_argument("--rounds", type=int, default=12, help="dit_step: timed rounds per arm (default %(default)s)")
+
+
+if __name__ == "__main__":
+    run_benchmark(__doc__, "text_to_text", {"dit_step": part_dit_step}, work_dir="runs/text_to_text", summary=summary,
+                  arguments=arguments)
