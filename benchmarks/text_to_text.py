@@ -6,21 +6,26 @@ Parts:
   dit_step   seconds per training step of the Debian summariser's DiT (configs/diffusion/flagship/concept_debian.yaml:
              384 wide, 6 layers, self-conditioning, a batch of 64 with MiniLM states of real package descriptions,
              up to 256 tokens) reading the source (a) every token, as before, (b) resampled by a Perceiver to each
-             --source-latents count of vectors, read once per step; against (c) the same DiT without a source. Interleaved
+             --source-latents count of vectors, read once per step, (c) one MiniLM vector per source sentence
+             (condition.granularity: sentences); against (d) the same DiT without a source. Interleaved
              rounds, the median step; also seconds per sampling call (64 samples, DPM 20 steps, guidance on).
+
+Title -> story is the quality ladder's part (`quality_ladder.py --only title2story --flagship d`): this file's summary
+reads its MAUVE rows from benchmarks/results/quality_ladder.json.
 
 Results: benchmarks/results/text_to_text.json; summary keys as issue 24 names them (None until their part runs).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import itertools
 import json
 import statistics
 import time
 
-from runner import ROOT, run_benchmark, torch_threads
+from runner import RESULTS_DIR, ROOT, Results, run_benchmark, torch_threads
 
 from latentdlm.data.sources import data_root
 
@@ -50,8 +55,9 @@ def part_dit_step(args, results: dict) -> None:
 
     torch_threads(2)
     cfg = load_config(DiffusionTrainConfig, ROOT / "configs/diffusion/flagship/concept_debian.yaml")
-    encoder = ConditionEncoder.build(cfg.condition, None)
-    sources = encoder.encode(debian_documents(BATCH))  # real descriptions: the token counts users' batches have
+    documents = debian_documents(BATCH)  # real descriptions: the token and sentence counts users' batches have
+    sources = ConditionEncoder.build(cfg.condition, None).encode(documents)
+    sentences = ConditionEncoder.build(dataclasses.replace(cfg.condition, granularity="sentences"), None).encode(documents)
     objective = cfg.objective
     scheduler = training_scheduler(objective.prediction_type, objective.beta_schedule, objective.num_train_timesteps,
                                    objective.noise_shift)
@@ -63,7 +69,8 @@ def part_dit_step(args, results: dict) -> None:
         "no_source": (LatentDiT(**size), {}),
         "every_token": (LatentDiT(**size, condition_dim=384, condition_dropout=0.1), sources),
         **{f"resampled_{n}": (LatentDiT(**size, condition_dim=384, condition_dropout=0.1, source_latents=n), sources)
-           for n in args.source_latents},
+           for n in sorted(set(args.source_latents) | {cfg.denoiser.source_latents} - {None}, reverse=True)},
+        "sentences": (LatentDiT(**size, condition_dim=384, condition_dropout=0.1), sentences),
     }
 
     def step(dit, conditions, optimizer):
@@ -96,9 +103,14 @@ def part_dit_step(args, results: dict) -> None:
     base = rows["no_source"]["step_seconds_median"]
     for row in rows.values():
         row["ratio_to_no_source"] = row["step_seconds_median"] / base
+    condition = cfg.condition
+    preset = ("sentences" if condition.granularity == "sentences" else
+              f"resampled_{cfg.denoiser.source_latents}" if cfg.denoiser.source_latents else "every_token")
     results["dit_step"] = {
+        "preset_arm": preset,  # how configs/diffusion/flagship/concept_debian.yaml reads its source: the summary's ratio
         "setup": f"batch {BATCH}, Debian descriptions encoded by frozen MiniLM (max 256 tokens, mean "
-                 f"{float(sources['condition_mask'].sum(1).float().mean()):.0f}), DiT {cfg.denoiser.hidden_size} x "
+                 f"{float(sources['condition_mask'].sum(1).float().mean()):.0f}; sentences: mean "
+                 f"{float(sentences['condition_mask'].sum(1).float().mean()):.1f}), DiT {cfg.denoiser.hidden_size} x "
                  f"{cfg.denoiser.num_layers}, self-conditioning (two passes per step), AdamW; {args.rounds} interleaved rounds "
                  f"after {WARMUP} warm-up; sampling: DPM 20 steps, CFG 2.0 for the conditional arms; 2 threads",
         "source_latents": args.source_latents,
@@ -111,15 +123,19 @@ def part_dit_step(args, results: dict) -> None:
 
 def summary(results: dict) -> dict:
     out = dict.fromkeys(SUMMARY_KEYS)
+    title2story = Results(RESULTS_DIR / "quality_ladder.json").get("title2story", {}).get("systems", {})  # the ladder's part
+    if "peer" in title2story and len(title2story) > 1:
+        out["mauve_mpnet_title2story"] = next(row for name, row in title2story.items() if name != "peer")["mauve_mpnet"]
+        out["mauve_mpnet_title2story_peer"] = title2story["peer"]["mauve_mpnet"]
     step = results.get("dit_step")
     if step:
-        out["cond_step_seconds_ratio"] = step["arms"][f"resampled_{step['source_latents'][0]}"]["ratio_to_no_source"]
+        out["cond_step_seconds_ratio"] = step["arms"][step["preset_arm"]]["ratio_to_no_source"]
     return out
 
 
 def arguments(parser) -> None:
     parser.add_argument("--source-latents", type=int, nargs="+", default=[32, 8],
-                        help="dit_step: the Perceiver's vectors, one arm each; the first is the summary's (default %(default)s)")
+                        help="dit_step: the Perceiver's vectors, one arm each (default %(default)s)")
     parser.add_argument("--rounds", type=int, default=12, help="dit_step: timed rounds per arm (default %(default)s)")
 
 

@@ -59,6 +59,24 @@ def test_condition_padding_changes_nothing(minilm):
     torch.testing.assert_close(out_batched, out_alone, atol=1e-5, rtol=1e-5)
 
 
+def test_sentence_granularity_reads_one_normalised_vector_per_source_sentence(minilm):
+    sentences = ConditionEncoder(ConditionConfig(granularity="sentences", max_sentences=3), minilm.tokenizer)
+    sentences.encoder = minilm.encoder  # the same frozen MiniLM
+    story = "The fox was hungry. He saw grapes on a vine. He jumped and missed. He said they were sour."
+    got = sentences.encode([story, "A crow had cheese."])
+    assert got["condition_states"].shape == (2, 3, 384)  # four sentences capped at three (shortest neighbours merged)
+    assert got["condition_mask"].tolist() == [[True, True, True], [True, False, False]]
+    alone = minilm.encode(["A crow had cheese."])
+    expected = torch.nn.functional.normalize(alone["condition_states"][0].mean(0), dim=-1)
+    torch.testing.assert_close(got["condition_states"][1, 0], expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(LatentDLMError, match="needs a frozen encoder"):
+        ConditionEncoder(ConditionConfig(granularity="sentences", freeze=False), minilm.tokenizer)
+    with pytest.raises(LatentDLMError, match="unknown condition.granularity 'words'"):
+        ConditionEncoder(ConditionConfig(granularity="words"), minilm.tokenizer)
+    with pytest.raises(LatentDLMError, match="empty source"):
+        sentences.encode(["A fox.", "  "])
+
+
 def test_long_sources_are_cut_with_a_count_and_empty_ones_are_an_error():
     encoder = ConditionEncoder.build(ConditionConfig(max_length=8), None)
     with pytest.warns(UserWarning, match="1 of 2 source texts are longer than condition.max_length=8"):
@@ -232,6 +250,29 @@ def test_the_default_frozen_minilm_condition_trains_end_to_end(autoencoder, tmp_
     assert main(["train-diffusion", "--config", DM_COND, *tiny_diffusion_overrides(autoencoder, out), *overrides,
                  "training.max_steps=2", "training.overwrite_output_dir=true"]) == 0
     assert (out / "conditions.safetensors").stat().st_mtime_ns == written  # reused, not encoded again
+
+    # one vector per source sentence instead: a new cache, and the pipeline samples with it
+    assert main(["train-diffusion", "--config", DM_COND, *tiny_diffusion_overrides(autoencoder, out), *overrides,
+                 "training.max_steps=2", "training.overwrite_output_dir=true", "condition.granularity=sentences",
+                 "denoiser.source_latents=2"]) == 0
+    assert (out / "conditions.safetensors").stat().st_mtime_ns != written
+    pipe = LatentDiffusionTextPipeline.from_pretrained(out / "pipeline")
+    assert pipe.condition_encoder.config.granularity == "sentences" and pipe.denoiser.source_resampler is not None
+    assert len(pipe(conditions=["The fox saw grapes. They were high."], num_inference_steps=2, seed=0).texts) == 1
+
+
+def test_a_title_conditioned_dit_starts_from_the_unconditional_pipeline(autoencoder, pipeline_dir, tmp_path, capsys):
+    out = tmp_path / "titled"
+    overrides = [o for o in tiny_condition_overrides() if not o.startswith("condition.")]
+    assert main(["train-diffusion", "--config", DM_COND, *tiny_diffusion_overrides(autoencoder, out), *overrides,
+                 "training.max_steps=1", f"init_from={pipeline_dir}"]) == 0
+    assert f"the DiT starts from {pipeline_dir}" in capsys.readouterr().out
+    story, titled = (LatentDiffusionTextPipeline.from_pretrained(path) for path in (pipeline_dir, out / "pipeline"))
+    for name in ("mean", "std"):  # the latents are normalised as the DiT it starts from learned them
+        assert torch.equal(getattr(story.autoencoder.latent_space, name), getattr(titled.autoencoder.latent_space, name))
+    assert main(["train-diffusion", "--config", DM_COND, *tiny_diffusion_overrides(autoencoder, tmp_path / "bad"), *overrides,
+                 f"init_from={tmp_path}"]) == 2
+    assert "is not a trained pipeline folder" in capsys.readouterr().err
 
 
 def test_class_and_text_conditions_together_are_refused(autoencoder, tmp_path, capsys):

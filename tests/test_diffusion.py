@@ -136,6 +136,23 @@ def test_a_resampled_source_costs_each_pass_the_same_whatever_its_length():
     assert model.source_resampler.latent_queries.grad.abs().sum() > 0  # the resampler trains with the DiT
 
 
+@pytest.mark.parametrize("condition", [{"condition_dim": 6}, {"class_names": ["a", "b"]}])
+def test_a_conditional_dit_started_from_an_unconditional_one_first_predicts_what_it_does(condition):
+    story = randomize_output(tiny_dit())
+    torch.nn.init.normal_(story.proj_in.weight, std=0.5)
+    titled = tiny_dit(**condition)
+    new = titled.start_from(story)
+    assert new and all(n.split(".")[0] in ("condition_proj", "null_condition", "length_head", "blocks", "class_embedding") for n in new)
+    assert all(".attn2." in n for n in new if n.startswith("blocks."))  # every shared weight came over
+    x, t = inputs()
+    given = {"condition_states": torch.randn(2, 5, 6)} if "condition_dim" in condition else {"class_labels": torch.tensor([0, 1])}
+    torch.testing.assert_close(titled(x, t, **given), story(x, t))  # whatever the condition, at step 0
+    with pytest.raises(LatentDLMError, match="shapes differ"):
+        tiny_dit(hidden_size=64).start_from(story)
+    with pytest.raises(LatentDLMError, match="it has weights this one lacks"):
+        tiny_dit().start_from(titled)
+
+
 @pytest.mark.parametrize("kind", ["class", "text"])
 def test_guidance_scale_one_is_the_conditional_prediction_and_zero_the_null_one(kind):
     model = randomize_output(tiny_dit(class_names=["a", "b", "c"]) if kind == "class" else tiny_dit(condition_dim=6))

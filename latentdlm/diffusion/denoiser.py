@@ -114,6 +114,27 @@ class LatentDiT(ModelMixin, ConfigMixin):
         rows = len(class_names or []) + 1
         self.register_buffer("segment_count_freq", torch.full((rows, max_segments), 1.0 / max_segments))
 
+    # ---- a start from another DiT ------------------------------------------------------------------
+    @torch.no_grad()
+    def start_from(self, other: "LatentDiT") -> list[str]:
+        """This DiT's weights from `other` wherever both have them (an unconditional story DiT starting a title ->
+        story one); returns the names only this one has. Those that add into the residual stream (each layer's
+        cross-attention output, a class embedding) start at zero, so at step 0 this DiT predicts exactly what
+        `other` does, whatever its condition. The length statistics stay this run's."""
+        own, given = self.state_dict(), other.state_dict()
+        foreign = sorted(set(given) - set(own))
+        mismatched = [k for k in given if k in own and given[k].shape != own[k].shape and k != "segment_count_freq"]
+        if foreign or mismatched:
+            first = (foreign or mismatched)[0]
+            raise LatentDLMError(f"cannot start from that DiT: {'it has weights this one lacks' if foreign else 'shapes differ'} "
+                                 f"(first: {first}); its size settings must match this run's denoiser settings")
+        self.load_state_dict({k: v for k, v in given.items() if k != "segment_count_freq"}, strict=False)
+        new = sorted(set(own) - set(given))
+        for name, tensor in self.state_dict().items():
+            if name in new and (".attn2.to_out." in name or name.startswith("class_embedding.")):
+                tensor.zero_()
+        return new
+
     # ---- conditions --------------------------------------------------------------------------
     @property
     def null_class(self) -> int:

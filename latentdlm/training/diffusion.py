@@ -16,6 +16,7 @@ from typing import Any, Optional
 import torch
 from accelerate.utils import set_seed
 from diffusers.training_utils import EMAModel
+from safetensors import safe_open
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -29,7 +30,7 @@ from latentdlm.diffusion.schedulers import make_scheduler, training_scheduler
 from latentdlm.errors import LatentDLMError
 from latentdlm.evaluation.generation import distinct_n
 from latentdlm.evaluation.plots import plot_training_curves
-from latentdlm.io import write_errors_explained
+from latentdlm.io import WEIGHTS_NAME, write_errors_explained
 from latentdlm.model_card import training_record
 from latentdlm.pipelines.latent_text import LatentDiffusionTextPipeline
 from latentdlm.training.checkpoints import (
@@ -104,6 +105,9 @@ class DiffusionTrainConfig:
     training: TrainingConfig = field(default_factory=lambda: TrainingConfig(output_dir="runs/diffusion"))
     ema_decay: float = 0.999
     encode_batch_size: int = 128
+    # a trained pipeline folder whose DiT starts this one (e.g. the unconditional story DiT for title -> story): its
+    # weights where both DiTs have them (LatentDiT.start_from) and the latent statistics it was trained on
+    init_from: Optional[str] = None
     # texts kept out of training: their denoising loss (fixed noise and timesteps, EMA weights) is logged at
     # every evaluation and at the end (eval/heldout_loss), so the DiT's size, EMA and schedule can be chosen on it
     heldout_texts: int = 0
@@ -158,6 +162,9 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: bool = False, cpu: bool =
         condition_encoder = ConditionEncoder.build(cfg.condition, autoencoder.processor.encoder_tokenizer)
         condition_encoder.warn_truncated(data["sources"])  # once, with the count of truncated sources
     denoiser = build_denoiser(cfg, autoencoder, data, None if condition_encoder is None else condition_encoder.hidden_size)
+    if cfg.init_from:
+        new = start_from_pipeline(denoiser, autoencoder, Path(cfg.init_from))
+        accelerator.print(f"the DiT starts from {cfg.init_from}; new: {len(new)} tensors ({', '.join(sorted({n.split('.')[0] for n in new}))})")
     accelerator.print(f"denoiser: {sum(p.numel() for p in denoiser.parameters()) / 1e6:.1f} M parameters over "
                       f"{len(data['counts'])} texts ({len(data['units'])} segments)")
     conditions = data["sources"]
@@ -289,6 +296,24 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: bool = False, cpu: bool =
             accelerator.print(f"saved the pipeline to {final}")
     finish_training(accelerator)
     return final
+
+
+def start_from_pipeline(denoiser: LatentDiT, autoencoder: ParagraphAutoencoder, folder: Path) -> list[str]:
+    """`init_from`: the DiT's weights from a trained pipeline's DiT, and that pipeline's latent statistics (the
+    latents it learned to denoise were normalised by them); returns the names that start new."""
+    parts = {"denoiser": folder / "denoiser", "autoencoder": folder / "autoencoder" / WEIGHTS_NAME}
+    missing = [str(path) for path in parts.values() if not path.exists()]
+    if missing:
+        raise LatentDLMError(f"init_from={folder} is not a trained pipeline folder: {missing[0]} is missing")
+    new = denoiser.start_from(LatentDiT.from_pretrained(parts["denoiser"]))
+    with safe_open(str(parts["autoencoder"]), "pt") as weights:
+        statistics = {name: weights.get_tensor(f"latent_space.{name}") for name in ("mean", "std")}
+    if statistics["mean"].shape != autoencoder.latent_space.mean.shape:
+        raise LatentDLMError(f"init_from={folder} was trained on {statistics['mean'].shape[0]}-d latents, this "
+                             f"autoencoder's are {autoencoder.latent_space.mean.shape[0]}-d")
+    autoencoder.latent_space.mean.copy_(statistics["mean"])
+    autoencoder.latent_space.std.copy_(statistics["std"])
+    return new
 
 
 def split_heldout(dataset: LatentDataset, count: int, seed: int, condition_encoder) -> tuple:
