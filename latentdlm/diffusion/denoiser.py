@@ -3,7 +3,8 @@
 Built from diffusers blocks (PixArt-style `BasicTransformerBlock` with `ada_norm_single`):
 timestep (+ class) embedding -> one shared adaLN modulation, `patch_size` consecutive latents of a
 segment per token (DiT's patchify: fewer, wider tokens), learned positions over segment and token
-index, optional cross-attention to a condition sequence with a padding mask, a learned null class
+index, optional cross-attention to a condition sequence with a padding mask (optionally resampled by a
+Perceiver, projected once per training step or sampling call), a learned null class
 and a learned null condition for classifier-free guidance, and a zero-initialised output.
 """
 
