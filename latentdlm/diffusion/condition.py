@@ -87,9 +87,7 @@ class ConditionEncoder(HubModule):
 
     def tokenize(self, texts: Sequence[str], warn: bool = True) -> dict[str, torch.Tensor]:
         """Padded ids and mask; empty sources fail; one warning with the count of sources cut at max_length."""
-        empty = [i for i, text in enumerate(texts) if not text or not text.strip()]
-        if empty:
-            raise LatentDLMError(f"{len(empty)} empty source text(s) (first at row {empty[0]}): nothing to condition on")
+        _refuse_empty(texts)
         if warn:
             self.warn_truncated(texts)
         batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.config.max_length, return_tensors="pt")
@@ -100,29 +98,34 @@ class ConditionEncoder(HubModule):
         return list(texts) if self.segmenter is None else [u for text in texts for u in self.segmenter.split(text)]
 
     def warn_truncated(self, texts: Sequence[str]) -> None:
-        """One warning with the count of sources longer than max_length (they are cut when tokenized)."""
-        units = self.units(texts)
+        """One warning with the count of sources (or source sentences) longer than max_length (they are cut)."""
+        self._warn_long(self.units(texts))
+
+    def _warn_long(self, units: list[str]) -> None:
         too_long = sum(len(ids) > self.config.max_length for ids in self.tokenizer(units)["input_ids"])
         if too_long:
             what = "source texts" if self.segmenter is None else "source sentences"
             warnings.warn(f"{too_long} of {len(units)} {what} are longer than condition.max_length="
-                          f"{self.config.max_length} tokens and were truncated", stacklevel=3)
+                          f"{self.config.max_length} tokens and were truncated", stacklevel=4)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """The DiT's condition kwargs: condition_states (B, L, C) and condition_mask (B, L) bool."""
         return {"condition_states": self.encoder(input_ids, attention_mask), "condition_mask": attention_mask.bool()}
 
     def encode(self, texts: Sequence[str], warn: bool = True, batch_size: int = 256) -> dict[str, torch.Tensor]:
-        batch = self.tokenize(texts, warn)
         with torch.no_grad():
             if self.segmenter is None:
+                batch = self.tokenize(texts, warn)
                 return self(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
-            return self._sentence_vectors(texts, batch_size)
+            return self._sentence_vectors(texts, warn, batch_size)
 
-    def _sentence_vectors(self, texts: Sequence[str], batch_size: int) -> dict[str, torch.Tensor]:
+    def _sentence_vectors(self, texts: Sequence[str], warn: bool, batch_size: int) -> dict[str, torch.Tensor]:
         """(B, S, C) one normalised mean-pooled state per sentence, with the (B, S) mask of real sentences."""
-        counts = [len(self.segmenter.split(text)) for text in texts]
-        units, vectors = self.units(texts), []
+        _refuse_empty(texts)
+        per_text = [self.segmenter.split(text) for text in texts]
+        counts, units, vectors = [len(sentences) for sentences in per_text], [u for sentences in per_text for u in sentences], []
+        if warn:
+            self._warn_long(units)
         for start in range(0, len(units), batch_size):
             batch = self.tokenizer(units[start : start + batch_size], padding=True, truncation=True,
                                    max_length=self.config.max_length, return_tensors="pt")
@@ -155,3 +158,9 @@ class ConditionEncoder(HubModule):
             raise LatentDLMError(f"could not read the weights {path / WEIGHTS_NAME} (truncated, corrupt or not this "
                                  f"architecture's): {str(exc).splitlines()[0]}") from None
         return model.eval()
+
+
+def _refuse_empty(texts: Sequence[str]) -> None:
+    empty = [i for i, text in enumerate(texts) if not text or not text.strip()]
+    if empty:
+        raise LatentDLMError(f"{len(empty)} empty source text(s) (first at row {empty[0]}): nothing to condition on")
