@@ -1,4 +1,4 @@
-"""The quality ladder's conditional tasks (benchmarks/quality_ladder.py --only title2story|summarization):
+"""The quality ladder's conditional task (benchmarks/quality_ladder.py --only title2story):
 both systems continue from their story models for the same extra minutes."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from flagship import (
-    DESIGNS, autoencoder_dir, finetune_smollm2, load_adapter, peer_generate, peer_path, peer_tokenizer, perplexity,
+    autoencoder_dir, finetune_smollm2, load_adapter, peer_generate, peer_path, perplexity,
     perplexity_judge, pipeline_dir, save_adapter, shared_rule, train_stage,
 )
 from runner import ROOT, last_record, load_pipeline, log, timed, write_jsonl
@@ -89,46 +89,3 @@ def part_title2story(args, results: dict) -> None:
                                 args.dit_minutes, init=peer_path(args.work_dir))
     stories, seconds = timed(lambda: peer_generate(peer, tokenizer, [title_prompt(t) for t, _ in test], 32, seed=0, decoding=rule))
     measure("peer", stories, seconds, training=record)
-
-
-def synopsis_prompt(document: str) -> str:
-    return f"{document}\nSynopsis:"
-
-
-def part_summarization(args, results: dict) -> None:
-    """Debian description -> synopsis with the fluent decoder: design (b)'s autoencoder trained on the
-    synopses and a document-conditioned DiT (--autoencoder-minutes + --dit-minutes), guidance chosen on
-    100 validation pairs, 5 candidates + MBR on the 200 test pairs once (benchmarks/summarization.py's
-    splits); against lead-1 and SmolLM2 + LoRA fine-tuned on "document\nSynopsis:" prompts for the
-    same minutes, greedy. ROUGE-1/2/L F1."""
-    from summarization import guided_summaries, lead1, split_pairs
-
-    from latentdlm.evaluation.summarization import rouge_scores
-
-    work = args.work_dir / "debian"
-    train, validation, test = split_pairs("debian_descriptions", 200, 100, 20000)
-    docs, refs = [d for d, _ in test], [s for _, s in test]
-    work.mkdir(parents=True, exist_ok=True)
-    train_file = str(write_jsonl(work / "train.jsonl", [{"document": d, "summary": s} for d, s in train]))
-    autoencoder = work / "autoencoder-run"
-    train_stage("train-autoencoder", ROOT / f"configs/autoencoder/{DESIGNS['b']}.yaml", autoencoder, args.autoencoder_minutes,
-                ["data.column=summary", "model.segmentation.mode=none", "model.max_length=48", "training.eval_every=0",
-                 "training.save_every=500"], source=train_file, limit=None)
-    run = work / "diffusion-run"
-    train_stage("train-diffusion", ROOT / "configs/diffusion/flagship/concept_debian.yaml", run, args.dit_minutes,
-                [f"autoencoder={autoencoder / 'autoencoder'}", "training.eval_every=0"], source=train_file, limit=None)
-    budget = args.autoencoder_minutes + args.dit_minutes
-    rows = results.get("summarization", {})
-    if "latentdlm_mbr5" not in rows or rows.get("budget_minutes_per_system") != budget:  # else resume at the peer
-        rows = results["summarization"] = {"dataset": "debian_descriptions", "train_pairs": len(train),
-                                           "validation_pairs": len(validation), "budget_minutes_per_system": budget,
-                                           "test_pairs": len(test), "autoencoder": last_record(autoencoder), "diffusion": last_record(run)}
-        rows.update(guided_summaries(load_pipeline(run / "pipeline"), validation, test))
-        rows["lead1"] = rouge_scores(lead1(docs), refs)
-        results.save()
-    peer, record = peer_adapter(peer_path(args.work_dir, "debian"), [(synopsis_prompt(d), " " + s) for d, s in train], budget)
-    outputs = peer_generate(peer, peer_tokenizer(), [synopsis_prompt(d) for d in docs], 16, seed=0, decoding={}, max_new_tokens=32)
-    rows["peer"] = {"training": record, **rouge_scores(outputs, refs), "examples": outputs[:3]}
-    rows["references"], rows["documents"] = refs[:3], [d[:300] for d in docs[:3]]
-    rows["rougeL"] = {"rougeL_debian": rows["latentdlm_mbr5"]["rougeL"], "rougeL_debian_lead1": rows["lead1"]["rougeL"],
-                      "rougeL_debian_peer": rows["peer"]["rougeL"]}

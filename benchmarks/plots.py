@@ -63,6 +63,29 @@ def summarization(results: dict, path: Path) -> None:
     save(fig, path, 120)
 
 
+def text_to_text(results: dict, path: Path) -> None:
+    """Per summary task: validation ROUGE-L against the guidance scale (each DiT and decoding rule, one candidate),
+    the peer's validation ROUGE-L per rule dashed."""
+    tasks = [name for name in ("debian", "xsum", "dialogsum") if "validation" in results.get(name, {})]
+    if not tasks:
+        return
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4), squeeze=False)
+    for ax, name in zip(axes[0], tasks):
+        sweep = results[name]["validation"]["sweep"]
+        arms = sorted({(r["granularity"], r["rule"]) for r in sweep if r["system"] == "latentdlm"})
+        for granularity, rule in arms:
+            rows = [r for r in sweep if r.get("granularity") == granularity and r["rule"] == rule and r["candidates"] == 1]
+            ax.plot([r["guidance_scale"] for r in rows], [r["rougeL"] for r in rows], marker="o", label=f"DiT {granularity}, {rule}")
+        for row in (r for r in sweep if r["system"] == "peer"):
+            ax.axhline(row["rougeL"], linestyle="--", linewidth=1, color="grey")
+            ax.annotate(f"peer {row['rule']}", (ax.get_xlim()[0], row["rougeL"]), fontsize=7, va="bottom")
+        ax.set(xlabel="guidance scale", ylabel="ROUGE-L F1 (validation)", title=f"{name}: source-aware latentdlm vs the peer")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    save(fig, path, 120)
+
+
 def generation(results: dict, path: Path) -> None:
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))

@@ -27,8 +27,6 @@ Parts (each reuses what the earlier ones saved under --work-dir, default runs/la
                 the untouched SmolLM2
   title2story   title -> story: the --flagship design (b, c or d) with a title-conditioned DiT vs the peer continued on titled
                 prompts, --dit-minutes more each; guidance chosen on validation titles, test scored once
-  summarization Debian description -> synopsis: design (b) trained on the synopses + a document-conditioned
-                DiT vs lead-1 vs SmolLM2 + LoRA fine-tuned on description -> synopsis prompts, same minutes
   split         the loss split between plan and decoder (a, b, c, d): DiT samples decoded by their nearest
                 training sentence, the consecutive-latent cosine, and the decoder's ceiling on real latents
   curve         quality against training minutes: the peer's snapshots, the best concept design with a shorter DiT
@@ -36,6 +34,7 @@ Parts (each reuses what the earlier ones saved under --work-dir, default runs/la
   demo          the README's first command from a fresh clone of HEAD with an empty model cache, timed
   demo_heldout  the demo's samples against the paragraphs its DiT never saw (decoding chosen on half of
                 them, the other half scored once): MAUVE, coherence, set diversity
+Summaries (rougeL_debian*) are benchmarks/text_to_text.py's part debian: the summary reads them from text_to_text.json.
 Results: benchmarks/results/quality_ladder.json (+ .png). Splits as benchmarks/generation.py. Over 300
 lines: one part per measured question of the ladder; the systems live in flagship.py, the tasks in ladder_tasks.py.
 """
@@ -57,8 +56,8 @@ from flagship import (
     peer_tokenizer, perplexity_judge, pipeline_dir, pooled_perplexity, save_adapter, share_denoiser, shared_rule, stage_record,
     token_nlls, train_stage,
 )
-from ladder_tasks import part_summarization, part_title2story
-from runner import ROOT, load_pipeline, log, run_benchmark, run_cli, timed, torch_threads
+from ladder_tasks import part_title2story
+from runner import RESULTS_DIR, ROOT, Results, load_pipeline, log, run_benchmark, run_cli, timed, torch_threads
 from scoring import (
     NUM_EVAL, Scorer, consecutive_latent_cosine, heldout_halves, plan_retrieval, rocstories, segment_bank, speed, unit_vectors,
 )
@@ -502,13 +501,15 @@ def summary(results: dict) -> dict:
     demo = held.get("test", {}).get(held.get("rule"))
     if demo:
         out["demo_mauve_mpnet_heldout"], out["demo_diversity_set"] = demo["mauve_mpnet"], demo["diversity_set"]
-    for key, value in results.get("summarization", {}).get("rougeL", {}).items():
-        out[key] = value
+    debian = Results(RESULTS_DIR / "text_to_text.json").get("debian", {})  # Debian summaries live in text_to_text.py
+    if "peer" in debian:
+        out.update(rougeL_debian=debian["latentdlm"]["rougeL"], rougeL_debian_lead1=debian["lead1"]["rougeL"],
+                   rougeL_debian_peer=debian["peer"]["rougeL"])
     return out
 
 
 PARTS = {"plan_noise": part_plan_noise, "plan": part_plan, "autoencoders": part_autoencoders, "recon": part_recon, "dit": part_dit, "peer": part_peer, "decoding": part_decoding,
-         "uncond": part_uncond, "split": part_split, "curve": part_curve, "title2story": part_title2story, "summarization": part_summarization, "speed": part_speed,
+         "uncond": part_uncond, "split": part_split, "curve": part_curve, "title2story": part_title2story, "speed": part_speed,
          "demo": part_demo, "demo_heldout": part_demo_heldout}
 
 

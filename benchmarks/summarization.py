@@ -37,6 +37,7 @@ from latentdlm.evaluation.summarization import rouge_scores
 DATASETS = {
     "debian_descriptions": ("debian_descriptions/pairs.jsonl.gz", "document", "summary"),
     "xsum": ("xsum/dev.jsonl", "document", "summary"),
+    "dialogsum": ("dialogsum/dev.jsonl", "dialogue", "summary"),
 }
 SCALES = [1.0, 1.5, 2.0, 3.0, 5.0]
 

@@ -10,10 +10,15 @@ Parts:
              (condition.granularity: sentences); against (d) the same DiT without a source. Interleaved
              rounds, the median step; also seconds per sampling call (64 samples, DPM 20 steps, guidance on).
 
+  debian     Debian description -> synopsis, xsum: BBC article -> one-sentence summary (lead-1 and lead-3 beside it),
+  xsum       dialogsum: dialogue -> summary (SLD's tasks): source-aware decoding against lead-1 and the fine-tuned peer
+  dialogsum  at equal minutes (benchmarks/summary_tasks.py says how); --granularity: the DiTs tried on validation
+
 Title -> story is the quality ladder's part (`quality_ladder.py --only title2story --flagship d`): this file's summary
 reads its MAUVE rows from benchmarks/results/quality_ladder.json.
 
-Results: benchmarks/results/text_to_text.json; summary keys as issue 24 names them (None until their part runs).
+Results: benchmarks/results/text_to_text.json (+ text_to_text.png: validation ROUGE-L against the guidance scale);
+summary keys as issue 24 names them (None until their part runs).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import json
 import statistics
 import time
 
+import plots
+import summary_tasks
 from runner import RESULTS_DIR, ROOT, Results, run_benchmark, torch_threads
 
 from latentdlm.data.sources import data_root
@@ -103,11 +110,7 @@ def part_dit_step(args, results: dict) -> None:
     base = rows["no_source"]["step_seconds_median"]
     for row in rows.values():
         row["ratio_to_no_source"] = row["step_seconds_median"] / base
-    condition = cfg.condition
-    preset = ("sentences" if condition.granularity == "sentences" else
-              f"resampled_{cfg.denoiser.source_latents}" if cfg.denoiser.source_latents else "every_token")
     results["dit_step"] = {
-        "preset_arm": preset,  # how configs/diffusion/flagship/concept_debian.yaml reads its source: the summary's ratio
         "setup": f"batch {BATCH}, Debian descriptions encoded by frozen MiniLM (max 256 tokens, mean "
                  f"{float(sources['condition_mask'].sum(1).float().mean()):.0f}; sentences: mean "
                  f"{float(sentences['condition_mask'].sum(1).float().mean()):.1f}), DiT {cfg.denoiser.hidden_size} x "
@@ -121,15 +124,35 @@ def part_dit_step(args, results: dict) -> None:
               f"sampling {row['sampling_call_seconds']:.2f} s", flush=True)
 
 
+def preset_arm() -> str:
+    """The dit_step arm that reads the source as configs/diffusion/flagship/concept_debian.yaml does: the summary's ratio."""
+    from latentdlm.config import load_config
+    from latentdlm.training.diffusion import DiffusionTrainConfig
+
+    cfg = load_config(DiffusionTrainConfig, ROOT / "configs/diffusion/flagship/concept_debian.yaml")
+    if cfg.condition.granularity == "sentences":
+        return "sentences"
+    return f"resampled_{cfg.denoiser.source_latents}" if cfg.denoiser.source_latents else "every_token"
+
+
 def summary(results: dict) -> dict:
     out = dict.fromkeys(SUMMARY_KEYS)
     title2story = Results(RESULTS_DIR / "quality_ladder.json").get("title2story", {}).get("systems", {})  # the ladder's part
     if "peer" in title2story and len(title2story) > 1:
         out["mauve_mpnet_title2story"] = next(row for name, row in title2story.items() if name != "peer")["mauve_mpnet"]
         out["mauve_mpnet_title2story_peer"] = title2story["peer"]["mauve_mpnet"]
+    for task in ("debian", "xsum", "dialogsum"):
+        row = results.get(task, {})
+        if "peer" in row:
+            out[f"rougeL_{task}"], out[f"rougeL_{task}_peer"] = row["latentdlm"]["rougeL"], row["peer"]["rougeL"]
+            if f"rougeL_{task}_lead1" in out:
+                out[f"rougeL_{task}_lead1"] = row["lead1"]["rougeL"]
+    if "peer" in results.get("debian", {}):
+        out["rougeL_debian_ceiling"] = results["debian"]["ceiling"]["rougeL"]
+        out["latent_gap_source_aware"] = results["debian"]["latent_gap_nats"]
     step = results.get("dit_step")
     if step:
-        out["cond_step_seconds_ratio"] = step["arms"][step["preset_arm"]]["ratio_to_no_source"]
+        out["cond_step_seconds_ratio"] = step["arms"][preset_arm()]["ratio_to_no_source"]
     return out
 
 
@@ -137,8 +160,15 @@ def arguments(parser) -> None:
     parser.add_argument("--source-latents", type=int, nargs="+", default=[32, 8],
                         help="dit_step: the Perceiver's vectors, one arm each (default %(default)s)")
     parser.add_argument("--rounds", type=int, default=12, help="dit_step: timed rounds per arm (default %(default)s)")
+    parser.add_argument("--granularity", nargs="+", default=["sentences", "tokens"], choices=["sentences", "tokens"],
+                        help="summaries: the DiTs trained and compared on validation (default %(default)s)")
+    parser.add_argument("--source-dropout", type=float, nargs="+", default=[0.0, 0.3],
+                        help="summaries: the decoders trained and compared on validation, each hiding the source from this "
+                             "share of its training rows (objective.context_dropout: it must write from the latent alone; "
+                             "default %(default)s)")
 
 
 if __name__ == "__main__":
-    run_benchmark(__doc__, "text_to_text", {"dit_step": part_dit_step}, work_dir="runs/text_to_text", summary=summary,
-                  arguments=arguments)
+    tasks = {name: (lambda args, results, name=name: summary_tasks.run_task(name, args, results)) for name in summary_tasks.TASKS}
+    run_benchmark(__doc__, "text_to_text", {"dit_step": part_dit_step, **tasks}, work_dir="runs/text_to_text", summary=summary,
+                  arguments=arguments, plot=plots.text_to_text)

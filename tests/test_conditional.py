@@ -19,7 +19,7 @@ from latentdlm.diffusion.objective import ConditionedObjective, DiffusionObjecti
 from latentdlm.diffusion.sampling import sample_latents
 from latentdlm.diffusion.schedulers import make_scheduler, training_scheduler
 from latentdlm.errors import LatentDLMError
-from latentdlm.evaluation.summarization import minimum_bayes_risk, rouge_scores
+from latentdlm.evaluation.summarization import minimum_bayes_risk, pair_rouge_l, rouge_scores
 from latentdlm.pipelines.latent_text import LatentDiffusionTextPipeline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -305,6 +305,8 @@ def test_rouge_matches_rouge_score_directly():
     assert swapped["rougeLsum"] == pytest.approx(100) and swapped["rougeL"] == pytest.approx(50)
     with pytest.raises(LatentDLMError, match="2 predictions for 1 references"):
         rouge_scores(predictions, references[:1])
+    # each pair's ROUGE-L (the benchmarks' good and bad examples) averages to the corpus score
+    assert sum(pair_rouge_l(predictions, references)) / 2 == pytest.approx(ours["rougeL"], abs=1e-9)
 
 
 def test_minimum_bayes_risk_keeps_the_consensus_not_the_outlier():

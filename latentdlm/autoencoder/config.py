@@ -51,6 +51,11 @@ class AutoencoderConfig:
     # where the segment starts ([prefix 1, bos, text 1, prefix 2, bos, text 2, ...]): each segment reads the
     # whole text so far, its words and its plan; trained one pass per text, decoded under one KV cache
     decoder_stream: bool = False
+    # causal decoders, text -> text: the decoder reads the source text (its first N tokens; a document to
+    # summarise, a title) before each unit's start token, so rare words and names can be copied from it while
+    # the latent says what to write; trained on (source, target) pairs (data.source_column), given at decoding
+    # by the text-conditioned pipeline (the same source the DiT reads). 0: off
+    source_context: int = 0
     # segment mode (SLD): mode "sentences" or "dialogue_turns" gives each segment its own latent block
     segmentation: SegmentationConfig = field(default_factory=lambda: SegmentationConfig(mode="none"))
     dropout: float = 0.0

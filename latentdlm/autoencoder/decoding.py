@@ -80,9 +80,11 @@ class DecodingStrategy:
         return None
 
     def decode(self, model, encoded, batch_size: int, max_new_tokens: Optional[int], generate_kwargs: dict,
-               fixed: Optional[Sequence[Sequence[Optional[str]]]] = None) -> list[list[str]]:
+               fixed: Optional[Sequence[Sequence[Optional[str]]]] = None, sources: Optional[list[str]] = None) -> list[list[str]]:
         """`encoded` latents (B, S, k, d) with their (B, S) segment mask -> each text's decoded segments. `fixed[row][s]`,
-        where not None, is that segment's text as given: not decoded, and read as context by the segments after it."""
+        where not None, is that segment's text as given: not decoded, and read as context by the segments after it.
+        `sources[row]`, where given, is read before every segment of that row (source_context)."""
+        heads = None if sources is None else model.processor.source_ids(sources)
         mask = encoded.segment_mask.cpu()
         rows, positions = mask.shape
         given = given_segments(fixed, mask)
@@ -91,7 +93,10 @@ class DecodingStrategy:
         for wave in self.waves(todo, positions):
             if not wave:
                 continue
-            pieces = model.generate_units(torch.stack([encoded.latents[row, s] for row, s in wave]), self.contexts(model.processor, texts, wave),
+            contexts = self.contexts(model.processor, texts, wave)
+            if heads is not None:
+                contexts = [heads[row] + (contexts[i] if contexts else []) for i, (row, _) in enumerate(wave)]
+            pieces = model.generate_units(torch.stack([encoded.latents[row, s] for row, s in wave]), contexts,
                                           batch_size, max_new_tokens, generate_kwargs)
             for (row, s), piece in zip(wave, pieces):
                 texts[row][s] = piece
@@ -126,7 +131,7 @@ class StreamDecoding(DecodingStrategy):
     (the first prefixes, or a batch of one) a step reads every queue whole, left-padded to the longest;
     otherwise one vector per row, so rows out of step never pad the others (padding is masked out)."""
 
-    def decode(self, model, encoded, batch_size, max_new_tokens, generate_kwargs, fixed=None):
+    def decode(self, model, encoded, batch_size, max_new_tokens, generate_kwargs, fixed=None, sources=None):
         if generate_kwargs.get("num_beams", 1) != 1:
             raise LatentDLMError("beam search does not apply to one-stream decoding (decoder_stream): use 1 beam")
         mask = encoded.segment_mask.cpu()
@@ -232,11 +237,13 @@ def strategy_for(config) -> DecodingStrategy:
 
 
 def decode_with_settings(autoencoder, encoded, decoding: DecodingConfig, generator: torch.Generator, batch_size: int,
-                         joined: bool = True, fixed=None) -> list[str] | list[list[str]]:
-    """The autoencoder's decoding with `decoding`; top-p sampling draws from a seed taken from `generator`
-    (repeatable with the pipeline's seed) on a forked global RNG (which `generate` samples from)."""
+                         joined: bool = True, fixed=None, sources=None) -> list[str] | list[list[str]]:
+    """The autoencoder's decoding with `decoding` (reading `sources` where it has source_context); top-p sampling
+    draws from a seed taken from `generator` (repeatable with the pipeline's seed) on a forked global RNG (which
+    `generate` samples from)."""
     def run():
-        return autoencoder.decode(encoded, batch_size=batch_size, joined=joined, fixed=fixed, **decoding.generate_kwargs())
+        return autoencoder.decode(encoded, batch_size=batch_size, joined=joined, fixed=fixed, sources=sources,
+                                  **decoding.generate_kwargs())
 
     if decoding.top_p is None:
         return run()

@@ -66,7 +66,7 @@ class ParagraphAutoencoder(HubModule):
         if self.decoder.kind == "causal":  # a prefix enters the residual stream at the scale of the decoder's own tokens
             self.to_memory.match_scale(self.decoder.model.get_input_embeddings().weight)
         self.processor = TextProcessor(encoder_tokenizer, decoder_tokenizer, config.segmentation, config.max_length,
-                                       config.decoder_context, self.decoder.start_token_id)
+                                       config.decoder_context, self.decoder.start_token_id, config.source_context)
         self.decoding = strategy_for(config)
         self.training_record: Optional[dict] = None  # data, length and scores of its training (the model card's)
         self._check_vocab()
@@ -82,6 +82,11 @@ class ParagraphAutoencoder(HubModule):
         if (context or stream) and (self.decoder.kind != "causal" or self.config.segmentation.mode == "none"):
             what = "decoder_stream (one stream per text)" if stream else "decoder_context (the previous segments' text)"
             raise LatentDLMError(f"{what} needs a causal decoder in segment mode")
+        source = self.config.source_context
+        if source < 0:
+            raise LatentDLMError(f"source_context must be 0 (off) or more tokens, got {source}")
+        if source and (self.decoder.kind != "causal" or stream):
+            raise LatentDLMError("source_context (the decoder reads the source text) needs a causal decoder without decoder_stream")
 
     def _check_vocab(self) -> None:
         tokenizers = (self.processor.encoder_tokenizer, self.processor.decoder_tokenizer)
@@ -154,28 +159,44 @@ class ParagraphAutoencoder(HubModule):
             start += len(units)
         return EncodedText(out, segment_mask)
 
+    def check_sources(self, sources: Optional[Sequence[str]], count: int) -> Optional[list[str]]:
+        """The source texts a decoding reads: one per text with source_context, none without (one clear error)."""
+        if self.config.source_context and sources is None:
+            raise LatentDLMError("this autoencoder writes each text from its latents AND a source text (source_context): "
+                                 "give the source texts (with a text-conditioned pipeline: its conditions)")
+        if sources is None:
+            return None
+        if len(sources) != count:
+            raise LatentDLMError(f"{len(sources)} source texts for {count} texts")
+        return list(sources)
+
     @torch.no_grad()
     def decode(self, encoded: EncodedText, batch_size: int = 64, max_new_tokens: Optional[int] = None, joined: bool = True,
-               fixed: Optional[Sequence[Sequence[Optional[str]]]] = None, **generate_kwargs) -> list[str] | list[list[str]]:
+               fixed: Optional[Sequence[Sequence[Optional[str]]]] = None, sources: Optional[Sequence[str]] = None,
+               **generate_kwargs) -> list[str] | list[list[str]]:
         """Latents -> texts in the order of the autoencoder's decoding strategy (every segment in one parallel
         pass, or with decoder_context position by position), rejoined in order (`joined` False: each text's
-        list of segments). `fixed[row][s]`, where not None, is that segment's text as given: not decoded."""
+        list of segments). `fixed[row][s]`, where not None, is that segment's text as given: not decoded.
+        `sources`: each text's source text, read first (source_context autoencoders only, and there required)."""
         tokenizer = self.processor.decoder_tokenizer
         generate_kwargs = {"do_sample": False, "num_beams": 1, "pad_token_id": pad_id(tokenizer),
                            "eos_token_id": tokenizer.eos_token_id, **generate_kwargs}
-        rows = self.decoding.decode(self, encoded, batch_size, max_new_tokens, generate_kwargs, fixed)
+        sources = self.check_sources(sources, encoded.latents.shape[0])
+        rows = self.decoding.decode(self, encoded, batch_size, max_new_tokens, generate_kwargs, fixed, sources)
         return [" ".join(p for p in segments if p) for segments in rows] if joined else rows
 
     @torch.no_grad()
-    def decoder_nll(self, latents: torch.Tensor, per_text: Sequence[Sequence[str]], batch_size: int = 64) -> torch.Tensor:
+    def decoder_nll(self, latents: torch.Tensor, per_text: Sequence[Sequence[str]], batch_size: int = 64,
+                    sources: Optional[Sequence[str]] = None) -> torch.Tensor:
         """Each unit's mean per-token negative log-likelihood under the decoder given its latents (N, k, d),
-        units in order over `per_text` (with decoder_context, each reads its text's previous units): how
-        readily the decoder writes that text from there (a fluency proxy for decoded latents)."""
+        units in order over `per_text` (with decoder_context, each reads its text's previous units; with
+        source_context, its text's source): how readily the decoder writes that text from there (a fluency
+        proxy for decoded latents)."""
         latents = self.latent_design.project(latents)  # as decoding reads them
         if self.config.decoder_stream:
             return self._stream_nll(latents, per_text)
         targets = self.processor.tokenize([u for units in per_text for u in units]).decoder_ids
-        contexts = self.processor.context_ids(per_text)
+        contexts = self.processor.context_ids(per_text, self.check_sources(sources, len(per_text)))
         out = torch.empty(len(targets))
         for start in range(0, len(targets), batch_size):
             batch = self.processor.collate(None, targets[start : start + batch_size], None if contexts is None else contexts[start : start + batch_size])
@@ -198,8 +219,8 @@ class ParagraphAutoencoder(HubModule):
         totals = torch.zeros(count).index_add_(0, owners[kept], nll[kept])
         return totals / torch.bincount(owners[kept], minlength=count).clamp_min(1)
 
-    def reconstruct(self, texts: Sequence[str], batch_size: int = 64) -> list[str]:
-        return self.decode(self.encode(texts, batch_size), batch_size)
+    def reconstruct(self, texts: Sequence[str], batch_size: int = 64, sources: Optional[Sequence[str]] = None) -> list[str]:
+        return self.decode(self.encode(texts, batch_size), batch_size, sources=sources)
 
     # ---- saving ------------------------------------------------------------------------------
     # save_pretrained / from_pretrained / push_to_hub: latentdlm.hub.HubMixin (a folder or a hub repo id)

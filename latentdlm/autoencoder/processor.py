@@ -30,12 +30,14 @@ class TokenizedUnits:
 
 class TextProcessor:
     def __init__(self, encoder_tokenizer: PreTrainedTokenizerBase, decoder_tokenizer: PreTrainedTokenizerBase,
-                 segmentation: SegmentationConfig, max_length: int, decoder_context: int, start_token_id: int):
+                 segmentation: SegmentationConfig, max_length: int, decoder_context: int, start_token_id: int,
+                 source_context: int = 0):
         if decoder_tokenizer.eos_token_id is None:
             raise LatentDLMError("the decoder tokenizer has no eos token")
         self.encoder_tokenizer, self.decoder_tokenizer = encoder_tokenizer, decoder_tokenizer
         self.segmenter = SentenceSegmenter(segmentation)
         self.max_length, self.decoder_context, self.start_token_id = max_length, decoder_context, start_token_id
+        self.source_context = source_context
 
     @property
     def decoder_pad_id(self) -> int:
@@ -119,13 +121,25 @@ class TextProcessor:
         return {"stream_tokens": torch.tensor(tokens, dtype=torch.long), "stream_index": stream_index,
                 "decoder_attention_mask": mask, "labels": right_pad(labels, -100)[0], "label_units": right_pad(owners, -1)[0]}
 
-    def context_ids(self, per_text: Sequence[Sequence[str]]) -> Optional[list[list[int]]]:
-        """For every unit of every text (in order), the decoder tokens of the text's previous
-        `decoder_context` units: what the decoder reads before writing it (None without decoder_context)."""
-        context = self.decoder_context
-        if not context:
+    def context_ids(self, per_text: Sequence[Sequence[str]], sources: Optional[Sequence[str]] = None) -> Optional[list[list[int]]]:
+        """For every unit of every text (in order), what the decoder reads before writing it: its text's source
+        (`source_context`) and the decoder tokens of the text's previous `decoder_context` units (None: neither)."""
+        if not self.decoder_context and sources is None:
             return None
-        return [self.context_tokens(units[max(0, j - context) : j]) for units in per_text for j in range(len(units))]
+        heads = self.source_ids(sources) if sources is not None else [[] for _ in per_text]
+        return [heads[t] + (self.context_tokens(units[max(0, j - self.decoder_context) : j]) if self.decoder_context else [])
+                for t, units in enumerate(per_text) for j in range(len(units))]
+
+    def source_ids(self, sources: Sequence[str]) -> list[list[int]]:
+        """Each source text's first `source_context` decoder tokens: what a source-aware decoder reads first."""
+        if not self.source_context:
+            raise LatentDLMError("this autoencoder was trained without source_context: it decodes from its latents alone, "
+                                 "give no source texts")
+        empty = [i for i, source in enumerate(sources) if not str(source).strip()]
+        if empty:
+            raise LatentDLMError(f"{len(empty)} source text(s) are empty or whitespace only (first at index {empty[0]})")
+        ids = self.decoder_tokenizer(list(sources), add_special_tokens=False, verbose=False)["input_ids"]
+        return [list(row[: self.source_context]) for row in ids]
 
     def context_tokens(self, previous: Sequence[Optional[str]]) -> list[int]:
         """The decoder tokens of the last `decoder_context` units before one (texts, None where not written)."""

@@ -21,6 +21,7 @@ from safetensors.torch import load_model, save_model
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from latentdlm.autoencoder.designs import mean_pool
+from latentdlm.autoencoder.processor import length_sorted_batches, right_pad
 from latentdlm.config import config_from_dict
 from latentdlm.data.segmentation import SegmentationConfig, SentenceSegmenter
 from latentdlm.errors import LatentDLMError
@@ -123,15 +124,17 @@ class ConditionEncoder(HubModule):
         """(B, S, C) one normalised mean-pooled state per sentence, with the (B, S) mask of real sentences."""
         _refuse_empty(texts)
         per_text = [self.segmenter.split(text) for text in texts]
-        counts, units, vectors = [len(sentences) for sentences in per_text], [u for sentences in per_text for u in sentences], []
+        counts, units = [len(sentences) for sentences in per_text], [u for sentences in per_text for u in sentences]
         if warn:
             self._warn_long(units)
-        for start in range(0, len(units), batch_size):
-            batch = self.tokenizer(units[start : start + batch_size], padding=True, truncation=True,
-                                   max_length=self.config.max_length, return_tensors="pt")
-            ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
-            vectors.append(torch.nn.functional.normalize(mean_pool(self.encoder(ids, mask), mask), dim=-1))
-        rows = torch.cat(vectors).split(counts)
+        tokens = self.tokenizer(units, truncation=True, max_length=self.config.max_length)["input_ids"]
+        vectors = torch.empty(len(units), self.hidden_size, device=self.device)
+        # length-sorted batches: one long sentence no longer pads a whole batch to its length
+        for idx in length_sorted_batches([len(ids) for ids in tokens], batch_size):
+            ids, mask = right_pad([tokens[i] for i in idx], self.tokenizer.pad_token_id or 0)
+            ids, mask = ids.to(self.device), mask.to(self.device)
+            vectors[idx] = torch.nn.functional.normalize(mean_pool(self.encoder(ids, mask), mask), dim=-1).to(vectors.dtype)
+        rows = vectors.split(counts)
         states = torch.nn.utils.rnn.pad_sequence(list(rows), batch_first=True)
         mask = torch.arange(states.shape[1], device=states.device)[None] < torch.tensor(counts, device=states.device)[:, None]
         return {"condition_states": states, "condition_mask": mask}

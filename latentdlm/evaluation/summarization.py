@@ -33,6 +33,12 @@ def rouge_scores(predictions: Sequence[str], references: Sequence[str]) -> dict[
     return {name: 100 * total / len(predictions) for name, total in totals.items()}
 
 
+def pair_rouge_l(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
+    """ROUGE-L F1 x 100 of each pair (which outputs are good, which bad)."""
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return [100 * scorer.score(reference, prediction)["rougeL"].fmeasure for prediction, reference in zip(predictions, references)]
+
+
 def minimum_bayes_risk(candidates: Sequence[str]) -> int:
     """The index of the candidate that agrees most with the others (mean ROUGE-L F1): the MBR choice
     under ROUGE-L utility. Outliers lose; with one or two candidates the first wins ties."""

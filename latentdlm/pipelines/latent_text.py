@@ -135,9 +135,10 @@ class LatentDiffusionTextPipeline(HubMixin, DiffusionPipeline):
                                          generators[start : start + size], condition_kwargs, guider, hooks, progress=progress)
                 latents = self.autoencoder.latent_space.denormalize(latents).reshape(size, -1, k, self.denoiser.config.latent_dim)
                 # every segment of the chunk in one decoder batch: one generate loop, not several
-                if output_type == "text":
+                if output_type == "text":  # a source-aware decoder (source_context) reads the sources the denoiser read
+                    sources = conditions[start : start + size] if self.autoencoder.config.source_context else None
                     texts += decode_with_settings(self.autoencoder, EncodedText(latents, segment_mask), decoding, generators[start],
-                                                  int(chunk_counts.sum()))
+                                                  int(chunk_counts.sum()), sources=sources)
                 if return_latents:
                     all_latents.append(latents.cpu())
         if not return_latents:

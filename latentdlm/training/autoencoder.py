@@ -20,7 +20,7 @@ from latentdlm.autoencoder.model import ParagraphAutoencoder
 from latentdlm.autoencoder.objective import AutoencoderObjective, ObjectiveConfig, latent_usage_gap
 from latentdlm.config import save_config
 from latentdlm.data.batching import LengthGroupedSampler
-from latentdlm.data.sources import load_texts, train_eval_split
+from latentdlm.data.sources import load_pairs, load_texts, train_eval_split
 from latentdlm.errors import LatentDLMError
 from latentdlm.evaluation.plots import plot_training_curves
 from latentdlm.evaluation.reconstruction import reconstruction_metrics
@@ -41,6 +41,8 @@ INITIAL_NAME = "initial"  # the untrained model with its tokenizers: what --resu
 class TextDataConfig:
     source: str = "bundled"  # bundled[:austen|aesop], a local jsonl/json/csv/tsv/txt file, or a hub dataset
     column: Optional[str] = None
+    # text -> text autoencoders (model.source_context): the column of each text's source (a document to summarise)
+    source_column: Optional[str] = None
     split: str = "train"
     limit: Optional[int] = None
     eval_source: Optional[str] = None  # held-out texts; default: a slice of `source`
@@ -62,11 +64,29 @@ class AutoencoderTrainConfig:
     min_latent_gap: Optional[float] = None
 
 
-def load_corpus(data: TextDataConfig, seed: int) -> tuple[list[str], list[str]]:
-    texts = load_texts(data.source, data.column, data.split, data.limit)
+@dataclass
+class Corpus:
+    texts: list[str]
+    sources: Optional[list[str]] = None  # each text's source (data.source_column), or none
+
+
+def load_corpus(data: TextDataConfig, seed: int, source_context: int = 0) -> tuple[Corpus, Corpus]:
+    """(training, held-out) texts, with their sources where the decoder reads them (model.source_context)."""
+    if bool(source_context) != bool(data.source_column):
+        raise LatentDLMError("model.source_context (the decoder reads a source text) and data.source_column (where the "
+                             "sources are) go together: set both or neither")
+    if not data.source_column:
+        texts = load_texts(data.source, data.column, data.split, data.limit)
+        held = (load_texts(data.eval_source, data.column, data.eval_split, data.max_eval) if data.eval_source
+                else None)
+        train, held = (texts, held) if held is not None else train_eval_split(texts, data.eval_fraction, data.max_eval, seed)
+        return Corpus(train), Corpus(held)
+    pairs = load_pairs(data.source, data.source_column, data.column, data.split, data.limit)
     if data.eval_source:
-        return texts, load_texts(data.eval_source, data.column, data.eval_split, data.max_eval)
-    return train_eval_split(texts, data.eval_fraction, data.max_eval, seed)
+        train, held = pairs, load_pairs(data.eval_source, data.source_column, data.column, data.eval_split, data.max_eval)
+    else:
+        train, held = train_eval_split(pairs, data.eval_fraction, data.max_eval, seed)
+    return tuple(Corpus([t for _, t in rows], [s for s, _ in rows]) for rows in (train, held))
 
 
 class UnitDataset(torch.utils.data.Dataset):
@@ -98,15 +118,16 @@ class TextStreamDataset(torch.utils.data.Dataset):
         return self.encoder_inputs[units], self.decoder_ids[units]
 
 
-def make_dataloader(model: ParagraphAutoencoder, texts: list[str], batch_size: int, seed: int, num_workers: int = 0) -> DataLoader:
+def make_dataloader(model: ParagraphAutoencoder, texts: list[str], batch_size: int, seed: int, num_workers: int = 0,
+                    sources: Optional[list[str]] = None) -> DataLoader:
     """Every unit (a segment, or a whole paragraph) of every text is one example (with decoder_context,
-    together with the text of the units before it); with decoder_stream every text is one example (a batch
-    holds `batch_size` texts)."""
+    together with the text of the units before it; with source_context, with its text's source); with
+    decoder_stream every text is one example (a batch holds `batch_size` texts)."""
     processor = model.processor
     per_text = processor.split_units(texts)
     units = [u for units in per_text for u in units]
     tokens = processor.tokenize(units)
-    contexts = processor.context_ids(per_text)
+    contexts = processor.context_ids(per_text, model.check_sources(sources, len(texts)))
     cached = model.fixed_latents  # a frozen encoder under a weightless design: its latents are computed once, not every step
     encoder_inputs = cached_unit_latents(model, units) if cached else tokens.encoder_ids
     loader = lambda dataset, collate, lengths: DataLoader(  # noqa: E731
@@ -126,7 +147,10 @@ def make_dataloader(model: ParagraphAutoencoder, texts: list[str], batch_size: i
             return processor.collate([a for a, _, _ in items], [b for _, b, _ in items], context)
         return {**processor.collate(None, [b for _, b, _ in items], context), "latents": torch.stack([a for a, _, _ in items])}
 
-    return loader(dataset, collate, [len(ids) for ids in tokens.decoder_ids])
+    lengths = [len(ids) for ids in tokens.decoder_ids]  # what a row costs: its target and what it reads first
+    if contexts is not None:
+        lengths = [n + len(c) for n, c in zip(lengths, contexts)]
+    return loader(dataset, collate, lengths)
 
 
 def stream_batch(model: ParagraphAutoencoder, encoder_inputs: list, decoder_ids: list[list[list[int]]]) -> dict:
@@ -139,16 +163,16 @@ def stream_batch(model: ParagraphAutoencoder, encoder_inputs: list, decoder_ids:
     return {**batch, "input_ids": input_ids, "attention_mask": attention_mask}
 
 
-def evaluate_autoencoder(model: ParagraphAutoencoder, texts: list[str], batch_size: int) -> tuple[dict, list[str]]:
-    """Held-out BLEU, exact match and latent gap, with the reconstructions."""
+def evaluate_autoencoder(model: ParagraphAutoencoder, corpus: Corpus, batch_size: int) -> tuple[dict, list[str]]:
+    """Held-out BLEU, exact match and latent gap, with the reconstructions (each read with its source, if any)."""
     model.eval()
-    reconstructions = model.reconstruct(texts, batch_size)
-    metrics = reconstruction_metrics(texts, reconstructions)
-    metrics["latent_gap"] = latent_gap(model, texts)
+    reconstructions = model.reconstruct(corpus.texts, batch_size, corpus.sources)
+    metrics = reconstruction_metrics(corpus.texts, reconstructions)
+    metrics["latent_gap"] = latent_gap(model, corpus.texts, sources=corpus.sources)
     return metrics, reconstructions
 
 
-def latent_gap(model: ParagraphAutoencoder, texts: list[str], max_units: int = 64) -> float:
+def latent_gap(model: ParagraphAutoencoder, texts: list[str], max_units: int = 64, sources: Optional[list[str]] = None) -> float:
     """How much the decoder relies on the latent: NLL(shuffled latents) - NLL(own latents)."""
     processor = model.processor
     per_text = processor.split_units(texts)
@@ -160,7 +184,7 @@ def latent_gap(model: ParagraphAutoencoder, texts: list[str], max_units: int = 6
         return latent_usage_gap(model, {k: v.to(model.device) for k, v in batch.items()})
     units = [u for units in per_text for u in units][:max_units]
     tokens = processor.tokenize(units)
-    contexts = processor.context_ids(per_text)
+    contexts = processor.context_ids(per_text, model.check_sources(sources, len(texts)))
     contexts = None if contexts is None else contexts[:max_units]  # as in training
     batch = {k: v.to(model.device) for k, v in processor.collate(tokens.encoder_ids, tokens.decoder_ids, contexts).items()}
     return latent_usage_gap(model, batch)
@@ -171,7 +195,8 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, resume: bool = False, cpu: bo
     accelerator = make_accelerator(cfg.training, cpu=cpu)
     out, checkpoint = prepare_output_dir(cfg.training, resume, FINAL_NAME)
     set_seed(cfg.training.seed)
-    train_texts, eval_texts = load_corpus(cfg.data, cfg.training.seed)
+    train, held = load_corpus(cfg.data, cfg.training.seed, cfg.model.source_context)
+    train_texts, eval_texts = train.texts, held.texts
     if accelerator.is_main_process and not resume:
         out.mkdir(parents=True, exist_ok=True)
         clear_previous_run(out)
@@ -185,7 +210,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, resume: bool = False, cpu: bo
     accelerator.print(f"autoencoder: {trainable / 1e6:.2f} M trainable parameters, {frozen / 1e6:.1f} M frozen")
 
     objective = AutoencoderObjective(model, cfg.objective)
-    loader = make_dataloader(model, train_texts, cfg.training.batch_size, cfg.training.seed, cfg.training.num_workers)
+    loader = make_dataloader(model, train_texts, cfg.training.batch_size, cfg.training.seed, cfg.training.num_workers, train.sources)
     optimizer, scheduler = make_optimizer(cfg.training, objective, accelerator.num_processes)
     objective, optimizer, loader, scheduler = accelerator.prepare(objective, optimizer, loader, scheduler)
     set_seed(cfg.training.seed, device_specific=True)  # each rank its own VAE samples, dropout and noise
@@ -195,7 +220,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, resume: bool = False, cpu: bo
     def evaluate(step: int) -> dict:
         if not accelerator.is_main_process:
             return {}
-        metrics, recons = evaluate_autoencoder(model, eval_texts, cfg.eval_batch_size)
+        metrics, recons = evaluate_autoencoder(model, held, cfg.eval_batch_size)
         for original, recon in list(zip(eval_texts, recons))[: cfg.show_examples]:
             tqdm.write(f"  original:      {original[:300]}\n  reconstructed: {recon[:300]}")
         tqdm.write(
@@ -226,7 +251,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, resume: bool = False, cpu: bo
             info = {"world_size": accelerator.num_processes, "global_batch_size": global_batch(cfg.training, accelerator),
                     "final_step": step, "rank_weight_checksums": checksums}
             (out / "run_info.json").write_text(json.dumps(info, indent=2))
-            metrics, recons = evaluate_autoencoder(model, eval_texts, cfg.eval_batch_size)
+            metrics, recons = evaluate_autoencoder(model, held, cfg.eval_batch_size)
             held_out = {f"heldout_{name}": value for name, value in metrics.items()}
             model.training_record = training_record(cfg, len(train_texts), held_out, info, logged_minutes(read_metrics(out)))
             model.save_pretrained(final)

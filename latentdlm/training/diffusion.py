@@ -148,6 +148,9 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: bool = False, cpu: bool =
     if not 0 <= cfg.sampling.guidance_rescale <= 1:
         raise LatentDLMError(f"sampling.guidance_rescale must be within 0..1, got {cfg.sampling.guidance_rescale}")
     autoencoder = ParagraphAutoencoder.from_pretrained(cfg.autoencoder).to(accelerator.device)
+    if autoencoder.config.source_context and not cfg.data.condition_column:
+        raise LatentDLMError(f"{cfg.autoencoder} decodes from a source text (source_context): train its DiT on the same "
+                             "(source, target) pairs, with data.condition_column")
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         if not resume:
