@@ -73,10 +73,11 @@ def text_to_text(results: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4), squeeze=False)
     for ax, name in zip(axes[0], tasks):
         sweep = results[name]["validation"]["sweep"]
-        arms = sorted({(r["granularity"], r["rule"]) for r in sweep if r["system"] == "latentdlm"})
-        for granularity, rule in arms:
-            rows = [r for r in sweep if r.get("granularity") == granularity and r["rule"] == rule and r["candidates"] == 1]
-            ax.plot([r["guidance_scale"] for r in rows], [r["rougeL"] for r in rows], marker="o", label=f"DiT {granularity}, {rule}")
+        arm = lambda r: (r["granularity"], r["source_dropout"], r["rule"])  # noqa: E731
+        for granularity, dropout, rule in sorted({arm(r) for r in sweep if r["system"] == "latentdlm"}):
+            rows = [r for r in sweep if r["system"] == "latentdlm" and arm(r) == (granularity, dropout, rule) and r["candidates"] == 1]
+            ax.plot([r["guidance_scale"] for r in rows], [r["rougeL"] for r in rows], marker="o",
+                    label=f"DiT {granularity}, source dropout {dropout}, {rule}")
         for row in (r for r in sweep if r["system"] == "peer"):
             ax.axhline(row["rougeL"], linestyle="--", linewidth=1, color="grey")
             ax.annotate(f"peer {row['rule']}", (ax.get_xlim()[0], row["rougeL"]), fontsize=7, va="bottom")
