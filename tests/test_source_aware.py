@@ -108,3 +108,22 @@ def test_a_source_aware_autoencoder_and_its_dit_train_and_summarise_end_to_end(s
     assert main(["summarize", "--model", str(tmp_path / "dm" / "pipeline"), "--input", str(source), "--output", str(out),
                  "--steps", "2"]) == 0
     assert len(out.read_text().splitlines()) == 2
+
+
+def test_the_corpus_keeps_each_texts_source_and_a_separate_held_out_file(tmp_path):
+    import json
+
+    from latentdlm.training.autoencoder import TextDataConfig, load_corpus
+
+    rows = [{"document": f"Document number {i}.", "summary": f"Summary {i}."} for i in range(10)]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "held.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
+    data = TextDataConfig(source=str(tmp_path / "train.jsonl"), column="summary", source_column="document", eval_fraction=0.2)
+    train, held = load_corpus(data, seed=0, source_context=8)
+    assert len(train.texts) == 8 and len(held.texts) == 2
+    assert all(source == f"Document number {t.split()[1][:-1]}." for t, source in zip(train.texts + held.texts, train.sources + held.sources))
+    plain = TextDataConfig(source=str(tmp_path / "train.jsonl"), column="summary", eval_source=str(tmp_path / "held.jsonl"))
+    train, held = load_corpus(plain, seed=0)
+    assert len(train.texts) == 10 and held.texts == ["Summary 0.", "Summary 1."] and held.sources is None
+    with pytest.raises(LatentDLMError, match="go together"):
+        load_corpus(plain, seed=0, source_context=8)

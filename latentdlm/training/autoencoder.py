@@ -77,9 +77,9 @@ def load_corpus(data: TextDataConfig, seed: int, source_context: int = 0) -> tup
                              "sources are) go together: set both or neither")
     if not data.source_column:
         texts = load_texts(data.source, data.column, data.split, data.limit)
-        held = (load_texts(data.eval_source, data.column, data.eval_split, data.max_eval) if data.eval_source
-                else None)
-        train, held = (texts, held) if held is not None else train_eval_split(texts, data.eval_fraction, data.max_eval, seed)
+        if data.eval_source:
+            return Corpus(texts), Corpus(load_texts(data.eval_source, data.column, data.eval_split, data.max_eval))
+        train, held = train_eval_split(texts, data.eval_fraction, data.max_eval, seed)
         return Corpus(train), Corpus(held)
     pairs = load_pairs(data.source, data.source_column, data.column, data.split, data.limit)
     if data.eval_source:
