@@ -22,7 +22,7 @@ from pathlib import Path
 
 from flagship import load_adapter, peer_generate, peer_path, peer_tokenizer, save_adapter, finetune_smollm2
 from runner import ROOT, last_record, load_pipeline, log, timed, write_jsonl
-from summarization import split_pairs
+from summarization import lead, split_pairs
 
 SOURCE_TOKENS = 192  # what both systems read of each document (the peer's prompts are cut there: flagship.finetune_smollm2)
 GUIDANCE_SCALES = [1.0, 2.0, 4.0]
@@ -51,13 +51,6 @@ TASKS = {
 
 def synopsis_prompt(document: str) -> str:
     return f"{document}\nSynopsis:"
-
-
-def lead(documents: list[str], count: int) -> list[str]:
-    from latentdlm.data.segmentation import SentenceSegmenter
-
-    segmenter = SentenceSegmenter()
-    return [" ".join((segmenter.split(d) or [d])[:count]) for d in documents]
 
 
 def run_task(name: str, args, results: dict) -> None:
