@@ -4,6 +4,7 @@ SmolLM2-135M + LoRA fine-tuned as a plain autoregressive LM (also the perplexity
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -180,6 +181,16 @@ def load_adapter(path: Path):
     model = peer_model()
     model.load_state_dict(load_file(str(path)), strict=False)
     return model.eval()
+
+
+def peer_adapter(path: Path, pairs: list[tuple[str, str]], minutes: float, init: Path | None = None, max_prompt_tokens: int = 192):
+    """The peer fine-tuned on (prompt, continuation) pairs (finetune_smollm2), saved to `path` with its record beside
+    it (.json), unless an earlier run left them; (the adapter loaded, the record)."""
+    if not path.exists():
+        model, record = finetune_smollm2(pairs, minutes, init=init, max_prompt_tokens=max_prompt_tokens)
+        save_adapter(model, path)
+        path.with_suffix(".json").write_text(json.dumps(record))
+    return load_adapter(path), json.loads(path.with_suffix(".json").read_text())
 
 
 @torch.no_grad()

@@ -4,11 +4,10 @@ both systems continue from their story models for the same extra minutes."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from flagship import (
-    autoencoder_dir, finetune_smollm2, load_adapter, peer_generate, peer_path, perplexity,
-    perplexity_judge, pipeline_dir, save_adapter, shared_rule, train_stage,
+    autoencoder_dir, peer_adapter, peer_generate, peer_path, perplexity, perplexity_judge, pipeline_dir, shared_rule,
+    train_stage,
 )
 from runner import ROOT, last_record, load_pipeline, log, timed, write_jsonl
 from scoring import Scorer, rocstories
@@ -26,16 +25,6 @@ def title_pairs(name: str) -> list[tuple[str, str]]:
 
 def title_prompt(title: str) -> str:
     return f"Title: {title}\nStory:"
-
-
-def peer_adapter(path: Path, pairs: list[tuple[str, str]], minutes: float, init: Path | None = None):
-    """The peer fine-tuned on (prompt, continuation) pairs, saved to `path` with its record beside it (.json),
-    unless an earlier run left them; (the adapter loaded, the record)."""
-    if not path.exists():
-        model, record = finetune_smollm2(pairs, minutes, init=init)
-        save_adapter(model, path)
-        path.with_suffix(".json").write_text(json.dumps(record))
-    return load_adapter(path), json.loads(path.with_suffix(".json").read_text())
 
 
 def part_title2story(args, results: dict) -> None:

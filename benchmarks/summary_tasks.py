@@ -16,11 +16,10 @@ with another summary's latent minus with their own).
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
 from pathlib import Path
 
-from flagship import load_adapter, peer_generate, peer_path, peer_tokenizer, save_adapter, finetune_smollm2
+from flagship import peer_adapter, peer_generate, peer_path, peer_tokenizer, train_stage
 from runner import ROOT, last_record, load_pipeline, log, timed, write_jsonl
 from summarization import lead, split_pairs
 
@@ -68,21 +67,22 @@ def run_task(name: str, args, results: dict) -> None:
     for dropout in args.source_dropout:
         run = work / ("autoencoder-run" if dropout == 0 else f"autoencoder-run-source-dropout-{dropout}")
         train_stage("train-autoencoder", ROOT / "configs/autoencoder/minilm_smollm2_summaries.yaml", run,
-                    task.autoencoder_minutes, train_file,
+                    task.autoencoder_minutes,
                     [f"model.source_context={SOURCE_TOKENS}", f"model.max_length={task.target_tokens}", "training.eval_every=0",
-                     "training.save_every=500", f"objective.context_dropout={dropout}"])
+                     "training.save_every=500", f"objective.context_dropout={dropout}"], source=train_file, limit=None)
         decoders[dropout] = run / "autoencoder"
     dits = {}  # granularity -> a DiT; its latents (frozen MiniLM embeddings of the summaries) are every decoder's
     for granularity in args.granularity:
         run = work / f"diffusion-{granularity}"
-        train_stage("train-diffusion", ROOT / "configs/diffusion/flagship/concept_debian.yaml", run, task.dit_minutes, train_file,
+        train_stage("train-diffusion", ROOT / "configs/diffusion/flagship/concept_debian.yaml", run, task.dit_minutes,
                     [f"autoencoder={next(iter(decoders.values()))}", "training.eval_every=0", "data.column=summary",
-                     "data.condition_column=document", f"condition.granularity={granularity}"])
+                     "data.condition_column=document", f"condition.granularity={granularity}"], source=train_file, limit=None)
         dits[granularity] = run / "pipeline"
     row["training"] = {**{f"autoencoder_source_dropout_{p}": last_record(a.parent) for p, a in decoders.items()},
                        **{f"diffusion_{g}": last_record(d.parent) for g, d in dits.items()}}
     results.save()
-    peer = peer_model_for(name, train, row["budget_minutes_per_system"], args)
+    peer, peer_record = peer_adapter(peer_path(args.work_dir, name), [(synopsis_prompt(d), " " + s) for d, s in train],
+                                     row["budget_minutes_per_system"], max_prompt_tokens=SOURCE_TOKENS)
 
     docs, refs = [d for d, _ in validation], [s for _, s in validation]
     if "validation" not in row:
@@ -102,16 +102,10 @@ def run_task(name: str, args, results: dict) -> None:
     peer_outputs, seconds = timed(lambda: peer_generate(peer, peer_tokenizer(), [synopsis_prompt(d) for d in test_docs], 16, seed=0,
                                                         decoding=rule, max_new_tokens=task.target_tokens))
     row["peer"] = {**rouge_scores(peer_outputs, test_refs), "seconds_per_summary": seconds / len(test),
-                   "training": json.loads(peer_path(args.work_dir, name).with_suffix(".json").read_text())}
+                   "training": peer_record}
     row["examples"] = examples(test_docs, test_refs, outputs, peer_outputs, ceiling)
     log({k: v for k, v in row.items() if k not in ("examples", "validation")}, name)
     results.save()
-
-
-def train_stage(command: str, preset: Path, run: Path, minutes: float, source: str, extra: list[str]) -> None:
-    from flagship import train_stage as stage
-
-    stage(command, preset, run, minutes, extra, source=source, limit=None)
 
 
 def summaries(pipe, documents: list[str], scale: float, candidates: int, rule: dict) -> list[str]:
@@ -167,16 +161,6 @@ def choose_on_validation(dits: dict, decoders: dict, peer, docs: list[str], refs
     final = max((r for r in sweep if r["system"] == "latentdlm" and r["rule"] == rule_name), key=lambda r: r["rougeL"])
     chosen = {k: final[k] for k in ("granularity", "source_dropout", "rule", "guidance_scale", "candidates")}
     return {"sweep": sweep, "chosen": chosen, "pairs": len(docs)}
-
-
-def peer_model_for(name: str, train: list, minutes: float, args):
-    """The peer's adapter for this task, trained once (its record beside it)."""
-    path = peer_path(args.work_dir, name)
-    if not path.exists():
-        model, record = finetune_smollm2([(synopsis_prompt(d), " " + s) for d, s in train], minutes, max_prompt_tokens=SOURCE_TOKENS)
-        save_adapter(model, path)
-        path.with_suffix(".json").write_text(json.dumps(record))
-    return load_adapter(path)
 
 
 def reconstructions(pipe, documents: list[str], references: list[str], rule: dict) -> list[str]:
