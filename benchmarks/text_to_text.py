@@ -63,8 +63,8 @@ def part_dit_step(args, results: dict) -> None:
     torch_threads(2)
     cfg = load_config(DiffusionTrainConfig, ROOT / "configs/diffusion/flagship/concept_debian.yaml")
     documents = debian_documents(BATCH)  # real descriptions: the token and sentence counts users' batches have
-    sources = ConditionEncoder.build(cfg.condition, None).encode(documents)
-    sentences = ConditionEncoder.build(dataclasses.replace(cfg.condition, granularity="sentences"), None).encode(documents)
+    sources, sentences = (ConditionEncoder.build(dataclasses.replace(cfg.condition, granularity=granularity), None).encode(documents)
+                          for granularity in ("tokens", "sentences"))
     objective = cfg.objective
     scheduler = training_scheduler(objective.prediction_type, objective.beta_schedule, objective.num_train_timesteps,
                                    objective.noise_shift)

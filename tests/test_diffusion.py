@@ -120,10 +120,24 @@ def test_the_source_read_once_predicts_what_reading_it_every_pass_does(source_la
     conditions = {"condition_states": torch.randn(2, 7, 6), "condition_mask": torch.tensor([[1] * 7, [1, 1, 0, 0, 0, 0, 0]], dtype=torch.bool)}
     prepared = model.prepare_conditions(conditions)
     assert set(prepared) == {"condition_context", "condition_mask"}
-    assert prepared["condition_context"].shape == (2, source_latents or 7, 32)  # what every layer's cross-attention reads
+    # every layer's keys and values: (layers, 2, batch, heads, source length, head dim)
+    assert prepared["condition_context"].shape == (len(model.blocks), 2, 2, 2, source_latents or 7, 16)
     torch.testing.assert_close(model(x, t, **prepared), model(x, t, **conditions))
     assert not torch.allclose(model(x, t, **prepared), model(x, t))  # and it is read
     assert model.prepare_conditions({"class_labels": torch.tensor([0])}) == {"class_labels": torch.tensor([0])}
+
+
+def test_the_keys_and_values_read_once_give_what_diffusers_cross_attention_gives():
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    model = randomize_output(tiny_dit(condition_dim=6))
+    x, t = inputs()
+    conditions = {"condition_states": torch.randn(2, 5, 6), "condition_mask": torch.tensor([[1, 1, 1, 0, 0], [1] * 5], dtype=torch.bool)}
+    ours = model(x, t, **conditions)
+    for block in model.blocks:
+        block.attn2.set_processor(AttnProcessor2_0())  # diffusers' own: each layer's keys and values from the states
+    model._source_context = lambda states, mask: (model.condition_proj(states), mask.bool())  # the states reach diffusers'
+    torch.testing.assert_close(ours, model(x, t, **conditions))
 
 
 def test_a_resampled_source_costs_each_pass_the_same_whatever_its_length():

@@ -4,7 +4,8 @@ Built from diffusers blocks (PixArt-style `BasicTransformerBlock` with `ada_norm
 timestep (+ class) embedding -> one shared adaLN modulation, `patch_size` consecutive latents of a
 segment per token (DiT's patchify: fewer, wider tokens), learned positions over segment and token
 index, optional cross-attention to a condition sequence with a padding mask (optionally resampled by a
-Perceiver, projected once per training step or sampling call), a learned null class
+Perceiver; projected, and every layer's keys and values computed in one matrix product, once per training
+step or sampling call), a learned null class
 and a learned null condition for classifier-free guidance, and a zero-initialised output.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
@@ -47,6 +49,25 @@ def resolve_class_label(class_names: Optional[Sequence[str]], label: str | int) 
                                  f"(0..{len(names) - 1}: {', '.join(names)})")
         return index
     raise LatentDLMError(f"unknown class label '{label}': the model was trained with {', '.join(names)}")
+
+
+class SourceKeysValuesAttention:
+    """Cross-attention processor that reads layer `layer`'s keys and values of the source from the stack the
+    DiT computed once (`LatentDiT.prepare_conditions`): (layers, 2, B, heads, L, head_dim) in place of the
+    source states. The block's own to_k / to_v weights make that stack, so the weights are diffusers' as ever."""
+
+    def __init__(self, layer: int):
+        self.layer = layer
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                 attention_mask: Optional[torch.Tensor] = None, **_) -> torch.Tensor:
+        keys, values = encoder_hidden_states[self.layer]
+        batch, heads, _, head_dim = keys.shape
+        query = attn.to_q(hidden_states).view(batch, -1, heads, head_dim).transpose(1, 2)
+        bias = None if attention_mask is None else attention_mask.view(batch, 1, 1, -1)
+        out = F.scaled_dot_product_attention(query, keys, values, attn_mask=bias)
+        out = out.transpose(1, 2).reshape(batch, -1, heads * head_dim)
+        return attn.to_out[1](attn.to_out[0](out))
 
 
 class LatentDiT(ModelMixin, ConfigMixin):
@@ -105,6 +126,9 @@ class LatentDiT(ModelMixin, ConfigMixin):
             )
             for _ in range(num_layers)
         )
+        if condition_dim:
+            for layer, block in enumerate(self.blocks):
+                block.attn2.set_processor(SourceKeysValuesAttention(layer))
         self.norm_out = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.out_shift_scale = nn.Parameter(torch.randn(2, hidden_size) / hidden_size**0.5)
         self.proj_out = nn.Linear(hidden_size, token_dim)
@@ -181,8 +205,9 @@ class LatentDiT(ModelMixin, ConfigMixin):
     # ---- forward -----------------------------------------------------------------------------
     def prepare_conditions(self, conditions: dict) -> dict:
         """Condition kwargs with the source read once: its states (null rows included) resampled to
-        `source_latents` vectors when set and projected to the DiT's width, as `condition_context`, so that
-        both passes of a training step and every step of a sampling call (both guidance branches) share it."""
+        `source_latents` vectors when set, projected to the DiT's width and turned into every layer's keys and
+        values (`condition_context`), so that both passes of a training step and every step of a sampling call
+        (both guidance branches) share them."""
         if "condition_states" not in conditions:
             return conditions
         prepared = {k: v for k, v in conditions.items() if k not in ("condition_states", "condition_mask")}
@@ -196,7 +221,19 @@ class LatentDiT(ModelMixin, ConfigMixin):
         if self.source_resampler is not None:
             states = self.source_resampler(states, mask)
             mask = torch.ones(states.shape[:2], dtype=torch.bool, device=states.device)
-        return self.condition_proj(states), mask
+        # only the real source vectors are projected (a batch of sentence vectors is mostly padding); padding's
+        # keys and values stay zero, and the attention bias hides them
+        kept = self._keys_values(self.condition_proj(states[mask]))
+        stacked = kept.new_zeros(*mask.shape, kept.shape[-1]).index_put((mask,), kept)
+        batch, length = mask.shape
+        stacked = stacked.view(batch, length, len(self.blocks), 2, self.config.num_heads, -1)
+        return stacked.permute(2, 3, 0, 4, 1, 5), mask  # (layers, 2, B, heads, L, head_dim)
+
+    def _keys_values(self, context: torch.Tensor) -> torch.Tensor:
+        """(N, hidden) projected source vectors -> (N, layers x 2 x hidden): every layer's cross-attention keys
+        and values in one matrix product."""
+        projections = [p for block in self.blocks for p in (block.attn2.to_k, block.attn2.to_v)]
+        return F.linear(context, torch.cat([p.weight for p in projections]), torch.cat([p.bias for p in projections]))
 
     def forward(
         self,
