@@ -107,10 +107,12 @@ def latentdlm_generate(pipe, count: int, batch_size: int, seed: int, decoding: d
 
 
 # ---- the peer: SmolLM2 fine-tuned as an autoregressive LM -----------------------------------------
-def peer_model(lora: bool = True):
+def peer_model(lora: bool = True, dtype: str = "float32"):
+    """SmolLM2 with fresh LoRA adapters; `dtype`: its frozen base weights' (bfloat16: as the flagship decoders')."""
     from latentdlm.hf_parts import LoraSettings, PartConfig, TextDecoder
 
-    part = PartConfig(kind="causal", name_or_path=SMOLLM2, gguf_file=SMOLLM2_GGUF, freeze=True, lora=LoraSettings() if lora else None)
+    part = PartConfig(kind="causal", name_or_path=SMOLLM2, gguf_file=SMOLLM2_GGUF, freeze=True, lora=LoraSettings() if lora else None,
+                      dtype=dtype)
     return TextDecoder(part).model  # the same frozen base + LoRA as the flagship decoders
 
 
@@ -177,8 +179,8 @@ def save_adapter(model, path: Path) -> None:
     save_file({n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}, str(path))
 
 
-def load_adapter(path: Path):
-    model = peer_model()
+def load_adapter(path: Path, dtype: str = "float32"):
+    model = peer_model(dtype=dtype)
     model.load_state_dict(load_file(str(path)), strict=False)
     return model.eval()
 

@@ -87,6 +87,26 @@ def text_to_text(results: dict, path: Path) -> None:
     save(fig, path, 120)
 
 
+def speed(results: dict, path: Path) -> None:
+    """Stories per second (log scale) against MAUVE (mpnet, with its seed spread), at batch 1 and at batch 32."""
+    systems = results.get("frontier", {}).get("systems", {})
+    if not systems:
+        return
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, batch in zip(axes, (1, 32)):
+        for name, row in systems.items():
+            quality = row["quality"]
+            ax.errorbar(row[f"batch_{batch}"]["stories_per_s"], quality["mauve_mpnet"], yerr=quality["mauve_mpnet_std"], marker="o",
+                        color="tab:grey" if name == "peer" else "tab:blue", capsize=3)
+            ax.annotate("peer (AR)" if name == "peer" else f"design ({name})", (row[f"batch_{batch}"]["stories_per_s"], quality["mauve_mpnet"]),
+                        textcoords="offset points", xytext=(6, 4), fontsize=8)
+        ax.set(xscale="log", xlabel="stories per second", ylabel="MAUVE (mpnet, test)", title=f"batch {batch}", ylim=(0, 1))
+        ax.grid(alpha=0.3)
+    fig.suptitle("Speed against quality: latentdlm designs and the AR peer (LoRA merged, bf16 base, same decoding rule)")
+    save(fig, path, 120)
+
+
 def generation(results: dict, path: Path) -> None:
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))

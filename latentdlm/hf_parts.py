@@ -155,6 +155,20 @@ def _with_lora(model: nn.Module, part: PartConfig) -> nn.Module:
 LORA_MARK = "lora_"  # in the names of LoRA weights
 
 
+def merge_lora(model: nn.Module) -> int:
+    """For inference: every LoRA update folded into its (frozen) base weight, peft's merge, so that a forward
+    pass costs what the base model's does. The adapter weights stay (and save as before) but no longer run.
+    Returns how many layers were merged (0: no LoRA)."""
+    try:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+    except ImportError:  # no peft: no LoRA layers either
+        return 0
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer) and not m.merged]
+    for layer in layers:
+        layer.merge()
+    return len(layers)
+
+
 WEIGHT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -181,6 +195,7 @@ class _Part(nn.Module):
 
     frozen: bool = False
     external: bool = False
+    lora_merged: bool = False
 
     def saved_weight(self, name: str) -> bool:
         """Whether the weight `name` (relative to `self.model`) belongs in a saved autoencoder."""
@@ -196,10 +211,18 @@ class _Part(nn.Module):
         self.hidden_size = _hidden_size(model.config)
 
     def train(self, mode: bool = True) -> "_Part":
+        if mode and self.lora_merged:
+            raise LatentDLMError("this part's LoRA is merged into its base weights for inference: load the model "
+                                 "again to train it")
         super().train(mode)
         if self.frozen:
             self.model.eval()
         return self
+
+    def merge_lora(self) -> None:
+        """Fold the LoRA updates into the base weights (`merge_lora`): inference only, the part cannot train after."""
+        if merge_lora(self.model):
+            self.lora_merged = True
 
     def computing(self, device: torch.device):
         """The context that runs this part: bf16 autocast for bfloat16 weights (a training loop's own

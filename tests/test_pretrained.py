@@ -97,6 +97,28 @@ def test_only_lora_and_the_latent_adapter_train(stand_ins):
     assert model.to_memory(torch.randn(5, 1, 32)).shape == (5, 3, TINY_DECODERS["llama"]["hidden_size"])
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_lora_merged_for_inference_predicts_what_the_adapters_do(stand_ins, dtype):
+    model = concept_model(stand_ins, **{"model.decoder.dtype": dtype})
+    ids, memory = torch.tensor([[1, 5, 6, 7, 8]]), torch.randn(1, 1, 32)
+    logits = lambda: model.decoder_logits(memory, ids, torch.ones_like(ids))  # noqa: E731
+    base = logits()  # lora_B starts at zero: the base model's logits
+    for name, param in model.decoder.named_parameters():
+        if "lora_B" in name:  # an update to fold in
+            torch.nn.init.normal_(param, std=0.3)
+    adapters, adapter_weights = logits(), {n: p.clone() for n, p in model.decoder.named_parameters() if "lora_" in n}
+    update = (adapters - base).abs().max()
+    assert update > 0.5
+    model.merge_lora()
+    error = (logits() - adapters).abs().max()
+    assert error < (1e-4 if dtype == "float32" else 0.05 * update)  # bf16 base weights round the merged update
+    # the adapters no longer run, and are kept unchanged (an autoencoder saves them, not its base)
+    assert model.decoder.lora_merged and all(m.merged for m in model.decoder.modules() if hasattr(m, "merged") and hasattr(m, "lora_A"))
+    assert all(torch.equal(p, adapter_weights[n]) for n, p in model.decoder.named_parameters() if "lora_" in n)
+    with pytest.raises(LatentDLMError, match="merged into its base weights for inference"):
+        model.train()
+
+
 def test_a_bfloat16_frozen_base_keeps_its_adapters_float32_and_decodes_like_the_float32_one(stand_ins):
     exact, half = concept_model(stand_ins), concept_model(stand_ins, **{"model.decoder.dtype": "bfloat16"})
     dtypes = {n: p.dtype for n, p in half.decoder.named_parameters()}

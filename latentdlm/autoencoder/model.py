@@ -99,6 +99,13 @@ class ParagraphAutoencoder(HubModule):
     def latent_shape(self) -> tuple[int, int]:
         return self.config.num_latents, self.config.latent_dim
 
+    def merge_lora(self) -> "ParagraphAutoencoder":
+        """For inference: the LoRA updates of both parts folded into their base weights (`hf_parts.merge_lora`),
+        so each decoding step costs what the base model's does; it cannot train after."""
+        self.encoder.merge_lora()
+        self.decoder.merge_lora()
+        return self
+
     @property
     def fixed_latents(self) -> bool:
         """Latents are a fixed function of the text (a frozen encoder under a design without weights): cacheable."""
@@ -236,7 +243,11 @@ class ParagraphAutoencoder(HubModule):
             "decoder_hf_config": self.decoder.hf_config,
             "training": self.training_record,
         }
-        external = [name for name in ("encoder", "decoder") if getattr(self, name).external]
+        parts = {name: getattr(self, name) for name in ("encoder", "decoder")}
+        if any(part.lora_merged and not part.external for part in parts.values()):
+            raise LatentDLMError("this autoencoder's LoRA is merged into base weights that it saves itself: saving "
+                                 "it would apply the adapters twice; save the model as loaded, before merge_lora()")
+        external = [name for name, part in parts.items() if part.external]
         if external:  # frozen pretrained weights reload from name_or_path: save the trained ones only
             meta["external_parts"] = external
             save_file(self._saved_state(), str(folder / WEIGHTS_NAME))

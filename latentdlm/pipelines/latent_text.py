@@ -309,7 +309,7 @@ class LatentDiffusionTextPipeline(HubMixin, DiffusionPipeline):
             decoding = DecodingConfig.from_dict(index.get("decoding"))  # older folders have none: the defaults
         except LatentDLMError as exc:
             raise LatentDLMError(f"{path / INDEX_NAME}: {exc}") from None
-        autoencoder = ParagraphAutoencoder.from_pretrained(path / "autoencoder")
+        autoencoder = ParagraphAutoencoder.from_pretrained(path / "autoencoder").merge_lora()  # loaded for inference
         _legacy_latent_statistics(autoencoder, path / "denoiser")
         pipe = cls(autoencoder, denoiser, scheduler, condition_encoder, decoding)
         pipe.training_record = index.get("training")
