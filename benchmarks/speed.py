@@ -57,33 +57,34 @@ def inference_peer(work):
 
 
 # ---- limit ------------------------------------------------------------------------------------------
-def part_limit(args, results: dict) -> None:
+def decoding_step_seconds(model, batch: int) -> float:
+    """The median seconds of one decoding step (one new token per row) after a CONTEXT-token prefill, KV cached."""
     import torch
 
-    from latentdlm.hf_parts import merge_lora
+    with torch.no_grad():
+        ids = torch.randint(100, 10000, (batch, CONTEXT))
+        cache = model(input_ids=ids, use_cache=True).past_key_values
+        token, seconds = ids[:, -1:], []
+        for _ in range(TIMED_STEPS):
+            start = time.perf_counter()
+            out = model(input_ids=token, past_key_values=cache, use_cache=True)
+            seconds.append(time.perf_counter() - start)
+            cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    return statistics.median(seconds[2:])
 
+
+def part_limit(args, results: dict) -> None:
     torch_threads(2)
     rows = {}
     for merged in (False, True):
-        model = load_adapter(peer_path(args.work_dir), dtype="bfloat16")
-        if merged:
-            merge_lora(model)
+        model = inference_peer(args.work_dir) if merged else load_adapter(peer_path(args.work_dir), dtype="bfloat16")
         for batch in (1, 32):
-            with torch.no_grad():
-                ids = torch.randint(100, 10000, (batch, CONTEXT))
-                cache = model(input_ids=ids, use_cache=True).past_key_values
-                token = ids[:, -1:]
-                seconds = []
-                for _ in range(TIMED_STEPS):
-                    start = time.perf_counter()
-                    out = model(input_ids=token, past_key_values=cache, use_cache=True)
-                    seconds.append(time.perf_counter() - start)
-                    cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-            step = statistics.median(seconds[2:])
-            rows[f"{'merged' if merged else 'adapters'}_batch_{batch}"] = {"seconds_per_step": step, "seconds_per_row_step": step / batch}
-            log(rows[f"{'merged' if merged else 'adapters'}_batch_{batch}"], f"{'merged' if merged else 'adapters'} batch {batch}")
-    rows["merge_speedup_batch_1"] = rows["adapters_batch_1"]["seconds_per_step"] / rows["merged_batch_1"]["seconds_per_step"]
-    rows["merge_speedup_batch_32"] = rows["adapters_batch_32"]["seconds_per_step"] / rows["merged_batch_32"]["seconds_per_step"]
+            name = f"{'merged' if merged else 'adapters'}_batch_{batch}"
+            step = decoding_step_seconds(model, batch)
+            rows[name] = {"seconds_per_step": step, "seconds_per_row_step": step / batch}
+            log(rows[name], name)
+    for batch in (1, 32):
+        rows[f"merge_speedup_batch_{batch}"] = rows[f"adapters_batch_{batch}"]["seconds_per_step"] / rows[f"merged_batch_{batch}"]["seconds_per_step"]
     rows["setup"] = (f"SmolLM2-135M (bf16 base) + the peer's LoRA r16, one new token per row after a {CONTEXT}-token context "
                      f"under a KV cache, median of {TIMED_STEPS - 2} steps, 2 threads")
     results["limit"] = rows
@@ -176,7 +177,7 @@ def part_frontier(args, results: dict) -> None:
     uncond = ladder()["uncond"]["systems"]
     for name in rows:
         if name == "d":
-            texts, _ = timed(lambda: latentdlm_generate(pipes["d"], NUM_EVAL, 64, 0, rule, sampler))
+            texts = latentdlm_generate(pipes["d"], NUM_EVAL, 64, 0, rule, sampler)
             row = score(texts)
             rows[name]["quality"] = {"mauve_mpnet": row["mauve_mpnet"], "mauve_mpnet_std": row["mauve_mpnet_std"],
                                      "coherence_ratio": row["coherence_ratio"], "from": f"this run, {sampler}",
