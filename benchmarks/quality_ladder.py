@@ -14,7 +14,8 @@ Parts (each reuses what the earlier ones saved under --work-dir, default runs/la
                 (c), (d) (part dit) and samples every latentdlm system after it
   autoencoders  design (a) minilm_smollm2 (Perceiver latents), design (b) minilm_smollm2_concept
                 (frozen MiniLM sentence embeddings), (c) = (b) with model.decoder_context=1 (the decoder also
-                reads the previous sentence) and (d) = (b) decoded as one stream per story (model.decoder_stream),
+                reads the previous sentence), (d) = (b) decoded as one stream per story (model.decoder_stream) and
+                (e) = (b) with every sentence decoded in parallel from the whole story's latents (model.decoder_plan),
                 on the training stories' sentences
   recon         reconstruction of held-out stories (rocstories/dev.jsonl[:RECON_COUNT]): BLEU, exact match,
                 meaning (MiniLM cosine, BERTScore F1 on mpnet) for tiny, (a), (b)
@@ -63,7 +64,7 @@ from scoring import (
 )
 
 RECON_COUNT = 200
-SYSTEMS = ("tiny", "a", "b", "c", "d", "peer")
+SYSTEMS = ("tiny", "a", "b", "c", "d", "e", "peer")
 NUM_VALIDATION = 200  # stories per system and rule
 # the concept designs' plan, chosen on validation (part plan): (b)'s DiT trained with each of these overrides,
 # sampled by each sampler; "shift_1" is part plan_noise's run (the plain schedule)
@@ -228,7 +229,7 @@ def bertscore_f1(references: list[str], candidates: list[str]) -> float:
 def part_dit(args, results: dict) -> None:
     work = args.work_dir
     for design in args.design:
-        if design in ("c", "d"):  # (b)'s DiT chosen by part plan: the same latents (frozen MiniLM), only the decoder differs
+        if design in ("c", "d", "e"):  # (b)'s DiT chosen by part plan: the same latents (frozen MiniLM), only the decoder differs
             dit = plan_dit(results)
             if results.get("dit", {}).get(design, {}).get("plan_dit", "shift_1") != dit:  # the plan changed: share the new one
                 shutil.rmtree(pipeline_dir(work, design), ignore_errors=True)
@@ -330,7 +331,7 @@ def part_split(args, results: dict) -> None:
     score = Scorer(splits.test, splits.train)
     rows = results.setdefault("split", {"systems": {}})
     rule = DecodingConfig.from_dict(shared_rule(results) or {})
-    for system in (s for s in args.system if s in ("a", "b", "c", "d")):
+    for system in (s for s in args.system if s in ("a", "b", "c", "d", "e")):
         folder = pipeline_dir(args.work_dir, system)
         if not folder.exists() or (system in rows["systems"] and not args.rerun):
             continue
@@ -518,7 +519,7 @@ def arguments(parser) -> None:
     parser.add_argument("--dit-minutes", type=float, default=DIT_MINUTES)
     parser.add_argument("--design", action="append", choices=list(DESIGNS),
                         help="autoencoders/dit: this flagship design (default: a and b)")
-    parser.add_argument("--flagship", choices=["b", "c", "d"], default="b", help="title2story: the concept design it runs on")
+    parser.add_argument("--flagship", choices=["b", "c", "d", "e"], default="b", help="title2story: the concept design it runs on")
     parser.add_argument("--demo-dir", type=Path, help="demo_heldout: score this finished `latentdlm demo` output")
     parser.add_argument("--rule", choices=list(DECODING_RULES),
                         help="the shared decoding rule while part decoding has not chosen one (recorded as given)")

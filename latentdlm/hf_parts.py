@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import inspect
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 from transformers.modeling_outputs import BaseModelOutput
 
+from latentdlm.autoregressive import generate_tokens, step_arguments
 from latentdlm.errors import LatentDLMError
 from latentdlm.io import CONFIG_NAME, atomic_directory, cache_dir
 
@@ -302,20 +302,22 @@ class TextDecoder(_Part):
             raise LatentDLMError("the decoder config has no start token (decoder_start_token_id / bos_token_id)")
         return int(start)
 
-    def forward(self, memory: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Next-token logits (B, T, vocab) for decoder inputs (B, T) given the memory."""
+    def forward(self, memory: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                memory_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Next-token logits (B, T, vocab) for decoder inputs (B, T) given the memory (`memory_mask`: 0 on its padding)."""
+        memory_mask = _memory_mask(memory) if memory_mask is None else memory_mask
         with self.computing(memory.device):
             if self.kind == "seq2seq":
                 out = self.model(
                     encoder_outputs=BaseModelOutput(last_hidden_state=memory),
-                    attention_mask=_memory_mask(memory),
+                    attention_mask=memory_mask,
                     decoder_input_ids=input_ids,
                     decoder_attention_mask=attention_mask,
                     use_cache=False,
                 )
                 return self.outside(out.logits)
             embeds = torch.cat([memory, self.model.get_input_embeddings()(input_ids).to(memory.dtype)], dim=1)
-            mask = torch.cat([_memory_mask(memory), attention_mask], dim=1)
+            mask = torch.cat([memory_mask, attention_mask], dim=1)
             # positions count real tokens only: left-padded context tokens sit between the prefix and the text
             positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
             out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False)
@@ -342,25 +344,26 @@ class TextDecoder(_Part):
 
     @functools.cached_property
     def _step_arguments(self) -> tuple[str, dict]:
-        """The model's name for the KV cache (transformers 5 renamed past_key_values to cache) and, where it has
-        one, the argument that computes the last position's logits only: read once, not at every step."""
-        accepted = inspect.signature(self.model.forward).parameters
-        return ("cache" if "cache" in accepted else "past_key_values"), ({"logits_to_keep": 1} if "logits_to_keep" in accepted else {})
+        """`autoregressive.step_arguments` of the model, read once, not at every step."""
+        return step_arguments(self.model)
 
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model.get_input_embeddings()(ids)
 
     @torch.no_grad()
-    def generate(self, memory: torch.Tensor, max_new_tokens: int, context_ids: Optional[list[list[int]]] = None, **kwargs) -> torch.Tensor:
-        """Token ids (B, T) generated from the memory (no start token, padded after eos). A BART-style
-        decoder first produces the `<s>` it was trained to begin with; decoding skips it as a special token.
-        A causal decoder starts from BOS after the latent prefix, as in training (`collate`), behind each
-        row's left-padded `context_ids` when given."""
+    def generate(self, memory: torch.Tensor, max_new_tokens: int, context_ids: Optional[list[list[int]]] = None,
+                 memory_mask: Optional[torch.Tensor] = None, **kwargs) -> torch.Tensor:
+        """Token ids (B, T) generated from the memory (`memory_mask`: 0 on its padding; no start token, padded after
+        eos). A BART-style decoder first produces the `<s>` it was trained to begin with; decoding skips it as a
+        special token. A causal decoder starts from BOS after the latent prefix, as in training (`collate`), behind
+        each row's left-padded `context_ids` when given; one beam per row decodes with `generate_tokens` (finished
+        rows stop costing), beam search with transformers' `generate`."""
+        memory_mask = _memory_mask(memory) if memory_mask is None else memory_mask
         with self.computing(memory.device):
             if self.kind == "seq2seq":
                 ids = self.model.generate(
                     encoder_outputs=BaseModelOutput(last_hidden_state=memory),
-                    attention_mask=_memory_mask(memory),
+                    attention_mask=memory_mask,
                     max_new_tokens=max_new_tokens,
                     **kwargs,
                 )
@@ -368,7 +371,10 @@ class TextDecoder(_Part):
             rows = [list(c) + [self.start_token_id] for c in (context_ids or [[]] * memory.shape[0])]
             ids, text_mask = left_pad(rows, kwargs.get("pad_token_id", self.start_token_id))
             embeds = torch.cat([memory, self.model.get_input_embeddings()(ids.to(memory.device)).to(memory.dtype)], dim=1)
-            mask = torch.cat([_memory_mask(memory), text_mask.to(memory.device)], dim=1)  # generate derives the positions from it
+            mask = torch.cat([memory_mask, text_mask.to(memory.device)], dim=1)  # the positions follow from it
+            if kwargs.get("num_beams", 1) == 1:
+                rule = {k: v for k, v in kwargs.items() if k not in ("eos_token_id", "pad_token_id")}
+                return generate_tokens(self.model, embeds, mask, max_new_tokens, kwargs["eos_token_id"], kwargs["pad_token_id"], **rule)
             return self.model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens, **kwargs)
 
 

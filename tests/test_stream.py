@@ -110,7 +110,7 @@ def test_stream_sampling_repeats_with_the_seed_and_beams_are_refused(stand_ins):
 
 
 def test_stream_needs_a_causal_decoder_in_segment_mode_without_decoder_context(stand_ins):  # noqa: F811
-    with pytest.raises(LatentDLMError, match="leave decoder_context at 0"):
+    with pytest.raises(LatentDLMError, match="choose one of decoder_context"):
         stream_model(stand_ins, **{"model.decoder_context": 1})
     with pytest.raises(LatentDLMError, match="decoder_stream .* needs a causal decoder in segment mode"):
         stream_model(stand_ins, **{"model.segmentation.mode": "none"})

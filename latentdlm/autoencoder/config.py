@@ -51,6 +51,10 @@ class AutoencoderConfig:
     # where the segment starts ([prefix 1, bos, text 1, prefix 2, bos, text 2, ...]): each segment reads the
     # whole text so far, its words and its plan; trained one pass per text, decoded under one KV cache
     decoder_stream: bool = False
+    # causal decoders in segment mode: every segment decodes in parallel (one batched pass for the whole text), each
+    # reading the text's whole plan first ([one vector per segment latent, its own marked; its own prefix; bos;
+    # text]): what the others say comes from their latents, not from text written before it (no serial decoding)
+    decoder_plan: bool = False
     # causal decoders, text -> text: the decoder reads the source text (its first N tokens; a document to
     # summarise, a title) before each unit's start token, so rare words and names can be copied from it while
     # the latent says what to write; trained on (source, target) pairs (data.source_column), given at decoding

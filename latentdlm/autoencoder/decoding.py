@@ -4,7 +4,8 @@
 and the app share. A `DecodingStrategy` decides which segments decode together and what each reads
 besides its latent: `ParallelDecoding` decodes every segment of every text in one pass;
 `ContextualDecoding` goes segment position by position, each segment reading its text's previous ones;
-`StreamDecoding` writes each text as one stream under one KV cache (decoder_stream).
+`StreamDecoding` writes each text as one stream under one KV cache (decoder_stream); `PlanDecoding` decodes every
+segment in one pass as `ParallelDecoding`, each reading its text's latents first (decoder_plan).
 A new strategy is one new class here, chosen in `strategy_for`.
 """
 
@@ -16,6 +17,8 @@ from typing import Optional, Sequence
 
 import torch
 
+from latentdlm.autoencoder.designs import Plan
+from latentdlm.autoregressive import logits_processors, next_tokens
 from latentdlm.errors import LatentDLMError
 
 
@@ -79,6 +82,10 @@ class DecodingStrategy:
     def contexts(self, processor, texts: list[list[Optional[str]]], wave: list[tuple[int, int]]) -> Optional[list[list[int]]]:
         return None
 
+    def plan(self, encoded, wave: list[tuple[int, int]]):
+        """What the wave's segments read of their texts' latents first (decoder_plan), or None."""
+        return None
+
     def decode(self, model, encoded, batch_size: int, max_new_tokens: Optional[int], generate_kwargs: dict,
                fixed: Optional[Sequence[Sequence[Optional[str]]]] = None, sources: Optional[list[str]] = None) -> list[list[str]]:
         """`encoded` latents (B, S, k, d) with their (B, S) segment mask -> each text's decoded segments. `fixed[row][s]`,
@@ -97,7 +104,7 @@ class DecodingStrategy:
             if heads is not None:
                 contexts = [heads[row] + (contexts[i] if contexts else []) for i, (row, _) in enumerate(wave)]
             pieces = model.generate_units(torch.stack([encoded.latents[row, s] for row, s in wave]), contexts,
-                                          batch_size, max_new_tokens, generate_kwargs)
+                                          batch_size, max_new_tokens, generate_kwargs, self.plan(encoded, wave))
             for (row, s), piece in zip(wave, pieces):
                 texts[row][s] = piece
         return [[t for t, keep in zip(row, mask[i]) if keep] for i, row in enumerate(texts)]
@@ -111,6 +118,15 @@ def given_segments(fixed: Optional[Sequence[Sequence[Optional[str]]]], mask: tor
 
 class ParallelDecoding(DecodingStrategy):
     """Every segment of every text in one parallel pass (SLD)."""
+
+
+class PlanDecoding(ParallelDecoding):
+    """Every segment of every text in one parallel pass, each reading its whole text's latents first (decoder_plan)."""
+
+    def plan(self, encoded, wave):
+        rows = torch.tensor([row for row, _ in wave])
+        return Plan(encoded.latents[rows.to(encoded.latents.device)], encoded.segment_mask.cpu()[rows],
+                    torch.tensor([s for _, s in wave]))
 
 
 class ContextualDecoding(DecodingStrategy):
@@ -150,7 +166,7 @@ class _Streams:
     def __init__(self, model, latents: torch.Tensor, mask: torch.Tensor, given: list[list[Optional[str]]], limit: int, kwargs: dict):
         self.model, self.decoder, self.mask, self.given, self.limit = model, model.decoder, mask, given, limit
         self.eos, self.start = kwargs["eos_token_id"], model.decoder.start_token_id
-        self.sample, self.processors = kwargs.get("do_sample", False), _logits_processors(kwargs)
+        self.sample, self.processors = kwargs.get("do_sample", False), logits_processors(kwargs)
         flat = model.latent_design.project(latents[mask.to(latents.device)]).to(model.device, model.dtype)
         self.memory = model.to_memory(flat)  # (present units, m, hidden), in row-major order
         self.units = mask.flatten().long().cumsum(0).view_as(mask) - 1  # (row, segment) -> its row in self.memory
@@ -195,8 +211,7 @@ class _Streams:
 
     def advance(self, row: int, s: int, written: list[int], logits: torch.Tensor) -> tuple[Optional[torch.Tensor], Optional[int]]:
         """The row's next token; -> what it reads next and the segment it then writes (None, None: row done)."""
-        scores = self.processors(torch.tensor([written], dtype=torch.long, device=logits.device), logits)
-        token = int(torch.multinomial(scores.softmax(-1), 1)) if self.sample else int(scores.argmax(-1))
+        token = int(next_tokens(self.processors, torch.tensor([written], dtype=torch.long, device=logits.device), logits, self.sample))
         if token != self.eos:
             written.append(token)
             if len(written) < self.limit:
@@ -209,30 +224,12 @@ class _Streams:
         return (torch.cat(fed + [following]) if following is not None else None), s
 
 
-def _logits_processors(kwargs: dict):
-    """transformers' own processors for the generate settings a DecodingConfig gives."""
-    from transformers.generation.logits_process import (
-        LogitsProcessorList, NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
-        TopPLogitsWarper,
-    )
-
-    processors = LogitsProcessorList()
-    if kwargs.get("repetition_penalty", 1.0) != 1.0:
-        processors.append(RepetitionPenaltyLogitsProcessor(kwargs["repetition_penalty"]))
-    if kwargs.get("no_repeat_ngram_size", 0):
-        processors.append(NoRepeatNGramLogitsProcessor(kwargs["no_repeat_ngram_size"]))
-    if kwargs.get("do_sample"):
-        if kwargs.get("temperature", 1.0) != 1.0:
-            processors.append(TemperatureLogitsWarper(kwargs["temperature"]))
-        if kwargs.get("top_p") is not None:
-            processors.append(TopPLogitsWarper(kwargs["top_p"]))
-    return processors
-
-
 def strategy_for(config) -> DecodingStrategy:
     """The decoding an autoencoder was trained for: one stream per text, reading the previous segments' text, or not."""
     if config.decoder_stream:
         return StreamDecoding()
+    if config.decoder_plan:
+        return PlanDecoding()
     return ContextualDecoding() if config.decoder_context else ParallelDecoding()
 
 

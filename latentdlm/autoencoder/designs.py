@@ -14,6 +14,7 @@ the latent space's statistics as the denoiser sees it.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -179,3 +180,47 @@ class DecoderMemory(nn.Module):
         if self.transformer is not None:
             memory = self.transformer(memory)
         return self.norm(memory)
+
+
+@dataclass
+class Plan:
+    """decoder_plan: for each unit decoded, its text's latents (n, S, k, d), which exist (n, S), and its own position (n,)."""
+
+    latents: torch.Tensor
+    mask: torch.Tensor
+    own: torch.Tensor
+
+
+class PlanMemory(nn.Module):
+    """decoder_plan: what a segment decoded in parallel reads of its whole text, before its own prefix: one vector
+    per segment of the text (its latent projected as `DecoderMemory` with m = 1), in order, the segment's own
+    vector marked by a learned offset, so that it knows which sentence of the plan it writes."""
+
+    def __init__(self, latent_dim: int, decoder_dim: int, num_latents: int, heads: int, dropout: float = 0.0):
+        super().__init__()
+        self.project = DecoderMemory(latent_dim, decoder_dim, num_latents, 0, heads, dropout, memory_length=1)
+        self.own = nn.Parameter(torch.zeros(decoder_dim))
+
+    def match_scale(self, token_embeddings: torch.Tensor) -> None:
+        self.project.match_scale(token_embeddings)
+
+    def forward(self, plan: torch.Tensor, plan_mask: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+        """plan (n, S, k, d): the latents of each row's text (S positions, `plan_mask` (n, S) True where a segment is),
+        own (n,): the position of the row's own segment -> (n, S, decoder width)."""
+        n, positions = plan_mask.shape
+        vectors = self.project(plan.flatten(0, 1)).view(n, positions, -1)
+        is_own = torch.arange(positions, device=own.device) == own.unsqueeze(1)
+        return vectors + is_own.unsqueeze(-1).to(vectors.dtype) * self.own
+
+
+def plan_index(counts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Units of texts with `counts` units each, in order -> for every unit, the indices of its text's units
+    (N, max count; -1 where the text has fewer) and its own position among them (N,)."""
+    index = torch.full((sum(counts), max(counts, default=0)), -1, dtype=torch.long)
+    own = torch.empty(sum(counts), dtype=torch.long)
+    start = 0
+    for count in counts:
+        index[start : start + count, :count] = torch.arange(start, start + count)
+        own[start : start + count] = torch.arange(count)
+        start += count
+    return index, own

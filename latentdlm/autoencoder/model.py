@@ -24,7 +24,7 @@ from latentdlm import __version__
 from latentdlm.autoencoder.bottleneck import Latents
 from latentdlm.autoencoder.config import AutoencoderConfig
 from latentdlm.autoencoder.decoding import strategy_for
-from latentdlm.autoencoder.designs import DecoderMemory, LatentSpace, make_latent_design
+from latentdlm.autoencoder.designs import DecoderMemory, LatentSpace, Plan, PlanMemory, make_latent_design, plan_index
 from latentdlm.autoencoder.processor import TOKENIZER_FOLDERS, TextProcessor, length_sorted_batches, pad_id
 from latentdlm.config import config_from_dict
 from latentdlm.errors import LatentDLMError
@@ -63,8 +63,12 @@ class ParagraphAutoencoder(HubModule):
             config.latent_dim, self.decoder.hidden_size, config.num_latents,
             config.memory_layers, config.memory_heads, config.dropout, config.memory_length,
         )
+        self.to_plan = PlanMemory(config.latent_dim, self.decoder.hidden_size, config.num_latents, config.memory_heads,
+                                  config.dropout) if config.decoder_plan else None
         if self.decoder.kind == "causal":  # a prefix enters the residual stream at the scale of the decoder's own tokens
-            self.to_memory.match_scale(self.decoder.model.get_input_embeddings().weight)
+            for prefix in (self.to_memory, self.to_plan):
+                if prefix is not None:
+                    prefix.match_scale(self.decoder.model.get_input_embeddings().weight)
         self.processor = TextProcessor(encoder_tokenizer, decoder_tokenizer, config.segmentation, config.max_length,
                                        config.decoder_context, self.decoder.start_token_id, config.source_context)
         self.decoding = strategy_for(config)
@@ -74,19 +78,22 @@ class ParagraphAutoencoder(HubModule):
         self.register_load_state_dict_pre_hook(_rename_legacy_weights)
 
     def _check_context(self) -> None:
-        context, stream = self.config.decoder_context, self.config.decoder_stream
+        context, stream, plan = self.config.decoder_context, self.config.decoder_stream, self.config.decoder_plan
         if context < 0:
             raise LatentDLMError(f"decoder_context must be 0 or more segments, got {context}")
-        if context and stream:
-            raise LatentDLMError("decoder_stream already reads the whole text so far: leave decoder_context at 0")
-        if (context or stream) and (self.decoder.kind != "causal" or self.config.segmentation.mode == "none"):
-            what = "decoder_stream (one stream per text)" if stream else "decoder_context (the previous segments' text)"
+        if sum(map(bool, (context, stream, plan))) > 1:
+            raise LatentDLMError("choose one of decoder_context (the previous segments' text), decoder_stream (one stream per "
+                                 "text) and decoder_plan (every segment in parallel, reading the whole plan)")
+        if (context or stream or plan) and (self.decoder.kind != "causal" or self.config.segmentation.mode == "none"):
+            what = ("decoder_stream (one stream per text)" if stream else "decoder_plan (segments in parallel from the plan)"
+                    if plan else "decoder_context (the previous segments' text)")
             raise LatentDLMError(f"{what} needs a causal decoder in segment mode")
         source = self.config.source_context
         if source < 0:
             raise LatentDLMError(f"source_context must be 0 (off) or more tokens, got {source}")
-        if source and (self.decoder.kind != "causal" or stream):
-            raise LatentDLMError("source_context (the decoder reads the source text) needs a causal decoder without decoder_stream")
+        if source and (self.decoder.kind != "causal" or stream or plan):
+            raise LatentDLMError("source_context (the decoder reads the source text) needs a causal decoder without "
+                                 "decoder_stream or decoder_plan")
 
     def _check_vocab(self) -> None:
         tokenizers = (self.processor.encoder_tokenizer, self.processor.decoder_tokenizer)
@@ -115,26 +122,47 @@ class ParagraphAutoencoder(HubModule):
     def encode_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Latents:
         return self.latent_design(self.encoder(input_ids, attention_mask), attention_mask)
 
-    def decoder_logits(self, latents: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.to_memory(latents), input_ids, attention_mask)
+    def unit_memory(self, latents: torch.Tensor, plan: Optional[Plan] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Units' latents (n, k, d) -> what the decoder reads before each unit's start token, with its mask: the
+        unit's memory, behind its text's plan (decoder_plan: `plan` given, rows as `latents`)."""
+        memory = self.to_memory(latents)
+        mask = torch.ones(memory.shape[:2], dtype=torch.long, device=memory.device)
+        if plan is None:
+            return memory, mask
+        vectors = self.to_plan(plan.latents.to(memory.device, memory.dtype), plan.mask.to(memory.device), plan.own.to(memory.device))
+        return torch.cat([vectors, memory], dim=1), torch.cat([plan.mask.to(mask), mask], dim=1)
+
+    def decoder_logits(self, latents: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                       plan: Optional[Plan] = None) -> torch.Tensor:
+        memory, memory_mask = self.unit_memory(latents, plan)
+        return self.decoder(memory, input_ids, attention_mask, memory_mask)
 
     def batch_logits(self, latents: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Next-token logits for a collated batch, aligned with its labels: one row per unit, or with
-        decoder_stream one row per text (`collate_stream`), the units' latents (N, k, d) in its order."""
+        decoder_stream one row per text (`collate_stream`), the units' latents (N, k, d) in its order; with
+        decoder_plan each unit reads its text's units (`plan_index` into the latents) first."""
         if "stream_index" in batch:
             return self.decoder.stream_logits(self.to_memory(latents), batch["stream_tokens"], batch["stream_index"],
                                               batch["decoder_attention_mask"])
-        return self.decoder_logits(latents, batch["decoder_input_ids"], batch["decoder_attention_mask"])
+        plan = None
+        if "plan_index" in batch:
+            index = batch["plan_index"]
+            plan = Plan(latents[index.clamp(min=0)], index >= 0, batch["plan_own"])
+        return self.decoder_logits(latents, batch["decoder_input_ids"], batch["decoder_attention_mask"], plan)
 
     def generate_units(self, latents: torch.Tensor, contexts: Optional[list[list[int]]], batch_size: int,
-                       max_new_tokens: Optional[int], generate_kwargs: dict) -> list[str]:
-        """Units' latents (N, k, d), projected onto the design's manifold, -> their texts (each after its context)."""
+                       max_new_tokens: Optional[int], generate_kwargs: dict, plan: Optional[Plan] = None) -> list[str]:
+        """Units' latents (N, k, d), projected onto the design's manifold, -> their texts (each after its context;
+        with decoder_plan, after its text's `plan`, rows as `latents`)."""
         latents = self.latent_design.project(latents)
         pieces: list[str] = []
         for start in range(0, latents.shape[0], batch_size):
-            memory = self.to_memory(latents[start : start + batch_size].to(self.device, self.dtype))
-            batch_contexts = None if contexts is None else contexts[start : start + batch_size]
-            ids = self.decoder.generate(memory, max_new_tokens or self.config.max_length, context_ids=batch_contexts, **generate_kwargs)
+            rows = slice(start, start + batch_size)
+            part = None if plan is None else Plan(self.latent_design.project(plan.latents[rows]), plan.mask[rows], plan.own[rows])
+            memory, memory_mask = self.unit_memory(latents[rows].to(self.device, self.dtype), part)
+            batch_contexts = None if contexts is None else contexts[rows]
+            ids = self.decoder.generate(memory, max_new_tokens or self.config.max_length, context_ids=batch_contexts,
+                                        memory_mask=memory_mask, **generate_kwargs)
             pieces += self.processor.batch_decode(ids)
         return pieces
 
@@ -204,11 +232,14 @@ class ParagraphAutoencoder(HubModule):
             return self._stream_nll(latents, per_text)
         targets = self.processor.tokenize([u for units in per_text for u in units]).decoder_ids
         contexts = self.processor.context_ids(per_text, self.check_sources(sources, len(per_text)))
+        index, own = plan_index([len(units) for units in per_text])
         out = torch.empty(len(targets))
         for start in range(0, len(targets), batch_size):
-            batch = self.processor.collate(None, targets[start : start + batch_size], None if contexts is None else contexts[start : start + batch_size])
-            logits = self.decoder_logits(latents[start : start + batch_size].to(self.device, self.dtype),
-                                         batch["decoder_input_ids"].to(self.device), batch["decoder_attention_mask"].to(self.device))
+            rows = slice(start, start + batch_size)
+            batch = self.processor.collate(None, targets[rows], None if contexts is None else contexts[rows])
+            plan = Plan(latents[index[rows].clamp(min=0)], index[rows] >= 0, own[rows]) if self.config.decoder_plan else None
+            logits = self.decoder_logits(latents[rows].to(self.device, self.dtype), batch["decoder_input_ids"].to(self.device),
+                                         batch["decoder_attention_mask"].to(self.device), plan)
             labels = batch["labels"].to(self.device)
             nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2).float(), labels, ignore_index=-100, reduction="none")
             out[start : start + len(labels)] = (nll.sum(dim=1) / (labels != -100).sum(dim=1).clamp_min(1)).cpu()

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from latentdlm.autoencoder.build import build_autoencoder
 from latentdlm.autoencoder.config import AutoencoderConfig
+from latentdlm.autoencoder.designs import plan_index
 from latentdlm.autoencoder.latent_cache import cached_unit_latents
 from latentdlm.autoencoder.model import ParagraphAutoencoder
 from latentdlm.autoencoder.objective import AutoencoderObjective, ObjectiveConfig, latent_usage_gap
@@ -104,7 +105,7 @@ class UnitDataset(torch.utils.data.Dataset):
 
 
 class TextStreamDataset(torch.utils.data.Dataset):
-    """decoder_stream: one example per text, its units' (encoder inputs, decoder targets)."""
+    """decoder_stream and decoder_plan: one example per text, its units' (encoder inputs, decoder targets)."""
 
     def __init__(self, encoder_inputs, decoder_ids: list[list[int]], counts: list[int]):
         self.encoder_inputs, self.decoder_ids = encoder_inputs, decoder_ids
@@ -122,7 +123,7 @@ def make_dataloader(model: ParagraphAutoencoder, texts: list[str], batch_size: i
                     sources: Optional[list[str]] = None) -> DataLoader:
     """Every unit (a segment, or a whole paragraph) of every text is one example (with decoder_context,
     together with the text of the units before it; with source_context, with its text's source); with
-    decoder_stream every text is one example (a batch holds `batch_size` texts)."""
+    decoder_stream or decoder_plan every text is one example (a batch holds `batch_size` texts)."""
     processor = model.processor
     per_text = processor.split_units(texts)
     units = [u for units in per_text for u in units]
@@ -134,11 +135,11 @@ def make_dataloader(model: ParagraphAutoencoder, texts: list[str], batch_size: i
         dataset, batch_size=batch_size, sampler=LengthGroupedSampler(lengths, batch_size, seed), collate_fn=collate,
         num_workers=num_workers, drop_last=True, generator=torch.Generator().manual_seed(seed),  # keeps the global RNG (restored on resume) untouched
     )
-    if model.config.decoder_stream:
+    if model.config.decoder_stream or model.config.decoder_plan:
         counts = [len(u) for u in per_text]
         dataset = TextStreamDataset(encoder_inputs, tokens.decoder_ids, counts)
         lengths = [sum(len(ids) for ids in dataset[i][1]) for i in range(len(dataset))]
-        return loader(dataset, lambda items: stream_batch(model, [e for e, _ in items], [d for _, d in items]), lengths)
+        return loader(dataset, lambda items: text_batch(model, [e for e, _ in items], [d for _, d in items]), lengths)
     dataset = UnitDataset(encoder_inputs, tokens.decoder_ids, contexts)
 
     def collate(items):
@@ -153,10 +154,15 @@ def make_dataloader(model: ParagraphAutoencoder, texts: list[str], batch_size: i
     return loader(dataset, collate, lengths)
 
 
-def stream_batch(model: ParagraphAutoencoder, encoder_inputs: list, decoder_ids: list[list[list[int]]]) -> dict:
-    """Texts as streams (decoder_stream): their units' encoder side (cached latents or token ids) in order,
-    and `collate_stream`'s decoder side."""
-    batch = model.processor.collate_stream(decoder_ids, model.to_memory.length)
+def text_batch(model: ParagraphAutoencoder, encoder_inputs: list, decoder_ids: list[list[list[int]]]) -> dict:
+    """Whole texts: their units' encoder side (cached latents or token ids) in order, and the decoder side: as
+    streams (decoder_stream, `collate_stream`), or one row per unit that reads its text's units first (decoder_plan:
+    `plan_index` into the batch's units, `plan_own` its own position among them)."""
+    if model.config.decoder_stream:
+        batch = model.processor.collate_stream(decoder_ids, model.to_memory.length)
+    else:
+        batch = model.processor.collate(None, [ids for text in decoder_ids for ids in text])
+        batch["plan_index"], batch["plan_own"] = plan_index([len(text) for text in decoder_ids])
     if isinstance(encoder_inputs[0], torch.Tensor):
         return {**batch, "latents": torch.cat(encoder_inputs)}
     input_ids, attention_mask = model.processor.encoder_batch([ids for text in encoder_inputs for ids in text])
@@ -176,11 +182,11 @@ def latent_gap(model: ParagraphAutoencoder, texts: list[str], max_units: int = 6
     """How much the decoder relies on the latent: NLL(shuffled latents) - NLL(own latents)."""
     processor = model.processor
     per_text = processor.split_units(texts)
-    if model.config.decoder_stream:  # whole texts, up to max_units units (at least one text)
+    if model.config.decoder_stream or model.config.decoder_plan:  # whole texts, up to max_units units (at least one text)
         counts = list(itertools.accumulate(len(u) for u in per_text))
         per_text = per_text[: max(1, sum(c <= max_units for c in counts))]
         tokenized = [processor.tokenize(units) for units in per_text]
-        batch = stream_batch(model, [t.encoder_ids for t in tokenized], [t.decoder_ids for t in tokenized])
+        batch = text_batch(model, [t.encoder_ids for t in tokenized], [t.decoder_ids for t in tokenized])
         return latent_usage_gap(model, {k: v.to(model.device) for k, v in batch.items()})
     units = [u for units in per_text for u in units][:max_units]
     tokens = processor.tokenize(units)
