@@ -199,11 +199,14 @@ def peer_adapter(path: Path, pairs: list[tuple[str, str]], minutes: float, init:
 
 @torch.no_grad()
 def peer_generate(model, tokenizer, prompts: list[str], batch_size: int, seed: int, decoding: dict | None = None,
-                  max_new_tokens: int = 96) -> list[str]:
+                  max_new_tokens: int = 96, finished_rows_stop: bool = True) -> list[str]:
     """The peer's continuation of each prompt ("" for a story from BOS), prompts left-padded into batches,
     decoded by `decoding` (the fields of latentdlm's DecodingConfig, the rule the ladder's systems share;
-    default nucleus sampling, p 0.9, where greedy decoding would write one story for every empty prompt)."""
+    default nucleus sampling, p 0.9, where greedy decoding would write one story for every empty prompt), by
+    latentdlm's `generate_tokens` as latentdlm's decoders are (finished rows stop costing; `finished_rows_stop`
+    False: transformers' `generate`, which keeps every row until the longest ends)."""
     from latentdlm.autoencoder.decoding import DecodingConfig
+    from latentdlm.autoregressive import generate_tokens
 
     rule = DecodingConfig.from_dict({"top_p": 0.9} if decoding is None else decoding).generate_kwargs()
     torch.manual_seed(seed)
@@ -213,9 +216,13 @@ def peer_generate(model, tokenizer, prompts: list[str], batch_size: int, seed: i
         width = max(map(len, encoded))
         ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(e)) + e for e in encoded])
         mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded])
-        out = model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=tokenizer.eos_token_id, **rule)
-        texts += [t.strip() for t in tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)]
+        if finished_rows_stop:
+            out = generate_tokens(model, model.get_input_embeddings()(ids), mask, max_new_tokens, tokenizer.eos_token_id,
+                                  tokenizer.pad_token_id, history=ids, **rule)
+        else:
+            out = model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                 eos_token_id=tokenizer.eos_token_id, **rule)[:, width:]
+        texts += [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
     return texts
 
 

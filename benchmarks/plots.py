@@ -96,11 +96,12 @@ def speed(results: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, batch in zip(axes, (1, 32)):
         for name, row in systems.items():
-            quality = row["quality"]
+            quality, peer = row["quality"], name.startswith("peer")
+            label = {"peer": "peer (AR)", "peer_transformers_generate": "peer (AR, HF generate)"}.get(name, f"design ({name})")
             ax.errorbar(row[f"batch_{batch}"]["stories_per_s"], quality["mauve_mpnet"], yerr=quality["mauve_mpnet_std"], marker="o",
-                        color="tab:grey" if name == "peer" else "tab:blue", capsize=3)
-            ax.annotate("peer (AR)" if name == "peer" else f"design ({name})", (row[f"batch_{batch}"]["stories_per_s"], quality["mauve_mpnet"]),
-                        textcoords="offset points", xytext=(6, 4), fontsize=8)
+                        color="tab:grey" if peer else "tab:blue", capsize=3)
+            ax.annotate(label, (row[f"batch_{batch}"]["stories_per_s"], quality["mauve_mpnet"]), textcoords="offset points",
+                        xytext=(6, -10 if name == "peer_transformers_generate" else 4), fontsize=8)
         fastest = max(row[f"batch_{batch}"]["stories_per_s"] for row in systems.values())
         ax.set(xlabel="stories per second", ylabel="MAUVE (mpnet, test)", title=f"batch {batch}", ylim=(0, 1), xlim=(0, 1.3 * fastest))
         ax.grid(alpha=0.3)

@@ -4,8 +4,9 @@
 
 Every system runs as it would for a user: LoRA merged into the frozen base (peft's merge), bf16 base weights (the
 peer too: it trained on an fp32 base under bf16 autocast), 2 threads, the quality ladder's shared decoding rule.
-The models are the quality ladder's (--work-dir, default runs/ladder): designs (c) and (d) (one DiT serves both)
-and the peer's story adapter.
+The models are the quality ladder's (--work-dir, default runs/ladder): designs (c), (d) and (e) (one DiT serves
+them all) and the peer's story adapter. (e) decodes every sentence of a story in one parallel pass, each reading the
+whole story's latents (decoder_plan).
 
 Parts:
   limit     SmolLM2-135M's seconds per decoding step (one new token per row after a 48-token context, KV cache) at
@@ -16,8 +17,10 @@ Parts:
             the fewest steps whose MAUVE (mpnet) is within 0.02 of the best of the three DPM arms
   frontier  stories per second at batch 1 and 32 of every design and the peer, interleaved rounds; the DiT's share of
             latentdlm's time (its forward passes, timed by hooks); sequential decoder steps per story (decoder forward
-            passes per story at batch 1); MAUVE (mpnet) + coherence of NUM_EVAL test stories of (d) with the chosen
-            sampler (design (c) and the peer: their quality ladder rows, the same rule and test set)
+            passes per story at batch 1) and the ideal seconds per story they make at part limit's seconds per step;
+            MAUVE (mpnet) + coherence of NUM_EVAL test stories of (d) and (e) with the chosen sampler (design (c) and the
+            peer: their quality ladder rows, the same rule and test set). Every system decodes with `generate_tokens`
+            (finished rows stop costing); the peer also with transformers' `generate` (every row until the longest ends)
 
 Results: benchmarks/results/speed.json + speed.png (stories per second against MAUVE, batch 1 and 32).
 """
@@ -37,10 +40,13 @@ SUMMARY_KEYS = (
     "speedup_batch1_vs_peer", "throughput_ratio_batch32_vs_peer", "fast_design_mauve_mpnet", "best_design_mauve_mpnet",
     "decoder_steps_per_story_latentdlm", "decoder_steps_per_story_peer", "dit_share_of_time", "seconds_per_decoder_step_batch1",
 )
-DESIGNS = ("c", "d")
+DESIGNS = ("c", "d", "e")
+SCORED = ("d", "e")  # designs whose quality this run measures with the chosen sampler; the others: their ladder rows
+PEERS = ("peer", "peer_transformers_generate")
 SAMPLER_STEPS = (10, 15, 20)
 CONTEXT, TIMED_STEPS = 48, 24
 MAUVE_SLACK = 0.05  # the issue's "fast design": MAUVE within this of the best design's
+EXAMPLES = 30  # stories of each scored design kept in the JSON, to read together
 
 
 def ladder() -> dict:
@@ -141,14 +147,19 @@ class Meter:
 
 
 def part_frontier(args, results: dict) -> None:
+    from latentdlm.autoregressive import runner
+
     torch_threads(2)
     rule, sampler = shared_rule(ladder()), chosen_sampler(results)
     tokenizer, peer = peer_tokenizer(), inference_peer(args.work_dir)
     pipes = {design: load_pipeline(pipeline_dir(args.work_dir, design)) for design in DESIGNS}
     generate = {design: (lambda size, seed, p=pipe: latentdlm_generate(p, size, size, seed, rule, sampler)) for design, pipe in pipes.items()}
-    generate["peer"] = lambda size, seed: peer_generate(peer, tokenizer, [""] * size, size, seed, rule)
-    decoders = {design: Meter(pipe.autoencoder.decoder.model) for design, pipe in pipes.items()} | {"peer": Meter(peer)}
+    for name, pruned in zip(PEERS, (True, False)):
+        generate[name] = lambda size, seed, pruned=pruned: peer_generate(peer, tokenizer, [""] * size, size, seed, rule, finished_rows_stop=pruned)
+    peer_meter = Meter(runner(peer))
+    decoders = {design: Meter(runner(pipe.autoencoder.decoder.model)) for design, pipe in pipes.items()} | dict.fromkeys(PEERS, peer_meter)
     dits = {design: Meter(pipe.denoiser) for design, pipe in pipes.items()}
+    step_seconds = results.get("limit", {}).get("merged_batch_1", {}).get("seconds_per_step")
     rows = {name: {} for name in generate}
     for batch, rounds in ((1, args.rounds_batch1), (32, args.rounds_batch32)):
         for fn in generate.values():
@@ -171,22 +182,24 @@ def part_frontier(args, results: dict) -> None:
                    "decoder_steps_per_call": statistics.mean(steps[name])}
             if name in dits:
                 row["dit_share_of_time"] = dit_seconds[name] / sum(seconds[name])
+            if batch == 1 and step_seconds:  # the floor: its sequential steps at one row's step time
+                row["ideal_seconds_per_story"] = row["decoder_steps_per_call"] * step_seconds
             rows[name][f"batch_{batch}"] = row
             log(row, f"{name} batch {batch}")
     score = Scorer(rocstories().test, rocstories().train)
     uncond = ladder()["uncond"]["systems"]
     for name in rows:
-        if name == "d":
-            texts = latentdlm_generate(pipes["d"], NUM_EVAL, 64, 0, rule, sampler)
+        if name in SCORED:
+            texts = latentdlm_generate(pipes[name], NUM_EVAL, 64, 0, rule, sampler)
             row = score(texts)
             rows[name]["quality"] = {"mauve_mpnet": row["mauve_mpnet"], "mauve_mpnet_std": row["mauve_mpnet_std"],
-                                     "coherence_ratio": row["coherence_ratio"], "from": f"this run, {sampler}",
-                                     "examples": texts[:4]}
+                                     "mauve_minilm": row["mauve_minilm"], "coherence_ratio": row["coherence_ratio"],
+                                     "diversity_set": row["diversity_set"], "from": f"this run, {sampler}", "examples": texts[:EXAMPLES]}
         else:
-            ladder_row = uncond[name]
+            ladder_row = uncond["peer" if name in PEERS else name]
             rows[name]["quality"] = {k: ladder_row[k] for k in ("mauve_mpnet", "mauve_mpnet_std", "coherence_ratio")} | {
                 "from": "quality_ladder.json uncond (fp32 base, adapters unmerged; the same rule and test stories)"}
-        log(rows[name]["quality"], f"{name} quality")
+        log({k: v for k, v in rows[name]["quality"].items() if k != "examples"}, f"{name} quality")
     results["frontier"] = {"decoding": rule, "sampler": sampler, "systems": rows,
                            "setup": f"batch 1: {args.rounds_batch1} rounds, batch 32: {args.rounds_batch32} rounds, one call per "
                                     "system per round, interleaved, after one warm-up call each; 2 threads"}
@@ -195,7 +208,7 @@ def part_frontier(args, results: dict) -> None:
 def fast_and_best(results: dict) -> tuple[str, str] | None:
     """(the fast design: the fastest at batch 1 whose MAUVE is within MAUVE_SLACK of the best design's, the best design)."""
     systems = results.get("frontier", {}).get("systems", {})
-    designs = {name: row for name, row in systems.items() if name != "peer"}
+    designs = {name: row for name, row in systems.items() if name not in PEERS}
     if not designs:
         return None
     best = max(designs, key=lambda n: designs[n]["quality"]["mauve_mpnet"])

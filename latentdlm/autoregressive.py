@@ -43,6 +43,11 @@ def step_arguments(model) -> tuple[str, dict]:
     return ("cache" if "cache" in accepted else "past_key_values"), ({"logits_to_keep": 1} if "logits_to_keep" in accepted else {})
 
 
+def runner(model):
+    """The module a decoding step runs: a peft model's base (its LoRA layers in it, merged or not), else the model."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def next_tokens(processors, written: torch.Tensor, logits: torch.Tensor, sample: bool) -> torch.Tensor:
     """Each row's next token from its last logits (n, vocab), given what it wrote so far (n, t)."""
     scores = processors(written, logits.float())
@@ -58,7 +63,7 @@ def generate_tokens(model, embeds: torch.Tensor, attention_mask: torch.Tensor, m
     `history` (B, h): token ids the repetition rules also count (a prompt's), none by default."""
     if rule.get("num_beams", 1) != 1:
         raise ValueError("generate_tokens decodes one beam per row: use transformers' generate for beam search")
-    model = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model: its (merged) base
+    model = runner(model)
     cache_name, keep = step_arguments(model)
     processors, sample = logits_processors(rule), rule.get("do_sample", False)
     device, rows = embeds.device, embeds.shape[0]
