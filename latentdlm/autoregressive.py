@@ -55,10 +55,10 @@ def next_tokens(processors, written: torch.Tensor, logits: torch.Tensor, sample:
 
 
 @torch.no_grad()
-def generate_tokens(model, embeds: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, eos_token_id: int,
+def generate_tokens(model, embeds: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, eos_token_id: Optional[int],
                     pad_token_id: int, history: Optional[torch.Tensor] = None, **rule) -> torch.Tensor:
     """Token ids (B, T) each row writes after its input vectors `embeds` (B, L, hidden; `attention_mask` (B, L) 0 on
-    padding anywhere, positions counting real vectors only), each ending at eos (kept) or after `max_new_tokens`,
+    padding anywhere, positions counting real vectors only), each ending at eos (kept; None: none) or after `max_new_tokens`,
     padded with `pad_token_id`. `rule`: generate's sampling settings (DecodingConfig.generate_kwargs, num_beams 1);
     `history` (B, h): token ids the repetition rules also count (a prompt's), none by default."""
     if rule.get("num_beams", 1) != 1:
@@ -79,7 +79,7 @@ def generate_tokens(model, embeds: torch.Tensor, attention_mask: torch.Tensor, m
         token = next_tokens(processors, written, result.logits[:, -1], sample)
         out[alive.cpu(), step] = token.cpu()
         written = torch.cat([written, token[:, None]], dim=1)
-        going = token != eos_token_id
+        going = token != eos_token_id if eos_token_id is not None else torch.ones_like(token, dtype=torch.bool)
         if step + 1 == max_new_tokens or not going.any():
             break
         if not going.all():  # finished rows leave the batch and the cache

@@ -374,7 +374,8 @@ class TextDecoder(_Part):
             mask = torch.cat([memory_mask, text_mask.to(memory.device)], dim=1)  # the positions follow from it
             if kwargs.get("num_beams", 1) == 1:
                 rule = {k: v for k, v in kwargs.items() if k not in ("eos_token_id", "pad_token_id")}
-                return generate_tokens(self.model, embeds, mask, max_new_tokens, kwargs["eos_token_id"], kwargs["pad_token_id"], **rule)
+                eos = kwargs.get("eos_token_id", self.model.config.eos_token_id)
+                return generate_tokens(self.model, embeds, mask, max_new_tokens, eos, kwargs.get("pad_token_id", self.start_token_id), **rule)
             return self.model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens, **kwargs)
 
 

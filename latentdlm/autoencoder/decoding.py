@@ -145,7 +145,8 @@ class StreamDecoding(DecodingStrategy):
     All rows advance together, each reading from its own queue of input vectors (the next token, or a new
     segment's prefix and start token, or given segments' text). When most rows have several vectors queued
     (the first prefixes, or a batch of one) a step reads every queue whole, left-padded to the longest;
-    otherwise one vector per row, so rows out of step never pad the others (padding is masked out)."""
+    otherwise one vector per row, so rows out of step never pad the others (padding is masked out). A row whose
+    text is written leaves the batch and the KV cache: a batch costs what its rows still write."""
 
     def decode(self, model, encoded, batch_size, max_new_tokens, generate_kwargs, fixed=None, sources=None):
         if generate_kwargs.get("num_beams", 1) != 1:
@@ -192,21 +193,29 @@ class _Streams:
         rows, width = len(self.mask), self.memory.shape[-1]
         queues, segment = (list(x) for x in zip(*(self.forced(row, 0) for row in range(rows))))  # queue None: row done
         written = [[] for _ in range(rows)]
+        alive = list(range(rows))  # the row at each batch position; a finished row leaves the batch and the KV cache
         past, cache = torch.zeros(rows, 0, dtype=torch.long), None  # the mask over every position read so far
-        while any(q is not None for q in queues):
-            active = [row for row in range(rows) if queues[row] is not None]
-            whole = 2 * sum(len(queues[row]) > 1 for row in active) >= len(active)
-            step = max(len(queues[row]) for row in active) if whole else 1
-            embeds, step_mask = torch.zeros(rows, step, width, device=self.model.device), torch.zeros(rows, step, dtype=torch.long)
-            for row in active:
+        while True:
+            kept = [i for i, row in enumerate(alive) if queues[row] is not None]
+            if not kept:
+                break
+            if len(kept) < len(alive):
+                alive, past = [alive[i] for i in kept], past[kept]
+                if cache is not None:
+                    cache.batch_select_indices(torch.tensor(kept, device=self.model.device))
+            whole = 2 * sum(len(queues[row]) > 1 for row in alive) >= len(alive)
+            step = max(len(queues[row]) for row in alive) if whole else 1
+            embeds = torch.zeros(len(alive), step, width, device=self.model.device)
+            step_mask = torch.zeros(len(alive), step, dtype=torch.long)
+            for i, row in enumerate(alive):
                 fed, queues[row] = queues[row][:step], queues[row][step:]
-                embeds[row, step - len(fed) :], step_mask[row, step - len(fed) :] = fed, 1
+                embeds[i, step - len(fed) :], step_mask[i, step - len(fed) :] = fed, 1
             positions = (past.sum(dim=1, keepdim=True) + step_mask.cumsum(dim=1) - 1).clamp(min=0)
             past = torch.cat([past, step_mask], dim=1)
             logits, cache = self.decoder.step(embeds, past.to(self.model.device), positions.to(self.model.device), cache)
-            for row in active:
+            for i, row in enumerate(alive):
                 if not len(queues[row]):  # read all it had queued: its next token
-                    queues[row], segment[row] = self.advance(row, segment[row], written[row], logits[row : row + 1].float())
+                    queues[row], segment[row] = self.advance(row, segment[row], written[row], logits[i : i + 1].float())
         return [[t for t in row if t is not None] for row in self.out]
 
     def advance(self, row: int, s: int, written: list[int], logits: torch.Tensor) -> tuple[Optional[torch.Tensor], Optional[int]]:
