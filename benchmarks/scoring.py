@@ -97,7 +97,7 @@ def segment_bank(pipe, texts: list[str]) -> tuple:
 
     segments = [u for units in pipe.autoencoder.processor.split_units(texts) for u in units]
     if pipe.autoencoder.fixed_latents:
-        latents = cached_unit_latents(pipe.autoencoder, segments)
+        latents = cached_unit_latents(pipe.autoencoder, segments)[:]
         return segments, unit_vectors(latents[:, None], latents.new_ones(len(segments), 1))
     encoded = pipe.encode(texts)
     return segments, unit_vectors(encoded.latents, encoded.segment_mask)

@@ -321,13 +321,18 @@ def build_app(pipe, title: str = "latentdlm"):
     return demo
 
 
-def launch(model: str, port: int = 7860, host: str = "127.0.0.1", share: bool = False, block: bool = True):
-    """Load `model` (a pipeline folder or hub repo id) and serve its page; returns the launched Blocks."""
+def launch(model: str, port: int = 7860, host: str = "127.0.0.1", share: bool = False, block: bool = True,
+           concurrency: int = 1, max_queue: int = 64):
+    """Load `model` (a pipeline folder or hub repo id) and serve its page; returns the launched Blocks. Requests
+    wait in Gradio's queue: `concurrency` run at once (1: each sampler call has every CPU thread, and seeded sampling
+    stays repeatable), at most `max_queue` wait; beyond that a request is refused at once with Gradio's "Queue is
+    full, please try again" (HTTP 503) instead of waiting without bound."""
     from latentdlm.pipelines.latent_text import LatentDiffusionTextPipeline
 
     _gradio()
     check_port(host, port)
     pipe = LatentDiffusionTextPipeline.from_pretrained(model)
     demo = build_app(pipe, title=f"latentdlm: {model}")
-    demo.queue().launch(server_name=host, server_port=port, share=share, show_error=False, prevent_thread_lock=not block, quiet=not block)
+    demo.queue(default_concurrency_limit=concurrency, max_size=max_queue)
+    demo.launch(server_name=host, server_port=port, share=share, show_error=False, prevent_thread_lock=not block, quiet=not block)
     return demo

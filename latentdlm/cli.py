@@ -43,6 +43,40 @@ def cmd_train(args: argparse.Namespace) -> None:
     train(load_config(config_cls, args.config, args.overrides), resume=args.resume, cpu=args.cpu)
 
 
+def cmd_encode(args: argparse.Namespace) -> None:
+    """A corpus's units into the latent cache, every process of a launch encoding its share of the shards."""
+    import time
+
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    from latentdlm.autoencoder.latent_cache import LatentShards, cache_path, ensure_cached
+    from latentdlm.autoencoder.model import ParagraphAutoencoder
+    from latentdlm.data.sources import load_texts
+
+    state = PartialState()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    model = ParagraphAutoencoder.from_pretrained(args.autoencoder).to(state.device)
+    units = [u for text in model.processor.split_units(load_texts(args.source, args.column, limit=args.limit)) for u in text]
+    folder = Path(args.output) if args.output else None
+    path = cache_path(model, units, folder, args.shard_units)
+    shards = -(-len(units) // args.shard_units)
+    written_before = len(list(path.glob("shard-*.safetensors")))
+    with state.split_between_processes(list(range(shards))) as mine:
+        share = len(mine)
+    start = time.perf_counter()
+    ensure_cached(model, units, args.batch_size, folder, args.shard_units)
+    seconds = time.perf_counter() - start
+    shares = gather_object([share])
+    if state.is_main_process:
+        print(json.dumps({"cache": str(path), "units": len(LatentShards(path)), "processes": state.num_processes,
+                          "shards_per_process": shares, "shards_encoded": shards - written_before, "seconds": round(seconds, 3),
+                          "units_per_s": round(len(units) / seconds, 1)}))
+
+
 def cmd_reconstruct(args: argparse.Namespace) -> None:
     from tqdm.auto import tqdm
 
@@ -74,7 +108,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
 def cmd_app(args: argparse.Namespace) -> None:
     from latentdlm.app import launch
 
-    launch(args.model, args.port, args.host, args.share)
+    launch(args.model, args.port, args.host, args.share, concurrency=args.concurrency, max_queue=args.max_queue)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -192,6 +226,21 @@ def build_parser() -> argparse.ArgumentParser:
         "configs/autoencoder/tiny.yaml", "training.max_steps=200",
     )
 
+    from latentdlm.autoencoder.latent_cache import SHARD_UNITS
+
+    p = sub.add_parser("encode", help="encode a corpus's units into the latent cache, in shards, resumable (also: accelerate "
+                                      "launch scripts/encode_corpus.py, every process encoding its share)")
+    p.add_argument("--autoencoder", required=True, help="a folder saved by train-autoencoder (<output_dir>/autoencoder)")
+    p.add_argument("--source", required=True, help="a jsonl/json/csv/tsv/txt file, bundled:NAME or a hub dataset")
+    p.add_argument("--column", help="the text column (default: text, or the only string column)")
+    p.add_argument("--limit", type=positive_int, help="only the first N texts")
+    p.add_argument("--output", help="the cache's parent folder (default: the shared cache, $LATENTDLM_CACHE/embeddings; "
+                                    "fixed latents always go there)")
+    p.add_argument("--shard-units", type=positive_int, default=SHARD_UNITS, help="units per shard (default %(default)s)")
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--threads", type=positive_int, help="torch threads per process (default: torch's)")
+    p.set_defaults(func=cmd_encode)
+
     p = sub.add_parser("reconstruct", help="encode and decode texts with a trained autoencoder")
     p.add_argument("--autoencoder", required=True, help="a folder saved by train-autoencoder (<output_dir>/autoencoder)")
     source = p.add_mutually_exclusive_group(required=True)
@@ -253,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 serves other machines too")
     p.add_argument("--share", action="store_true", help="also a temporary public gradio.live link (needs internet)")
+    p.add_argument("--concurrency", type=positive_int, default=1, help="requests run at once (default %(default)s)")
+    p.add_argument("--max-queue", type=positive_int, default=64,
+                   help="requests that may wait; beyond them one is refused with 'Queue is full, try again' (default %(default)s)")
     p.set_defaults(func=cmd_app)
 
     p = sub.add_parser("demo", help="the embedded default: train a latent DiT on the bundled corpus and generate "

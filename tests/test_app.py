@@ -160,3 +160,27 @@ def test_the_app_command_refuses_a_busy_port_and_a_folder_that_is_no_pipeline(pi
 
 def test_the_summarize_tab_names_what_the_model_reads_and_writes():
     assert [column_name(c, "text") for c in ("summary", "trg", None, " Synopsis_Line ")] == ["summary", "text", "text", "synopsis line"]
+
+
+def test_a_full_queue_refuses_at_once_with_try_again(pipeline_dir):
+    """Beyond the queue's bound a request is refused at once ("Queue is full ... try again"), the queued ones still
+    answer: the app under more users than it serves."""
+    from gradio_client.utils import QueueError
+
+    demo = build_app(LatentDiffusionTextPipeline.from_pretrained(pipeline_dir), title="test")
+    port = free_port()
+    demo.queue(default_concurrency_limit=1, max_size=1)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        jobs = [client.submit(8, 0, 200, "ddim", seed, api_name="/generate") for seed in range(6)]
+        answers, busy = [], []
+        for job in jobs:
+            try:
+                answers.append(job.result(timeout=300))
+            except QueueError as exc:
+                busy.append(str(exc))
+        assert busy and all("try again" in message for message in busy)
+        assert answers and all(answer.startswith("1. ") for answer in answers)
+    finally:
+        demo.close()

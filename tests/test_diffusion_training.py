@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 import latentdlm.demo
 from latentdlm.autoencoder.decoding import DecodingConfig
+from latentdlm.autoencoder.latent_cache import LatentShards
 from latentdlm.cli import main
 from latentdlm.config import load_config, save_config
 from latentdlm.data.sources import load_labeled_texts, load_texts
@@ -51,7 +52,7 @@ def test_training_saves_one_pipeline_folder_with_samples_and_curves(pipeline_dir
     pipe = LatentDiffusionTextPipeline.from_pretrained(pipeline_dir)
     # statistics of the training latents (the cached ones) travel with the model's autoencoder
     units_file = json.loads((out / "latents.json").read_text())["units_file"]
-    units = load_file(units_file)["latents"].reshape(-1, pipe.denoiser.config.latent_dim).double()
+    units = LatentShards(units_file)[:].reshape(-1, pipe.denoiser.config.latent_dim).double()
     assert torch.allclose(pipe.autoencoder.latent_space.std.double(), units.std(0), rtol=1e-4)
     assert torch.allclose(pipe.autoencoder.latent_space.mean.double(), units.mean(0), atol=1e-5)
 
@@ -264,9 +265,16 @@ def test_class_conditional_training_and_guided_generation(autoencoder, tmp_path,
 
 def test_two_process_cpu_ddp_through_accelerate_launch(autoencoder, tmp_path):
     out = tmp_path / "ddp"
-    overrides = tiny_diffusion_overrides(autoencoder, out, **{"training.batch_size": 4, "training.max_steps": 3})
+    overrides = tiny_diffusion_overrides(autoencoder, out, **{"training.batch_size": 4, "training.max_steps": 3,
+                                                                "encode_shard_units": 40})
     info = launch_two_cpu_processes("train_diffusion.py", DM_TINY, overrides, out)
     assert info["world_size"] == 2
+    # both processes encoded their shares of the corpus's shards: the cache equals one process's encoding
+    cache = LatentShards(json.loads((out / "latents.json").read_text())["units_file"])
+    assert len(list(cache.path.glob("shard-*.safetensors"))) == -(-len(cache) // 40) >= 2
+    pipe = LatentDiffusionTextPipeline.from_pretrained(out / "pipeline")
+    units = [u for text in pipe.autoencoder.processor.split_units(load_texts("bundled:aesop", limit=64)) for u in text]
+    torch.testing.assert_close(cache[:], pipe.autoencoder.unit_latents(units), atol=1e-5, rtol=1e-5)
     model_0, model_1, ema_0, ema_1 = info["rank_weight_checksums"]
     assert model_0 == model_1 and ema_0 == ema_1  # all-reduced gradients, EMA stepped alike on every rank
     first_0, first_1 = info["rank_first_timestep_mean"]

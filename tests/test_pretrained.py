@@ -165,14 +165,45 @@ def test_latent_cache_computes_once_and_follows_the_units(stand_ins, tmp_path, m
     assert model.fixed_latents
     units = ["The Fox was hungry.", "A dog barked.", "They were too high."]
     first = cached_unit_latents(model, units)
-    torch.testing.assert_close(first, model.unit_latents(units))
+    torch.testing.assert_close(first[:], model.unit_latents(units))
+    torch.testing.assert_close(first[1], first[:][1])
     assert len(list((tmp_path / "cache" / "embeddings").iterdir())) == 1
     monkeypatch.setattr(model, "encode_tokens", lambda *a: pytest.fail("the cached latents were computed again"))
-    torch.testing.assert_close(cached_unit_latents(model, units), first)
+    torch.testing.assert_close(cached_unit_latents(model, units)[:], first[:])
     monkeypatch.undo()
     monkeypatch.setenv("LATENTDLM_CACHE", str(tmp_path / "cache"))
-    other = cached_unit_latents(model, units[:2])  # other units: another file
-    assert other.shape == (2, 1, 32) and len(list((tmp_path / "cache" / "embeddings").iterdir())) == 2
+    other = cached_unit_latents(model, units[:2])  # other units: another cache
+    assert other[:].shape == (2, 1, 32) and len(list((tmp_path / "cache" / "embeddings").iterdir())) == 2
+
+
+def test_a_killed_encoding_resumes_from_its_finished_shards(stand_ins, tmp_path, monkeypatch):
+    from latentdlm.autoencoder.latent_cache import LatentShards, cache_path, ensure_cached
+
+    monkeypatch.setenv("LATENTDLM_CACHE", str(tmp_path / "cache"))
+    model = concept_model(stand_ins)
+    units = [f"Unit number {i} was written." for i in range(7)]
+    encode, calls = model.unit_latents, []
+
+    def dies_on_the_third_shard(batch, *args, **kwargs):
+        calls.append(list(batch))
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # killed while encoding the third shard
+        return encode(batch, *args, **kwargs)
+
+    monkeypatch.setattr(model, "unit_latents", dies_on_the_third_shard)
+    with pytest.raises(KeyboardInterrupt):
+        ensure_cached(model, units, shard_units=2)
+    path = cache_path(model, units, shard_units=2)
+    assert sorted(p.name for p in path.iterdir()) == ["shard-00000.safetensors", "shard-00001.safetensors"]  # no manifest
+    with pytest.raises(LatentDLMError, match="not a complete latent cache"):
+        LatentShards(path)
+    calls.clear()
+    resumed = LatentShards(ensure_cached(model, units, shard_units=2))
+    assert calls == [units[4:6], units[6:]]  # only the missing shards
+    torch.testing.assert_close(resumed[:], encode(units))
+    torch.testing.assert_close(resumed[3:6], encode(units)[3:6])  # a slice across shards
+    with pytest.raises(IndexError):
+        resumed[7]
 
 
 def test_training_a_concept_autoencoder_reads_the_cache(stand_ins, tmp_path, monkeypatch):
@@ -182,7 +213,7 @@ def test_training_a_concept_autoencoder_reads_the_cache(stand_ins, tmp_path, mon
     preset = tmp_path / "concept.yaml"  # the schema's defaults plus the overrides
     preset.write_text("data: {source: 'bundled:aesop'}\n")
     assert main(["train-autoencoder", "--config", str(preset), *concept_overrides(stand_ins, tmp_path / "run")]) == 0
-    assert len(list((tmp_path / "cache" / "embeddings").glob("*.safetensors"))) == 1
+    assert len(list((tmp_path / "cache" / "embeddings").glob("*/manifest.json"))) == 1
     saved = load_file(str(tmp_path / "run" / "autoencoder" / "model.safetensors"))
     assert all("lora_" in k or k.startswith(("to_memory.", "latent_space.")) for k in saved)
     model = ParagraphAutoencoder.from_pretrained(tmp_path / "run" / "autoencoder")
@@ -330,7 +361,7 @@ def test_flagship_demo_on_stand_ins_trains_the_dit_on_cached_embeddings(stand_in
     report = (out / "report.md").read_text()
     assert "Preset `flagship`" in report and "meaning kept (MiniLM cosine) 0.500" in report
     assert "A dog barked." in report and all(f"\n{i}. " in report for i in (1, 2))
-    assert len(list((tmp_path / "cache" / "embeddings").glob("*.safetensors"))) == 1  # the corpus embedded once
+    assert len(list((tmp_path / "cache" / "embeddings").glob("*/manifest.json"))) == 1  # the corpus embedded once
     pipe_dir = out / "diffusion-run" / "pipeline"
     from latentdlm.pipelines.latent_text import LatentDiffusionTextPipeline
 

@@ -127,11 +127,17 @@ class LatentSpace(nn.Module):
         self.register_buffer("std", torch.ones(latent_dim))
 
     @torch.no_grad()
-    def fit(self, units: torch.Tensor) -> None:
-        """units (N, k, d): every training unit's latents."""
-        flat = units.reshape(-1, units.shape[-1]).double()
-        self.mean.copy_(flat.mean(0))
-        self.std.copy_(flat.std(0).clamp_min(1e-5))
+    def fit(self, units) -> None:
+        """units (N, k, d): every training unit's latents, a tensor or a cache's `LatentShards` (read in one pass,
+        shard by shard: memory does not grow with the corpus)."""
+        count, total, squares = 0, 0.0, 0.0
+        for chunk in units.chunks() if hasattr(units, "chunks") else [units]:
+            flat = chunk.reshape(-1, chunk.shape[-1]).double()
+            count, total, squares = count + flat.shape[0], total + flat.sum(0), squares + flat.pow(2).sum(0)
+        mean = total / count
+        variance = (squares - count * mean.pow(2)) / max(count - 1, 1)  # float64 sums of unit-scale latents
+        self.mean.copy_(mean)
+        self.std.copy_(variance.clamp_min(0).sqrt().clamp_min(1e-5))
 
     def normalize(self, latents: torch.Tensor) -> torch.Tensor:
         return (latents - self.mean) / self.std

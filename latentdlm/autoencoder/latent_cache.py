@@ -1,10 +1,16 @@
-"""The one latent cache: every unit's latents under an autoencoder, computed once and kept on disk.
+"""The one latent cache: every unit's latents under an autoencoder, computed once, kept on disk in shards.
 
-A file is named by a hash of what the latents depend on and of the units, so any change of those makes
-a new file. Latents that are a fixed function of a frozen encoder (`ParagraphAutoencoder.fixed_latents`)
-depend on the encoder and the token limit only: the autoencoder stage (which then trains only the
-decoder) and the diffusion stage share them under the latentdlm cache. Other latents depend on the
-trained weights: the diffusion stage keeps them in its run folder.
+A cache is a folder named by a hash of what the latents depend on and of the units, so any change of those
+makes a new one. Latents that are a fixed function of a frozen encoder (`ParagraphAutoencoder.fixed_latents`)
+depend on the encoder and the token limit only: the autoencoder stage (which then trains only the decoder) and
+the diffusion stage share them under the latentdlm cache. Other latents depend on the trained weights: the
+diffusion stage keeps them in its run folder.
+
+The folder holds shards of SHARD_UNITS units (`shard-00000.safetensors`, ...) and, once all are written, a
+manifest. Under `accelerate launch` every process encodes its own even share of the shards (accelerate's
+`split_between_processes`); a killed encoding resumes from the shards already written (each is written whole
+or not at all). `LatentShards` reads the latents by index, memory-mapped (safetensors' `safe_open`): a training
+run's memory does not grow with the corpus.
 """
 
 from __future__ import annotations
@@ -12,13 +18,20 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
 
+from latentdlm.errors import LatentDLMError
 from latentdlm.io import atomic_file, cache_dir
+
+SHARD_UNITS = 16384  # units per shard: 25 MB of 384-d float32 latents
+MANIFEST = "manifest.json"
 
 
 def _digest(model) -> "hashlib._Hash":
@@ -36,28 +49,102 @@ def _digest(model) -> "hashlib._Hash":
     return digest
 
 
-def cache_path(model, units: Sequence[str], folder: Optional[Path] = None) -> Path:
-    """The file of `units`' latents: under `folder` (default: the shared cache) unless they are fixed latents,
+def cache_path(model, units: Sequence[str], folder: Optional[Path] = None, shard_units: int = SHARD_UNITS) -> Path:
+    """The folder of `units`' latents: under `folder` (default: the shared cache) unless they are fixed latents,
     which always live in the shared cache."""
     if model.fixed_latents or folder is None:
         folder = cache_dir() / "embeddings"
     digest = _digest(model)
+    digest.update(f"shards of {shard_units}".encode())
     for unit in units:
         digest.update(unit.encode("utf-8") + b"\0")
-    return folder / f"{digest.hexdigest()[:32]}.safetensors"
+    return folder / digest.hexdigest()[:32]
 
 
-def ensure_cached(model, units: Sequence[str], batch_size: int = 128, folder: Optional[Path] = None) -> Path:
-    """The file of `units`' latents (posterior means) under `model`, computed now if it is not there yet."""
-    path = cache_path(model, units, folder)
-    if not path.exists():
-        latents = model.unit_latents(units, batch_size, progress=True).float().cpu()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_file(path) as tmp:
-            save_file({"latents": latents.contiguous()}, str(tmp))
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}.safetensors"
+
+
+def is_complete(path: Path) -> bool:
+    return (path / MANIFEST).is_file()
+
+
+def ensure_cached(model, units: Sequence[str], batch_size: int = 128, folder: Optional[Path] = None,
+                  shard_units: int = SHARD_UNITS) -> Path:
+    """The cache folder of `units`' latents (posterior means) under `model`, its missing shards encoded now: each
+    process of an `accelerate launch` encodes its own share, the main process then writes the manifest."""
+    from accelerate import PartialState
+
+    path = cache_path(model, units, folder, shard_units)
+    if is_complete(path):
+        return path
+    state = PartialState()
+    path.mkdir(parents=True, exist_ok=True)
+    shards = math.ceil(len(units) / shard_units)
+    with state.split_between_processes(list(range(shards))) as mine:
+        todo = [s for s in mine if not (path / shard_name(s)).is_file()]  # a killed run's finished shards stay
+        for s in tqdm(todo, desc=f"encoding (process {state.process_index})", unit="shard", disable=not todo):
+            latents = model.unit_latents(units[s * shard_units : (s + 1) * shard_units], batch_size).float().cpu()
+            with atomic_file(path / shard_name(s)) as tmp:
+                save_file({"latents": latents.contiguous()}, str(tmp))
+    state.wait_for_everyone()
+    if state.is_main_process:
+        missing = [s for s in range(shards) if not (path / shard_name(s)).is_file()]
+        if missing:
+            raise LatentDLMError(f"the latent cache {path} lacks {len(missing)} shard(s) (first {shard_name(missing[0])})")
+        with atomic_file(path / MANIFEST) as tmp:
+            tmp.write_text(json.dumps({"units": len(units), "shards": shards, "shard_units": shard_units,
+                                       "latent_shape": list(model.latent_shape)}))
+    state.wait_for_everyone()
     return path
 
 
-def cached_unit_latents(model, units: Sequence[str], batch_size: int = 128, folder: Optional[Path] = None) -> torch.Tensor:
-    """The latents (N, k, d) of `units`, from the cache or computed once."""
-    return load_file(str(ensure_cached(model, units, batch_size, folder)))["latents"]
+def cached_unit_latents(model, units: Sequence[str], batch_size: int = 128, folder: Optional[Path] = None) -> "LatentShards":
+    """The latents of `units` (read by index, `[:]` for all as one tensor), from the cache or computed once."""
+    return LatentShards(ensure_cached(model, units, batch_size, folder))
+
+
+class LatentShards:
+    """A complete cache's latents (N, k, d), read by index or slice from memory-mapped shards."""
+
+    def __init__(self, path: Path):
+        path = Path(path)
+        if not is_complete(path):
+            raise LatentDLMError(f"{path} is not a complete latent cache (no {MANIFEST}): encode it again")
+        manifest = json.loads((path / MANIFEST).read_text())
+        self.path, self.shard_units, self.count = path, manifest["shard_units"], manifest["units"]
+        self.shape = (self.count, *manifest["latent_shape"])
+        self._files: dict[int, object] = {}
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getstate__(self) -> dict:  # for DataLoader workers: each opens its own memory maps
+        return {**self.__dict__, "_files": {}}
+
+    def _shard(self, index: int):
+        if index not in self._files:
+            self._files[index] = safe_open(str(self.path / shard_name(index)), framework="pt").get_slice("latents")
+        return self._files[index]
+
+    def __getitem__(self, index: int | slice) -> torch.Tensor:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(self.count)
+            if step != 1:
+                raise IndexError("latent shards read contiguous slices only")
+            pieces = []
+            while start < stop:
+                shard, offset = divmod(start, self.shard_units)
+                take = min(stop - start, self.shard_units - offset)
+                pieces.append(self._shard(shard)[offset : offset + take])
+                start += take
+            return torch.cat(pieces) if pieces else torch.empty(0, *self.shape[1:])
+        if not -self.count <= index < self.count:
+            raise IndexError(f"unit {index} of {self.count}")
+        shard, offset = divmod(index % self.count, self.shard_units)
+        return self._shard(shard)[offset : offset + 1][0]
+
+    def chunks(self, size: int = SHARD_UNITS):
+        """Every latent, `size` units at a time, in order: one pass for statistics."""
+        for start in range(0, self.count, size):
+            yield self[start : start + size]

@@ -7,6 +7,7 @@ one pipeline folder.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from latentdlm.autoencoder.decoding import DecodingConfig
+from latentdlm.autoencoder.latent_cache import SHARD_UNITS
 from latentdlm.autoencoder.model import ParagraphAutoencoder
 from latentdlm.config import save_config
 from latentdlm.diffusion.condition import ConditionConfig, ConditionEncoder
@@ -105,6 +107,8 @@ class DiffusionTrainConfig:
     training: TrainingConfig = field(default_factory=lambda: TrainingConfig(output_dir="runs/diffusion"))
     ema_decay: float = 0.999
     encode_batch_size: int = 128
+    # units per shard of the latent cache: every process of a launch encodes an even share of the shards
+    encode_shard_units: int = SHARD_UNITS
     # a trained pipeline folder whose DiT starts this one (e.g. the unconditional story DiT for title -> story): its
     # weights where both DiTs have them (LatentDiT.start_from) and the latent statistics it was trained on
     init_from: Optional[str] = None
@@ -174,7 +178,8 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: bool = False, cpu: bool =
     if condition_encoder is not None and condition_encoder.config.freeze:
         conditions = load_or_encode_conditions(cfg, condition_encoder.to(accelerator.device), data["sources"], out,
                                                accelerator.is_main_process, accelerator.wait_for_everyone)
-    dataset = LatentDataset(autoencoder.latent_space.normalize(data["units"]), data["counts"], data.get("labels"), conditions)
+    space = copy.deepcopy(autoencoder.latent_space).cpu()  # the dataset normalises each text's latents as it reads them
+    dataset = LatentDataset(data["units"], data["counts"], data.get("labels"), conditions, space.normalize)
     dataset, heldout = split_heldout(dataset, cfg.heldout_texts, cfg.training.seed, condition_encoder)
     if len(dataset) < cfg.training.batch_size * accelerator.num_processes:
         raise LatentDLMError(f"heldout_texts={cfg.heldout_texts} leaves {len(dataset)} training texts, fewer than one batch")

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from latentdlm.autoencoder.latent_cache import ensure_cached
+from latentdlm.autoencoder.latent_cache import SHARD_UNITS, LatentShards, ensure_cached, is_complete
 from latentdlm.autoencoder.model import ParagraphAutoencoder
 from latentdlm.data.sources import load_labeled_texts, load_pairs, load_texts
 from latentdlm.diffusion.condition import ConditionEncoder
@@ -42,41 +42,44 @@ def _cache_is_current(path: Path, meta: Path, key: str) -> bool:
     if not (path.exists() and meta.exists()):
         return False
     info = json.loads(meta.read_text())
-    if info.get("key") != key or ("units_file" in info and not Path(info["units_file"]).is_file()):
+    if info.get("key") != key or ("units_file" in info and not is_complete(Path(info["units_file"]))):
         return False
     return "sha256" not in info or info["sha256"] == file_sha256(path)  # caches from before the checksum: trusted
 
 
-def encode_corpus(autoencoder: ParagraphAutoencoder, texts: list[str], batch_size: int, folder: Path) -> tuple[Path, torch.Tensor]:
-    """All segments' latents in text order, through the latent cache (its file's path), and the number of
-    segments of each text."""
+def encode_corpus(autoencoder: ParagraphAutoencoder, texts: list[str], batch_size: int, folder: Path,
+                  shard_units: int = SHARD_UNITS) -> tuple[Path, torch.Tensor]:
+    """All segments' latents in text order, through the latent cache (its folder), and the number of segments
+    of each text."""
     per_text = autoencoder.processor.split_units(texts)
     units = [u for segments in per_text for u in segments]
-    return ensure_cached(autoencoder, units, batch_size, folder), torch.tensor([len(segments) for segments in per_text])
+    return ensure_cached(autoencoder, units, batch_size, folder, shard_units), torch.tensor([len(segments) for segments in per_text])
 
 
 def load_or_encode(cfg: DiffusionTrainConfig, autoencoder: ParagraphAutoencoder, out: Path, is_main: bool, wait) -> dict:
-    """{units, counts, labels?}, the class names and the source texts, from the cache or encoded once by
-    the main process."""
+    """{units (read by index), counts, labels?}, the class names and the source texts, from the cache or encoded
+    once, every process encoding its share of the units (`ensure_cached`); the main process writes the rest."""
     path, meta = out / CACHE_NAME, out / "latents.json"
     data_cfg = cfg.data
-    if is_main:
-        key = _cache_key(cfg)
-        if not _cache_is_current(path, meta, key):
-            names = sources = None
-            if data_cfg.label_column and data_cfg.condition_column:
-                raise LatentDLMError("data.label_column and data.condition_column: condition on a class or on a text, not both")
-            if data_cfg.label_names is not None and not data_cfg.label_column:
-                raise LatentDLMError("data.label_names names the classes of data.label_column, which is not set")
-            if data_cfg.label_column:
-                pairs = load_labeled_texts(data_cfg.source, data_cfg.column, data_cfg.label_column, data_cfg.split, data_cfg.limit)
-                texts, names = [t for t, _ in pairs], name_labels([label for _, label in pairs], data_cfg.label_names)
-            elif data_cfg.condition_column:
-                pairs = load_pairs(data_cfg.source, data_cfg.condition_column, data_cfg.column, data_cfg.split, data_cfg.limit)
-                sources, texts = [s for s, _ in pairs], [t for _, t in pairs]
-            else:
-                texts = load_texts(data_cfg.source, data_cfg.column, data_cfg.split, data_cfg.limit)
-            units_file, counts = encode_corpus(autoencoder, texts, cfg.encode_batch_size, out)
+    key = _cache_key(cfg)
+    current = _cache_is_current(path, meta, key)
+    wait()  # every process has looked before anything is written
+    if not current:
+        names = sources = None
+        if data_cfg.label_column and data_cfg.condition_column:
+            raise LatentDLMError("data.label_column and data.condition_column: condition on a class or on a text, not both")
+        if data_cfg.label_names is not None and not data_cfg.label_column:
+            raise LatentDLMError("data.label_names names the classes of data.label_column, which is not set")
+        if data_cfg.label_column:
+            pairs = load_labeled_texts(data_cfg.source, data_cfg.column, data_cfg.label_column, data_cfg.split, data_cfg.limit)
+            texts, names = [t for t, _ in pairs], name_labels([label for _, label in pairs], data_cfg.label_names)
+        elif data_cfg.condition_column:
+            pairs = load_pairs(data_cfg.source, data_cfg.condition_column, data_cfg.column, data_cfg.split, data_cfg.limit)
+            sources, texts = [s for s, _ in pairs], [t for _, t in pairs]
+        else:
+            texts = load_texts(data_cfg.source, data_cfg.column, data_cfg.split, data_cfg.limit)
+        units_file, counts = encode_corpus(autoencoder, texts, cfg.encode_batch_size, out, cfg.encode_shard_units)
+        if is_main:
             tensors = {"counts": counts}
             raw_of = {name: raw for raw, name in (data_cfg.label_names or {}).items()}  # classes in the raw labels' order
             class_names = sorted(set(names), key=lambda n: _natural(raw_of.get(n, n))) if names else None
@@ -89,7 +92,7 @@ def load_or_encode(cfg: DiffusionTrainConfig, autoencoder: ParagraphAutoencoder,
     wait()
     data = load_file(str(path))
     info = json.loads(meta.read_text())
-    data["units"] = load_file(info["units_file"])["latents"]
+    data["units"] = LatentShards(info["units_file"])  # read by index, memory-mapped
     data["class_names"], data["sources"] = info["class_names"], info.get("sources")
     return data
 
@@ -150,12 +153,13 @@ def load_or_encode_conditions(cfg: DiffusionTrainConfig, encoder: ConditionEncod
 
 
 class LatentDataset(torch.utils.data.Dataset):
-    """Text i -> its normalised segment latents (S_i, k, d), its label and its condition: the source text
-    (a trainable condition encoder reads it each step) or its cached token states (a frozen one)."""
+    """Text i -> its segment latents (S_i, k, d) through `transform` (the latent space's normalisation), its
+    label and its condition: the source text (a trainable condition encoder reads it each step) or its cached
+    token states (a frozen one). `units`: a tensor, or a cache's `LatentShards` (read by index)."""
 
-    def __init__(self, units: torch.Tensor, counts: torch.Tensor, labels: Optional[torch.Tensor],
-                 sources: Optional[list[str] | list[torch.Tensor]] = None):
-        self.units, self.labels, self.sources = units, labels, sources
+    def __init__(self, units, counts: torch.Tensor, labels: Optional[torch.Tensor],
+                 sources: Optional[list[str] | list[torch.Tensor]] = None, transform=None):
+        self.units, self.labels, self.sources, self.transform = units, labels, sources, transform or (lambda x: x)
         self.offsets = torch.cumsum(counts, 0) - counts
 
     def __len__(self) -> int:
@@ -164,7 +168,7 @@ class LatentDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         start = int(self.offsets[i])
         end = int(self.offsets[i + 1]) if i + 1 < len(self.offsets) else len(self.units)
-        return (self.units[start:end], None if self.labels is None else self.labels[i],
+        return (self.transform(self.units[start:end]), None if self.labels is None else self.labels[i],
                 None if self.sources is None else self.sources[i])
 
 
