@@ -80,7 +80,7 @@ def encode_command(args, processes: int, threads: int) -> list[str]:
 
 
 def encode_env(cache: Path, threads: int) -> dict:
-    return {**os.environ, "LATENTDLM_CACHE": str(cache), "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": str(threads),
+    return {**os.environ, "LATENTDLM_CACHE": str(cache.resolve()), "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": str(threads),
             "PYTHONPATH": str(ROOT)}
 
 

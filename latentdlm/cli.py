@@ -54,10 +54,10 @@ def cmd_encode(args: argparse.Namespace) -> None:
     from latentdlm.autoencoder.model import ParagraphAutoencoder
     from latentdlm.data.sources import load_texts
 
-    state = PartialState()
-    if args.threads:
-        import torch
+    import torch
 
+    state = PartialState(cpu=not torch.cuda.is_available())  # CPU processes of a launch: gloo, as accelerate's cpu=True
+    if args.threads:
         torch.set_num_threads(args.threads)
     model = ParagraphAutoencoder.from_pretrained(args.autoencoder).to(state.device)
     units = [u for text in model.processor.split_units(load_texts(args.source, args.column, limit=args.limit)) for u in text]
@@ -67,6 +67,7 @@ def cmd_encode(args: argparse.Namespace) -> None:
     written_before = len(list(path.glob("shard-*.safetensors")))
     with state.split_between_processes(list(range(shards))) as mine:
         share = len(mine)
+    state.wait_for_everyone()  # timed from when every process has its model
     start = time.perf_counter()
     ensure_cached(model, units, args.batch_size, folder, args.shard_units)
     seconds = time.perf_counter() - start

