@@ -185,7 +185,7 @@ def replicate_cache(args, source_run: Path, out: Path, config) -> None:
     save_file({"counts": counts.repeat(REPLICAS)}, str(out / CACHE_NAME))
     key = _cache_key(config)
     (out / "latents.json").write_text(json.dumps({"key": key, "sha256": file_sha256(out / CACHE_NAME), "class_names": None,
-                                                  "texts": len(counts) * REPLICAS, "sources": None, "units_file": str(folder)}))
+                                                  "texts": len(counts) * REPLICAS, "sources": None, "units_file": str(folder.resolve())}))
 
 
 def train_run(args, out: Path, stories: int) -> dict:
@@ -292,16 +292,12 @@ def part_app(args, results: dict) -> None:
 
 
 def part_sampling(args, results: dict) -> None:
+    from argparse import Namespace
+
     from reliability import part_rss
 
-    part_rss(argparse_namespace(work_dir=args.reliability_dir), results)
+    part_rss(Namespace(work_dir=args.reliability_dir), results)  # its work folder's test-sized pipeline
     results["sampling"] = results.pop("rss")
-
-
-def argparse_namespace(**values):
-    import argparse
-
-    return argparse.Namespace(**values)
 
 
 def summary(results: dict) -> dict:

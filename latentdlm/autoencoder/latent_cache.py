@@ -125,7 +125,8 @@ class _ShardFile:
         return torch.frombuffer(data, dtype=torch.float32).view(stop - start, *self.row_shape)
 
     def __del__(self):
-        os.close(self.fd)
+        if getattr(self, "fd", None) is not None:  # not when the header could not be read
+            os.close(self.fd)
 
 
 class LatentShards:
