@@ -560,3 +560,21 @@ def test_pipeline_moves_like_a_diffusers_pipeline(pipeline_dir):
     pipe = LatentDiffusionTextPipeline.from_pretrained(pipeline_dir).to("cpu")
     assert pipe.device.type == "cpu" and pipe.autoencoder.dtype == torch.float32
     assert len(pipe(num_samples=2, num_inference_steps=2, seed=0, show_progress=False).texts) == 2
+
+
+def test_a_streamed_corpus_encodes_to_the_same_latents_and_counts(autoencoder, tmp_path, capsys):
+    """data.streaming: the texts read one at a time and encoded shard by shard give the cache a listed corpus gets."""
+    runs = {}
+    for streaming in (False, True):
+        out = tmp_path / f"streaming-{streaming}"
+        assert main(["train-diffusion", "--config", DM_TINY, *tiny_diffusion_overrides(
+            autoencoder, out, **{"data.streaming": str(streaming).lower(), "encode_shard_units": 16, "training.max_steps": 1})]) == 0
+        info = json.loads((out / "latents.json").read_text())
+        runs[streaming] = (LatentShards(info["units_file"])[:], load_file(str(out / "latents.safetensors"))["counts"], info["texts"])
+    (listed, listed_counts, listed_texts), (streamed, streamed_counts, streamed_texts) = runs[False], runs[True]
+    torch.testing.assert_close(streamed, listed)
+    assert streamed_counts.tolist() == listed_counts.tolist() and streamed_texts == listed_texts == 64
+    labeled = {"data.streaming": "true", "data.label_column": "topic", "data.source": str(labeled_csv(tmp_path / "l.csv")),
+               "data.column": "content"}
+    assert main(["train-diffusion", "--config", DM_TINY, *tiny_diffusion_overrides(autoencoder, tmp_path / "labeled", **labeled)]) != 0
+    assert "data.streaming reads unconditional corpora" in capsys.readouterr().err

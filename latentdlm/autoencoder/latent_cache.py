@@ -23,10 +23,10 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from latentdlm.errors import LatentDLMError
@@ -34,6 +34,7 @@ from latentdlm.io import atomic_file, cache_dir
 
 SHARD_UNITS = 16384  # units per shard: 25 MB of 384-d float32 latents
 MANIFEST = "manifest.json"
+COUNTS = "counts.safetensors"  # a streamed corpus's units per text
 
 
 def _digest(model) -> "hashlib._Hash":
@@ -99,6 +100,51 @@ def ensure_cached(model, units: Sequence[str], batch_size: int = 128, folder: Op
                                        "latent_shape": list(model.latent_shape)}))
     state.wait_for_everyone()
     return path
+
+
+def ensure_cached_stream(model, texts: Iterable[str], identity: str, batch_size: int = 128, folder: Optional[Path] = None,
+                         shard_units: int = SHARD_UNITS) -> tuple[Path, torch.Tensor]:
+    """A stream of texts' units encoded into a cache, shard by shard, never held as a list: every process reads the
+    stream (segmenting is cheap) and encodes shard j when j falls to it (round robin: the shard count is unknown until
+    the stream ends); the main process writes the texts' unit counts and the manifest. `identity` names the stream
+    (source, settings, the file's size and time): it and the model make the key. -> (the cache folder, counts)."""
+    from accelerate import PartialState
+
+    digest = _digest(model)
+    digest.update(f"stream {identity}; shards of {shard_units}".encode())
+    path = (cache_dir() / "embeddings" if model.fixed_latents or folder is None else folder) / digest.hexdigest()[:32]
+    if is_complete(path):
+        return path, load_file(str(path / COUNTS))["counts"]
+    state = PartialState(cpu=not torch.cuda.is_available())
+    path.mkdir(parents=True, exist_ok=True)
+    counts, units, shard = [], [], 0
+
+    def flush(batch: list[str], index: int) -> None:
+        if index % state.num_processes == state.process_index and not (path / shard_name(index)).is_file():
+            latents = model.unit_latents(batch, batch_size).float().cpu()
+            with atomic_file(path / shard_name(index)) as tmp:
+                save_file({"latents": latents.contiguous()}, str(tmp))
+
+    for text in tqdm(texts, desc=f"encoding a stream (process {state.process_index})", unit="text"):
+        segments = model.processor.split_units([text])[0]
+        counts.append(len(segments))
+        units += segments
+        while len(units) >= shard_units:
+            flush(units[:shard_units], shard)
+            units, shard = units[shard_units:], shard + 1
+    if units:
+        flush(units, shard)
+        shard += 1
+    state.wait_for_everyone()
+    counts = torch.tensor(counts)
+    if state.is_main_process:
+        with atomic_file(path / COUNTS) as tmp:
+            save_file({"counts": counts}, str(tmp))
+        with atomic_file(path / MANIFEST) as tmp:
+            tmp.write_text(json.dumps({"units": int(counts.sum()), "shards": shard, "shard_units": shard_units,
+                                       "latent_shape": list(model.latent_shape), "texts": len(counts)}))
+    state.wait_for_everyone()
+    return path, counts
 
 
 def cached_unit_latents(model, units: Sequence[str], batch_size: int = 128, folder: Optional[Path] = None) -> "LatentShards":

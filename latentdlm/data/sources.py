@@ -9,6 +9,7 @@ import csv
 import os
 import random
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import datasets
@@ -32,6 +33,41 @@ def load_texts(
 ) -> list[str]:
     """Stripped, non-empty texts of `column` (default "text", or the only string column); first `limit` kept."""
     return [row[0] for row in _load_rows(source, [column], split, limit, cache_dir)]
+
+
+def iter_texts(source: str, column: str | None = None, split: str = "train", limit: int | None = None,
+               cache_dir: str | None = None, batch_size: int = 1000) -> Iterator[str]:
+    """Stripped, non-empty texts of `column` one at a time, first `limit`: a hub dataset through datasets' streaming,
+    a local or bundled file through its (memory-mapped) Arrow table in batches; never all of them in memory."""
+    if limit is not None and limit < 1:
+        raise LatentDLMError(f"limit must be a positive number of texts or None, got {limit}.")
+    count = 0
+    for label, dataset in _stream_datasets(source, split, cache_dir):
+        name = _text_column(dataset, column, label)
+        for batch in dataset.iter(batch_size=batch_size):
+            for value in batch[name]:
+                if not isinstance(value, str) and value is not None:
+                    raise LatentDLMError(f"{label}: column '{name}' holds non-text values (e.g. {value!r}); pick a string column")
+                text = (value or "").strip()
+                if text:
+                    yield text
+                    count += 1
+                    if count == limit:
+                        return
+    if not count:
+        raise LatentDLMError(f"{source}: no non-empty texts to read")
+
+
+def _stream_datasets(source: str, split: str, cache_dir: str | None) -> list:
+    """`_load_datasets`, but a hub dataset streamed (nothing downloaded whole)."""
+    path = Path(os.fspath(source)).expanduser()
+    if str(source).startswith("bundled") or path.exists() or _data_suffix(path) or str(source).startswith((".", "/", "~")):
+        return _load_datasets(source, split, cache_dir)
+    try:
+        return [(source, datasets.load_dataset(source, split=split, streaming=True))]
+    except Exception as error:
+        raise LatentDLMError(f"could not stream dataset '{source}' (split '{split}') from the Hugging Face hub; this machine "
+                             f"may be offline - pass a local file instead. Reason: {_reason(error)}") from error
 
 
 def load_pairs(
@@ -176,17 +212,8 @@ def _load_file(path: Path, cache_dir: str | None) -> datasets.Dataset:
 def _column_values(dataset: datasets.Dataset, column: str | None, label: str, any_type: bool = False) -> list[str | None]:
     """The values of `column` (or the default text column); every value must be a string or missing,
     unless `any_type` (then values become strings)."""
+    column = _text_column(dataset, column, label)
     available = ", ".join(f"{name} ({_dtype(feature)})" for name, feature in dataset.features.items())
-    if column is None:
-        strings = [name for name, feature in dataset.features.items() if _dtype(feature) in _STRING_DTYPES]
-        if "text" not in dataset.column_names and len(strings) != 1:
-            raise LatentDLMError(
-                f"{label}: cannot tell which column holds the text (no 'text' column and {len(strings)} string "
-                f"columns); pass a column name. Available columns: {available}"
-            )
-        column = "text" if "text" in dataset.column_names else strings[0]
-    if column not in dataset.column_names:
-        raise LatentDLMError(f"{label}: column '{column}' not found. Available columns: {available}")
     values = dataset[column]
     if any_type:
         return [None if value is None else str(value) for value in values]
@@ -197,6 +224,24 @@ def _column_values(dataset: datasets.Dataset, column: str | None, label: str, an
             f"pick a string column. Available columns: {available}"
         )
     return list(values)
+
+
+def _text_column(dataset, column: str | None, label: str) -> str:
+    """`column`, or the default text column ('text', else the only string column), checked to exist."""
+    features = dataset.features or {}  # a streamed dataset may not know its features before reading
+    names = list(features) or list(getattr(dataset, "column_names", None) or [])
+    available = ", ".join(f"{name} ({_dtype(feature)})" for name, feature in features.items()) or ", ".join(names)
+    if column is None:
+        strings = [name for name, feature in features.items() if _dtype(feature) in _STRING_DTYPES]
+        if "text" not in names and len(strings) != 1:
+            raise LatentDLMError(
+                f"{label}: cannot tell which column holds the text (no 'text' column and {len(strings)} string "
+                f"columns); pass a column name. Available columns: {available}"
+            )
+        column = "text" if "text" in names else strings[0]
+    if names and column not in names:
+        raise LatentDLMError(f"{label}: column '{column}' not found. Available columns: {available}")
+    return column
 
 
 def _dtype(feature) -> str:

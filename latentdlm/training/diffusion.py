@@ -59,6 +59,9 @@ class DiffusionDataConfig:
     label_names: Optional[dict[Any, str]] = None
     split: str = "train"
     limit: Optional[int] = None
+    # read the texts as a stream (a hub dataset with datasets' streaming, a local file in batches), encoded shard by
+    # shard: the corpus is never a list in memory (unconditional corpora: no label or condition column)
+    streaming: bool = False
 
     def __post_init__(self):
         if self.label_names is not None:  # YAML reads {1: World} with int keys, {"1": World} with str keys: one form

@@ -14,9 +14,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from latentdlm.autoencoder.latent_cache import SHARD_UNITS, LatentShards, ensure_cached, is_complete
+from latentdlm.autoencoder.latent_cache import SHARD_UNITS, LatentShards, ensure_cached, ensure_cached_stream, is_complete
 from latentdlm.autoencoder.model import ParagraphAutoencoder
-from latentdlm.data.sources import load_labeled_texts, load_pairs, load_texts
+from latentdlm.data.sources import iter_texts, load_labeled_texts, load_pairs, load_texts
 from latentdlm.diffusion.condition import ConditionEncoder
 from latentdlm.errors import LatentDLMError
 from latentdlm.io import CONFIG_NAME, WEIGHTS_NAME, atomic_file, file_sha256
@@ -70,7 +70,14 @@ def load_or_encode(cfg: DiffusionTrainConfig, autoencoder: ParagraphAutoencoder,
             raise LatentDLMError("data.label_column and data.condition_column: condition on a class or on a text, not both")
         if data_cfg.label_names is not None and not data_cfg.label_column:
             raise LatentDLMError("data.label_names names the classes of data.label_column, which is not set")
-        if data_cfg.label_column:
+        if data_cfg.streaming and (data_cfg.label_column or data_cfg.condition_column):
+            raise LatentDLMError("data.streaming reads unconditional corpora: leave data.label_column and data.condition_column unset")
+        if data_cfg.streaming:
+            texts = iter_texts(data_cfg.source, data_cfg.column, data_cfg.split, data_cfg.limit)
+            units_file, counts = ensure_cached_stream(autoencoder, texts, stream_identity(data_cfg), cfg.encode_batch_size, out,
+                                                      cfg.encode_shard_units)
+            texts = range(len(counts))  # only their number is recorded
+        elif data_cfg.label_column:
             pairs = load_labeled_texts(data_cfg.source, data_cfg.column, data_cfg.label_column, data_cfg.split, data_cfg.limit)
             texts, names = [t for t, _ in pairs], name_labels([label for _, label in pairs], data_cfg.label_names)
         elif data_cfg.condition_column:
@@ -78,7 +85,8 @@ def load_or_encode(cfg: DiffusionTrainConfig, autoencoder: ParagraphAutoencoder,
             sources, texts = [s for s, _ in pairs], [t for _, t in pairs]
         else:
             texts = load_texts(data_cfg.source, data_cfg.column, data_cfg.split, data_cfg.limit)
-        units_file, counts = encode_corpus(autoencoder, texts, cfg.encode_batch_size, out, cfg.encode_shard_units)
+        if not data_cfg.streaming:
+            units_file, counts = encode_corpus(autoencoder, texts, cfg.encode_batch_size, out, cfg.encode_shard_units)
         if is_main:
             tensors = {"counts": counts}
             raw_of = {name: raw for raw, name in (data_cfg.label_names or {}).items()}  # classes in the raw labels' order
@@ -95,6 +103,14 @@ def load_or_encode(cfg: DiffusionTrainConfig, autoencoder: ParagraphAutoencoder,
     data["units"] = LatentShards(info["units_file"])  # read by index, memory-mapped
     data["class_names"], data["sources"] = info["class_names"], info.get("sources")
     return data
+
+
+def stream_identity(data_cfg) -> str:
+    """What names a streamed corpus in its cache key: the data settings and, for a local file, its size and time."""
+    path = Path(data_cfg.source).expanduser()
+    stat = path.stat() if path.is_file() else None
+    return json.dumps({**data_cfg.__dict__, "file": [str(path.resolve()), stat.st_size, stat.st_mtime_ns] if stat else None},
+                      sort_keys=True, default=str)
 
 
 def _natural(label: str):
