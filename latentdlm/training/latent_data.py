@@ -100,7 +100,7 @@ def load_or_encode(cfg: DiffusionTrainConfig, autoencoder: ParagraphAutoencoder,
     wait()
     data = load_file(str(path))
     info = json.loads(meta.read_text())
-    data["units"] = LatentShards(info["units_file"])  # read by index, memory-mapped
+    data["units"] = LatentShards(info["units_file"])  # read by index from the shards
     data["class_names"], data["sources"] = info["class_names"], info.get("sources")
     return data
 
