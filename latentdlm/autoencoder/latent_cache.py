@@ -86,10 +86,12 @@ def ensure_cached(model, units: Sequence[str], batch_size: int = 128, folder: Op
     shards = math.ceil(len(units) / shard_units)
     with state.split_between_processes(list(range(shards))) as mine:
         todo = [s for s in mine if not (path / shard_name(s)).is_file()]  # a killed run's finished shards stay
-        for s in tqdm(todo, desc=f"encoding (process {state.process_index})", unit="shard", disable=not todo):
-            latents = model.unit_latents(units[s * shard_units : (s + 1) * shard_units], batch_size).float().cpu()
-            with atomic_file(path / shard_name(s)) as tmp:
-                save_file({"latents": latents.contiguous()}, str(tmp))
+        total = sum(len(units[s * shard_units : (s + 1) * shard_units]) for s in todo)
+        with tqdm(total=total, desc=f"encoding (process {state.process_index})", unit="unit", disable=not todo) as bar:
+            for s in todo:
+                latents = model.unit_latents(units[s * shard_units : (s + 1) * shard_units], batch_size, bar=bar).float().cpu()
+                with atomic_file(path / shard_name(s)) as tmp:
+                    save_file({"latents": latents.contiguous()}, str(tmp))
     state.wait_for_everyone()
     if state.is_main_process:
         missing = [s for s in range(shards) if not (path / shard_name(s)).is_file()]

@@ -168,8 +168,10 @@ class ParagraphAutoencoder(HubModule):
 
     # ---- text level --------------------------------------------------------------------------
     @torch.no_grad()
-    def unit_latents(self, units: Sequence[str], batch_size: int = 64, sample: bool = False, progress: bool = False) -> torch.Tensor:
-        """Units (segments or paragraphs) -> latents (N, k, d), encoded in length-sorted batches."""
+    def unit_latents(self, units: Sequence[str], batch_size: int = 64, sample: bool = False, progress: bool = False,
+                     bar=None) -> torch.Tensor:
+        """Units (segments or paragraphs) -> latents (N, k, d), encoded in length-sorted batches (`bar`: a caller's
+        progress bar, advanced by the units of each batch)."""
         tokens = self.processor.tokenize(units)
         latents = torch.empty(len(units), *self.latent_shape, device=self.device)
         batches = length_sorted_batches([len(x) for x in tokens.encoder_ids], batch_size)
@@ -177,6 +179,8 @@ class ParagraphAutoencoder(HubModule):
             ids, mask = self.processor.encoder_batch([tokens.encoder_ids[i] for i in idx])
             encoded = self.encode_tokens(ids.to(self.device), mask.to(self.device))
             latents[idx] = (encoded.sample() if sample else encoded.mean).float()  # latents stay float32 whatever the weights
+            if bar is not None:
+                bar.update(len(idx))
         return latents
 
     @torch.no_grad()
