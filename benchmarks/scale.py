@@ -159,7 +159,7 @@ def replicate_cache(args, source_run: Path, out: Path, config) -> None:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from latentdlm.autoencoder.latent_cache import MANIFEST, SHARD_UNITS as SHARD, LatentShards, shard_name
+    from latentdlm.autoencoder.latent_cache import SHARD_UNITS as SHARD, LatentShards, shard_name, write_manifest
     from latentdlm.io import file_sha256
     from latentdlm.training.latent_data import CACHE_NAME, _cache_key
 
@@ -180,7 +180,7 @@ def replicate_cache(args, source_run: Path, out: Path, config) -> None:
     if len(rest):
         save_file({"latents": rest.contiguous()}, str(folder / shard_name(shard)))
         shard += 1
-    (folder / MANIFEST).write_text(json.dumps({"units": total, "shards": shard, "shard_units": SHARD, "latent_shape": list(whole.shape[1:])}))
+    write_manifest(folder, total, shard, SHARD, whole.shape[1:])
     out.mkdir(parents=True, exist_ok=True)
     save_file({"counts": counts.repeat(REPLICAS)}, str(out / CACHE_NAME))
     key = _cache_key(config)

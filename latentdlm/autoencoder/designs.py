@@ -196,6 +196,11 @@ class Plan:
     mask: torch.Tensor
     own: torch.Tensor
 
+    @classmethod
+    def gather(cls, latents: torch.Tensor, index: torch.Tensor, own: torch.Tensor) -> "Plan":
+        """Units' plans from all units' latents (N, k, d) through `plan_index`'s index (n, S; -1: none) and own positions."""
+        return cls(latents[index.clamp(min=0)], index >= 0, own)
+
 
 class PlanMemory(nn.Module):
     """decoder_plan: what a segment decoded in parallel reads of its whole text, before its own prefix: one vector

@@ -55,13 +55,16 @@ def _digest(model) -> "hashlib._Hash":
 def cache_path(model, units: Sequence[str], folder: Optional[Path] = None, shard_units: int = SHARD_UNITS) -> Path:
     """The folder of `units`' latents: under `folder` (default: the shared cache) unless they are fixed latents,
     which always live in the shared cache."""
-    if model.fixed_latents or folder is None:
-        folder = cache_dir() / "embeddings"
     digest = _digest(model)
     digest.update(f"shards of {shard_units}".encode())
     for unit in units:
         digest.update(unit.encode("utf-8") + b"\0")
-    return folder / digest.hexdigest()[:32]
+    return _cache_folder(model, folder) / digest.hexdigest()[:32]
+
+
+def _cache_folder(model, folder: Optional[Path]) -> Path:
+    """Where a model's caches go: `folder`, or the shared cache (always for fixed latents)."""
+    return cache_dir() / "embeddings" if model.fixed_latents or folder is None else folder
 
 
 def shard_name(index: int) -> str:
@@ -70,6 +73,20 @@ def shard_name(index: int) -> str:
 
 def is_complete(path: Path) -> bool:
     return (path / MANIFEST).is_file()
+
+
+def write_shard(model, path: Path, index: int, units: Sequence[str], batch_size: int, bar=None) -> None:
+    """Shard `index` of the cache `path`: `units`' latents, written whole or not at all."""
+    latents = model.unit_latents(units, batch_size, bar=bar).float().cpu()
+    with atomic_file(path / shard_name(index)) as tmp:
+        save_file({"latents": latents.contiguous()}, str(tmp))
+
+
+def write_manifest(path: Path, units: int, shards: int, shard_units: int, latent_shape, **extra) -> None:
+    """The cache `path` complete: what `LatentShards` reads, written last."""
+    with atomic_file(path / MANIFEST) as tmp:
+        tmp.write_text(json.dumps({"units": units, "shards": shards, "shard_units": shard_units,
+                                   "latent_shape": list(latent_shape), **extra}))
 
 
 def ensure_cached(model, units: Sequence[str], batch_size: int = 128, folder: Optional[Path] = None,
@@ -86,20 +103,16 @@ def ensure_cached(model, units: Sequence[str], batch_size: int = 128, folder: Op
     shards = math.ceil(len(units) / shard_units)
     with state.split_between_processes(list(range(shards))) as mine:
         todo = [s for s in mine if not (path / shard_name(s)).is_file()]  # a killed run's finished shards stay
-        total = sum(len(units[s * shard_units : (s + 1) * shard_units]) for s in todo)
+        total = sum(min(shard_units, len(units) - s * shard_units) for s in todo)
         with tqdm(total=total, desc=f"encoding (process {state.process_index})", unit="unit", disable=not todo) as bar:
             for s in todo:
-                latents = model.unit_latents(units[s * shard_units : (s + 1) * shard_units], batch_size, bar=bar).float().cpu()
-                with atomic_file(path / shard_name(s)) as tmp:
-                    save_file({"latents": latents.contiguous()}, str(tmp))
+                write_shard(model, path, s, units[s * shard_units : (s + 1) * shard_units], batch_size, bar)
     state.wait_for_everyone()
     if state.is_main_process:
         missing = [s for s in range(shards) if not (path / shard_name(s)).is_file()]
         if missing:
             raise LatentDLMError(f"the latent cache {path} lacks {len(missing)} shard(s) (first {shard_name(missing[0])})")
-        with atomic_file(path / MANIFEST) as tmp:
-            tmp.write_text(json.dumps({"units": len(units), "shards": shards, "shard_units": shard_units,
-                                       "latent_shape": list(model.latent_shape)}))
+        write_manifest(path, len(units), shards, shard_units, model.latent_shape)
     state.wait_for_everyone()
     return path
 
@@ -114,7 +127,7 @@ def ensure_cached_stream(model, texts: Iterable[str], identity: str, batch_size:
 
     digest = _digest(model)
     digest.update(f"stream {identity}; shards of {shard_units}".encode())
-    path = (cache_dir() / "embeddings" if model.fixed_latents or folder is None else folder) / digest.hexdigest()[:32]
+    path = _cache_folder(model, folder) / digest.hexdigest()[:32]
     if is_complete(path):
         return path, load_file(str(path / COUNTS))["counts"]
     state = PartialState(cpu=not torch.cuda.is_available())
@@ -123,9 +136,7 @@ def ensure_cached_stream(model, texts: Iterable[str], identity: str, batch_size:
 
     def flush(batch: list[str], index: int) -> None:
         if index % state.num_processes == state.process_index and not (path / shard_name(index)).is_file():
-            latents = model.unit_latents(batch, batch_size).float().cpu()
-            with atomic_file(path / shard_name(index)) as tmp:
-                save_file({"latents": latents.contiguous()}, str(tmp))
+            write_shard(model, path, index, batch, batch_size)
 
     for text in tqdm(texts, desc=f"encoding a stream (process {state.process_index})", unit="text"):
         segments = model.processor.split_units([text])[0]
@@ -142,9 +153,7 @@ def ensure_cached_stream(model, texts: Iterable[str], identity: str, batch_size:
     if state.is_main_process:
         with atomic_file(path / COUNTS) as tmp:
             save_file({"counts": counts}, str(tmp))
-        with atomic_file(path / MANIFEST) as tmp:
-            tmp.write_text(json.dumps({"units": int(counts.sum()), "shards": shard, "shard_units": shard_units,
-                                       "latent_shape": list(model.latent_shape), "texts": len(counts)}))
+        write_manifest(path, int(counts.sum()), shard, shard_units, model.latent_shape, texts=len(counts))
     state.wait_for_everyone()
     return path, counts
 

@@ -144,10 +144,7 @@ class ParagraphAutoencoder(HubModule):
         if "stream_index" in batch:
             return self.decoder.stream_logits(self.to_memory(latents), batch["stream_tokens"], batch["stream_index"],
                                               batch["decoder_attention_mask"])
-        plan = None
-        if "plan_index" in batch:
-            index = batch["plan_index"]
-            plan = Plan(latents[index.clamp(min=0)], index >= 0, batch["plan_own"])
+        plan = Plan.gather(latents, batch["plan_index"], batch["plan_own"]) if "plan_index" in batch else None
         return self.decoder_logits(latents, batch["decoder_input_ids"], batch["decoder_attention_mask"], plan)
 
     def generate_units(self, latents: torch.Tensor, contexts: Optional[list[list[int]]], batch_size: int,
@@ -241,7 +238,7 @@ class ParagraphAutoencoder(HubModule):
         for start in range(0, len(targets), batch_size):
             rows = slice(start, start + batch_size)
             batch = self.processor.collate(None, targets[rows], None if contexts is None else contexts[rows])
-            plan = Plan(latents[index[rows].clamp(min=0)], index[rows] >= 0, own[rows]) if self.config.decoder_plan else None
+            plan = Plan.gather(latents, index[rows], own[rows]) if self.config.decoder_plan else None
             logits = self.decoder_logits(latents[rows].to(self.device, self.dtype), batch["decoder_input_ids"].to(self.device),
                                          batch["decoder_attention_mask"].to(self.device), plan)
             labels = batch["labels"].to(self.device)

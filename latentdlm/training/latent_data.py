@@ -76,16 +76,15 @@ def load_or_encode(cfg: DiffusionTrainConfig, autoencoder: ParagraphAutoencoder,
             texts = iter_texts(data_cfg.source, data_cfg.column, data_cfg.split, data_cfg.limit)
             units_file, counts = ensure_cached_stream(autoencoder, texts, stream_identity(data_cfg), cfg.encode_batch_size, out,
                                                       cfg.encode_shard_units)
-            texts = range(len(counts))  # only their number is recorded
-        elif data_cfg.label_column:
-            pairs = load_labeled_texts(data_cfg.source, data_cfg.column, data_cfg.label_column, data_cfg.split, data_cfg.limit)
-            texts, names = [t for t, _ in pairs], name_labels([label for _, label in pairs], data_cfg.label_names)
-        elif data_cfg.condition_column:
-            pairs = load_pairs(data_cfg.source, data_cfg.condition_column, data_cfg.column, data_cfg.split, data_cfg.limit)
-            sources, texts = [s for s, _ in pairs], [t for _, t in pairs]
         else:
-            texts = load_texts(data_cfg.source, data_cfg.column, data_cfg.split, data_cfg.limit)
-        if not data_cfg.streaming:
+            if data_cfg.label_column:
+                pairs = load_labeled_texts(data_cfg.source, data_cfg.column, data_cfg.label_column, data_cfg.split, data_cfg.limit)
+                texts, names = [t for t, _ in pairs], name_labels([label for _, label in pairs], data_cfg.label_names)
+            elif data_cfg.condition_column:
+                pairs = load_pairs(data_cfg.source, data_cfg.condition_column, data_cfg.column, data_cfg.split, data_cfg.limit)
+                sources, texts = [s for s, _ in pairs], [t for _, t in pairs]
+            else:
+                texts = load_texts(data_cfg.source, data_cfg.column, data_cfg.split, data_cfg.limit)
             units_file, counts = encode_corpus(autoencoder, texts, cfg.encode_batch_size, out, cfg.encode_shard_units)
         if is_main:
             tensors = {"counts": counts}
@@ -95,7 +94,7 @@ def load_or_encode(cfg: DiffusionTrainConfig, autoencoder: ParagraphAutoencoder,
                 tensors["labels"] = torch.tensor([class_names.index(n) for n in names])
             with atomic_file(path) as tmp:
                 save_file(tensors, str(tmp))
-            meta.write_text(json.dumps({"key": key, "sha256": file_sha256(path), "class_names": class_names, "texts": len(texts),
+            meta.write_text(json.dumps({"key": key, "sha256": file_sha256(path), "class_names": class_names, "texts": len(counts),
                                         "sources": sources, "units_file": str(units_file)}))
     wait()
     data = load_file(str(path))
