@@ -116,7 +116,8 @@ def part_kill_resume(args, results: dict) -> None:
 
     import torch
 
-    from latentdlm.autoencoder.latent_cache import MANIFEST, LatentShards
+    from latentdlm.autoencoder.latent_cache import LatentShards
+    from latentdlm.shards import MANIFEST
 
     reference = next((args.work_dir / "encode" / "1proc_2threads-0" / "embeddings").glob("*/" + MANIFEST), None)
     if reference is None:
@@ -159,7 +160,8 @@ def replicate_cache(args, source_run: Path, out: Path, config) -> None:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from latentdlm.autoencoder.latent_cache import SHARD_UNITS as SHARD, LatentShards, shard_name, write_manifest
+    from latentdlm.autoencoder.latent_cache import LatentShards
+    from latentdlm.shards import SHARD_UNITS as SHARD, shard_name, write_manifest, write_tensors
     from latentdlm.io import file_sha256
     from latentdlm.training.latent_data import CACHE_NAME, _cache_key
 
@@ -174,13 +176,13 @@ def replicate_cache(args, source_run: Path, out: Path, config) -> None:
         buffer.append(whole)
         while sum(len(b) for b in buffer) >= SHARD:
             joined = torch.cat(buffer)
-            save_file({"latents": joined[:SHARD].contiguous()}, str(folder / shard_name(shard)))
+            write_tensors(folder / shard_name(shard), {"latents": joined[:SHARD]})
             buffer, shard = [joined[SHARD:]], shard + 1
     rest = torch.cat(buffer)
     if len(rest):
-        save_file({"latents": rest.contiguous()}, str(folder / shard_name(shard)))
+        write_tensors(folder / shard_name(shard), {"latents": rest})
         shard += 1
-    write_manifest(folder, total, shard, SHARD, whole.shape[1:])
+    write_manifest(folder, total, shard, SHARD, latent_shape=list(whole.shape[1:]))
     out.mkdir(parents=True, exist_ok=True)
     save_file({"counts": counts.repeat(REPLICAS)}, str(out / CACHE_NAME))
     key = _cache_key(config)

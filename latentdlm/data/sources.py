@@ -6,6 +6,8 @@ file (optionally `.gz`/`.bz2`/`.xz`/`.zst` compressed), or a hub dataset name. A
 """
 
 import csv
+import itertools
+import json
 import os
 import random
 import warnings
@@ -56,6 +58,26 @@ def iter_texts(source: str, column: str | None = None, split: str = "train", lim
                         return
     if not count:
         raise LatentDLMError(f"{source}: no non-empty texts to read")
+
+
+class TextStream:
+    """The texts of a data config (its source, column, split and limit) as a stream that can be read again (each
+    pass opens the source anew): a corpus too large for memory. `skip` leaves out its first texts (held out);
+    `identity` names it in cache keys (the settings and, for a local file, its size and time)."""
+
+    def __init__(self, data_cfg, skip: int = 0):
+        self.data_cfg, self.skip = data_cfg, skip
+
+    def __iter__(self) -> Iterator[str]:
+        cfg = self.data_cfg
+        return itertools.islice(iter_texts(cfg.source, cfg.column, cfg.split, cfg.limit), self.skip, None)
+
+    @property
+    def identity(self) -> str:
+        path = Path(self.data_cfg.source).expanduser()
+        stat = path.stat() if path.is_file() else None
+        return json.dumps({**self.data_cfg.__dict__, "skip": self.skip,
+                           "file": [str(path.resolve()), stat.st_size, stat.st_mtime_ns] if stat else None}, sort_keys=True, default=str)
 
 
 def _stream_datasets(source: str, split: str, cache_dir: str | None) -> list:

@@ -6,7 +6,7 @@ import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from accelerate.utils import set_seed
@@ -16,17 +16,19 @@ from tqdm.auto import tqdm
 from latentdlm.autoencoder.build import build_autoencoder
 from latentdlm.autoencoder.config import AutoencoderConfig
 from latentdlm.autoencoder.designs import plan_index
-from latentdlm.autoencoder.latent_cache import cached_unit_latents
+from latentdlm.autoencoder.latent_cache import LatentShards, cached_unit_latents, ensure_cached_stream
 from latentdlm.autoencoder.model import ParagraphAutoencoder
 from latentdlm.autoencoder.objective import AutoencoderObjective, ObjectiveConfig, latent_usage_gap
+from latentdlm.autoencoder.token_cache import UnitTokens, ensure_tokenized_stream
 from latentdlm.config import save_config
 from latentdlm.data.batching import LengthGroupedSampler
-from latentdlm.data.sources import load_pairs, load_texts, train_eval_split
+from latentdlm.data.sources import TextStream, load_pairs, load_texts, train_eval_split
 from latentdlm.errors import LatentDLMError
 from latentdlm.evaluation.plots import plot_training_curves
 from latentdlm.evaluation.reconstruction import reconstruction_metrics
 from latentdlm.io import write_errors_explained
 from latentdlm.model_card import training_record
+from latentdlm.shards import SHARD_UNITS
 from latentdlm.training.checkpoints import clear_previous_run, is_sharded, prepare_output_dir
 from latentdlm.training.config import TrainingConfig
 from latentdlm.training.loop import (
@@ -50,6 +52,9 @@ class TextDataConfig:
     eval_split: str = "validation"
     eval_fraction: float = 0.02
     max_eval: int = 64
+    # read the texts as a stream (a hub dataset with datasets' streaming, a local file in batches), tokenized shard by
+    # shard into the run folder: the corpus is never a list in memory. Held out: eval_source, or the first max_eval texts
+    streaming: bool = False
 
 
 @dataclass
@@ -63,19 +68,29 @@ class AutoencoderTrainConfig:
     # stop with a clear message when an evaluation finds the decoder ignoring its latent (posterior
     # collapse): the latent gap (NLL with shuffled latents - with the right ones, nats) below this
     min_latent_gap: Optional[float] = None
+    encode_shard_units: int = SHARD_UNITS  # units per shard of a streamed corpus's token (and fixed latent) caches
 
 
 @dataclass
 class Corpus:
-    texts: list[str]
+    texts: Sequence[str] | TextStream  # a list, or (data.streaming) a stream read again as often as needed
     sources: Optional[list[str]] = None  # each text's source (data.source_column), or none
 
 
 def load_corpus(data: TextDataConfig, seed: int, source_context: int = 0) -> tuple[Corpus, Corpus]:
-    """(training, held-out) texts, with their sources where the decoder reads them (model.source_context)."""
+    """(training, held-out) texts, with their sources where the decoder reads them (model.source_context). With
+    data.streaming the training texts are a stream and the held-out ones data.eval_source's, or the stream's first
+    data.max_eval texts (left out of training)."""
     if bool(source_context) != bool(data.source_column):
         raise LatentDLMError("model.source_context (the decoder reads a source text) and data.source_column (where the "
                              "sources are) go together: set both or neither")
+    if data.streaming:
+        if data.source_column:
+            raise LatentDLMError("data.streaming reads texts alone: leave data.source_column unset (source-aware corpora are read as lists)")
+        if data.eval_source:
+            return Corpus(TextStream(data)), Corpus(load_texts(data.eval_source, data.column, data.eval_split, data.max_eval))
+        held = list(itertools.islice(TextStream(data), data.max_eval))
+        return Corpus(TextStream(data, skip=len(held))), Corpus(held)
     if not data.source_column:
         texts = load_texts(data.source, data.column, data.split, data.limit)
         if data.eval_source:
@@ -90,57 +105,93 @@ def load_corpus(data: TextDataConfig, seed: int, source_context: int = 0) -> tup
     return tuple(Corpus([t for _, t in rows], [s for s, _ in rows]) for rows in (train, held))
 
 
+@dataclass
+class UnitData:
+    """Every unit of a corpus in text order: encoder inputs (token ids, or cached latents under fixed latents),
+    decoder targets and contexts (decoder_context, source_context; else None), each indexable by unit; each text's
+    unit count; what each unit's row costs (its target and the context it reads first)."""
+    encoder_inputs: Sequence
+    decoder_ids: Sequence[list[int]]
+    contexts: Optional[Sequence[list[int]]]
+    counts: list[int]
+    lengths: list[int]
+
+
+def unit_data(model: ParagraphAutoencoder, texts: Sequence[str] | TextStream, sources: Optional[list[str]] = None,
+              folder: Optional[Path] = None, shard_units: int = SHARD_UNITS) -> UnitData:
+    """A list of texts tokenized in memory; a stream tokenized once into a token cache under `folder` and read by index."""
+    processor = model.processor
+    if isinstance(texts, TextStream):
+        if folder is None:
+            raise LatentDLMError("a streamed corpus is tokenized into a folder: give one")
+        store = UnitTokens(ensure_tokenized_stream(model, texts, folder, shard_units))
+        decoder, contexts = store.column("decoder"), store.column("context")
+        encoder = (LatentShards(ensure_cached_stream(model, texts, texts.identity, shard_units=shard_units)[0])
+                   if model.fixed_latents else store.column("encoder"))
+        lengths = decoder.lengths() + (0 if contexts is None else contexts.lengths())
+        return UnitData(encoder, decoder, contexts, store.counts.tolist(), lengths.tolist())
+    per_text = processor.split_units(texts)
+    units = [u for units in per_text for u in units]
+    tokens = processor.tokenize(units)
+    contexts = processor.context_ids(per_text, model.check_sources(sources, len(texts)))
+    # a frozen encoder under a weightless design: its latents are computed once, not every step
+    encoder = cached_unit_latents(model, units) if model.fixed_latents else tokens.encoder_ids
+    lengths = [len(ids) + (0 if contexts is None else len(contexts[i])) for i, ids in enumerate(tokens.decoder_ids)]
+    return UnitData(encoder, tokens.decoder_ids, contexts, [len(u) for u in per_text], lengths)
+
+
 class UnitDataset(torch.utils.data.Dataset):
     """(encoder input, decoder target, decoder context or None) per unit; the encoder input is token ids,
     or a cached latent."""
 
-    def __init__(self, encoder_ids: list, decoder_ids: list[list[int]], context_ids: Optional[list[list[int]]] = None):
-        self.encoder_ids, self.decoder_ids, self.context_ids = encoder_ids, decoder_ids, context_ids
+    def __init__(self, data: UnitData):
+        self.data, self.texts = data, len(data.counts)
 
     def __len__(self) -> int:
-        return len(self.encoder_ids)
+        return len(self.data.decoder_ids)
 
     def __getitem__(self, i: int):
-        return self.encoder_ids[i], self.decoder_ids[i], None if self.context_ids is None else self.context_ids[i]
+        data = self.data
+        return data.encoder_inputs[i], data.decoder_ids[i], None if data.contexts is None else data.contexts[i]
 
 
 class TextStreamDataset(torch.utils.data.Dataset):
     """decoder_stream and decoder_plan: one example per text, its units' (encoder inputs, decoder targets)."""
 
-    def __init__(self, encoder_inputs, decoder_ids: list[list[int]], counts: list[int]):
-        self.encoder_inputs, self.decoder_ids = encoder_inputs, decoder_ids
-        self.starts = [0, *itertools.accumulate(counts)]
+    def __init__(self, data: UnitData):
+        self.data, self.texts = data, len(data.counts)
+        self.starts = [0, *itertools.accumulate(data.counts)]
 
     def __len__(self) -> int:
-        return len(self.starts) - 1
+        return self.texts
 
     def __getitem__(self, i: int):
         units = slice(self.starts[i], self.starts[i + 1])
-        return self.encoder_inputs[units], self.decoder_ids[units]
+        return self.data.encoder_inputs[units], self.data.decoder_ids[units]
+
+    def lengths(self) -> list[int]:
+        """Each text's cost: its units' summed."""
+        total = [0, *itertools.accumulate(self.data.lengths)]
+        return [total[b] - total[a] for a, b in zip(self.starts, self.starts[1:])]
 
 
-def make_dataloader(model: ParagraphAutoencoder, texts: list[str], batch_size: int, seed: int, num_workers: int = 0,
-                    sources: Optional[list[str]] = None) -> DataLoader:
+def make_dataloader(model: ParagraphAutoencoder, texts: Sequence[str] | TextStream, batch_size: int, seed: int,
+                    num_workers: int = 0, sources: Optional[list[str]] = None, folder: Optional[Path] = None,
+                    shard_units: int = SHARD_UNITS) -> DataLoader:
     """Every unit (a segment, or a whole paragraph) of every text is one example (with decoder_context,
     together with the text of the units before it; with source_context, with its text's source); with
-    decoder_stream or decoder_plan every text is one example (a batch holds `batch_size` texts)."""
+    decoder_stream or decoder_plan every text is one example (a batch holds `batch_size` texts). A stream of texts
+    (`TextStream`) is tokenized into shards under `folder` first (`unit_data`)."""
     processor = model.processor
-    per_text = processor.split_units(texts)
-    units = [u for units in per_text for u in units]
-    tokens = processor.tokenize(units)
-    contexts = processor.context_ids(per_text, model.check_sources(sources, len(texts)))
-    cached = model.fixed_latents  # a frozen encoder under a weightless design: its latents are computed once, not every step
-    encoder_inputs = cached_unit_latents(model, units) if cached else tokens.encoder_ids
+    data = unit_data(model, texts, sources, folder, shard_units)
     loader = lambda dataset, collate, lengths: DataLoader(  # noqa: E731
         dataset, batch_size=batch_size, sampler=LengthGroupedSampler(lengths, batch_size, seed), collate_fn=collate,
         num_workers=num_workers, drop_last=True, generator=torch.Generator().manual_seed(seed),  # keeps the global RNG (restored on resume) untouched
     )
     if model.config.decoder_stream or model.config.decoder_plan:
-        counts = [len(u) for u in per_text]
-        dataset = TextStreamDataset(encoder_inputs, tokens.decoder_ids, counts)
-        lengths = [sum(len(ids) for ids in dataset[i][1]) for i in range(len(dataset))]
-        return loader(dataset, lambda items: text_batch(model, [e for e, _ in items], [d for _, d in items]), lengths)
-    dataset = UnitDataset(encoder_inputs, tokens.decoder_ids, contexts)
+        dataset = TextStreamDataset(data)
+        return loader(dataset, lambda items: text_batch(model, [e for e, _ in items], [d for _, d in items]), dataset.lengths())
+    cached, contexts = model.fixed_latents, data.contexts
 
     def collate(items):
         context = None if contexts is None else [c for _, _, c in items]
@@ -148,10 +199,7 @@ def make_dataloader(model: ParagraphAutoencoder, texts: list[str], batch_size: i
             return processor.collate([a for a, _, _ in items], [b for _, b, _ in items], context)
         return {**processor.collate(None, [b for _, b, _ in items], context), "latents": torch.stack([a for a, _, _ in items])}
 
-    lengths = [len(ids) for ids in tokens.decoder_ids]  # what a row costs: its target and what it reads first
-    if contexts is not None:
-        lengths = [n + len(c) for n, c in zip(lengths, contexts)]
-    return loader(dataset, collate, lengths)
+    return loader(UnitDataset(data), collate, data.lengths)
 
 
 def text_batch(model: ParagraphAutoencoder, encoder_inputs: list, decoder_ids: list[list[list[int]]]) -> dict:
@@ -207,7 +255,8 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, resume: bool = False, cpu: bo
         out.mkdir(parents=True, exist_ok=True)
         clear_previous_run(out)
         save_config(cfg, out / "train_config.yaml")
-        accelerator.print(f"building the autoencoder ({len(train_texts)} training texts, {len(eval_texts)} held out)")
+        counted = "a stream of" if isinstance(train_texts, TextStream) else len(train_texts)
+        accelerator.print(f"building the autoencoder ({counted} training texts, {len(eval_texts)} held out)")
         build_autoencoder(cfg.model, train_texts).save_pretrained(out / INITIAL_NAME)
     accelerator.wait_for_everyone()
     model = ParagraphAutoencoder.from_pretrained(out / INITIAL_NAME)  # same tokenizer and init on every rank
@@ -216,7 +265,9 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, resume: bool = False, cpu: bo
     accelerator.print(f"autoencoder: {trainable / 1e6:.2f} M trainable parameters, {frozen / 1e6:.1f} M frozen")
 
     objective = AutoencoderObjective(model, cfg.objective)
-    loader = make_dataloader(model, train_texts, cfg.training.batch_size, cfg.training.seed, cfg.training.num_workers, train.sources)
+    loader = make_dataloader(model, train_texts, cfg.training.batch_size, cfg.training.seed, cfg.training.num_workers, train.sources,
+                             out, cfg.encode_shard_units)
+    trained_texts = loader.dataset.texts
     optimizer, scheduler = make_optimizer(cfg.training, objective, accelerator.num_processes)
     objective, optimizer, loader, scheduler = accelerator.prepare(objective, optimizer, loader, scheduler)
     set_seed(cfg.training.seed, device_specific=True)  # each rank its own VAE samples, dropout and noise
@@ -259,7 +310,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, resume: bool = False, cpu: bo
             (out / "run_info.json").write_text(json.dumps(info, indent=2))
             metrics, recons = evaluate_autoencoder(model, held, cfg.eval_batch_size)
             held_out = {f"heldout_{name}": value for name, value in metrics.items()}
-            model.training_record = training_record(cfg, len(train_texts), held_out, info, logged_minutes(read_metrics(out)))
+            model.training_record = training_record(cfg, trained_texts, held_out, info, logged_minutes(read_metrics(out)))
             model.save_pretrained(final)
             with (out / "reconstructions.jsonl").open("w") as f:
                 for original, recon in zip(eval_texts, recons):

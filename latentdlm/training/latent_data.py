@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from latentdlm.autoencoder.latent_cache import SHARD_UNITS, LatentShards, ensure_cached, ensure_cached_stream, is_complete
 from latentdlm.autoencoder.model import ParagraphAutoencoder
-from latentdlm.data.sources import iter_texts, load_labeled_texts, load_pairs, load_texts
+from latentdlm.data.sources import TextStream, load_labeled_texts, load_pairs, load_texts
 from latentdlm.diffusion.condition import ConditionEncoder
 from latentdlm.errors import LatentDLMError
 from latentdlm.io import CONFIG_NAME, WEIGHTS_NAME, atomic_file, file_sha256
@@ -73,8 +73,8 @@ def load_or_encode(cfg: DiffusionTrainConfig, autoencoder: ParagraphAutoencoder,
         if data_cfg.streaming and (data_cfg.label_column or data_cfg.condition_column):
             raise LatentDLMError("data.streaming reads unconditional corpora: leave data.label_column and data.condition_column unset")
         if data_cfg.streaming:
-            texts = iter_texts(data_cfg.source, data_cfg.column, data_cfg.split, data_cfg.limit)
-            units_file, counts = ensure_cached_stream(autoencoder, texts, stream_identity(data_cfg), cfg.encode_batch_size, out,
+            texts = TextStream(data_cfg)
+            units_file, counts = ensure_cached_stream(autoencoder, texts, texts.identity, cfg.encode_batch_size, out,
                                                       cfg.encode_shard_units)
         else:
             if data_cfg.label_column:
@@ -102,14 +102,6 @@ def load_or_encode(cfg: DiffusionTrainConfig, autoencoder: ParagraphAutoencoder,
     data["units"] = LatentShards(info["units_file"])  # read by index from the shards
     data["class_names"], data["sources"] = info["class_names"], info.get("sources")
     return data
-
-
-def stream_identity(data_cfg) -> str:
-    """What names a streamed corpus in its cache key: the data settings and, for a local file, its size and time."""
-    path = Path(data_cfg.source).expanduser()
-    stat = path.stat() if path.is_file() else None
-    return json.dumps({**data_cfg.__dict__, "file": [str(path.resolve()), stat.st_size, stat.st_mtime_ns] if stat else None},
-                      sort_keys=True, default=str)
 
 
 def _natural(label: str):
