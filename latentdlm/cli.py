@@ -109,7 +109,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
 def cmd_app(args: argparse.Namespace) -> None:
     from latentdlm.app import launch
 
-    launch(args.model, args.port, args.host, args.share, concurrency=args.concurrency, max_queue=args.max_queue)
+    launch(args.model, args.port, args.host, args.share, concurrency=args.concurrency, max_queue=args.max_queue,
+           max_batch=args.max_batch)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -306,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=positive_int, default=1, help="requests run at once (default %(default)s)")
     p.add_argument("--max-queue", type=positive_int, default=64,
                    help="requests that may wait; beyond them one is refused with 'Queue is full, try again' (default %(default)s)")
+    p.add_argument("--max-batch", type=positive_int, default=1,
+                   help="waiting generate requests run as one sampler call (more throughput under load; a seed's texts then "
+                        "depend on the requests beside it; default %(default)s: each alone, repeatable)")
     p.set_defaults(func=cmd_app)
 
     p = sub.add_parser("demo", help="the embedded default: train a latent DiT on the bundled corpus and generate "

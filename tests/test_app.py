@@ -184,3 +184,42 @@ def test_a_full_queue_refuses_at_once_with_try_again(pipeline_dir):
         assert answers and all(answer.startswith("1. ") for answer in answers)
     finally:
         demo.close()
+
+
+def test_waiting_generate_requests_run_as_one_sampler_call(pipeline_dir, monkeypatch):
+    """--max-batch: requests waiting together run as one sampler call, each with its own seed's samples; a request
+    alone, or one whose settings differ, runs on its own."""
+    sizes = []
+    call = LatentDiffusionTextPipeline.__call__
+    monkeypatch.setattr(LatentDiffusionTextPipeline, "__call__", lambda self, **kw: sizes.append(kw["num_samples"]) or call(self, **kw))
+    demo = build_app(LatentDiffusionTextPipeline.from_pretrained(pipeline_dir), title="test", max_batch=4)
+    port = free_port()
+    demo.queue(default_concurrency_limit=1).launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        busy = client.submit(8, 2, 200, "ddpm", 0, api_name="/generate")  # holds the one worker while the others queue
+        while not busy.status().code.name == "PROCESSING":
+            time.sleep(0.01)
+        jobs = [client.submit(count, 2, 3, "ddim", seed, api_name="/generate") for count, seed in ((1, 1), (2, 2), (3, 3))]
+        answers = [job.result(timeout=300) for job in jobs]
+        assert busy.result(timeout=300).startswith("1. ")
+    finally:
+        demo.close()
+    assert [len(a.split("\n\n")) for a in answers] == [1, 2, 3]
+    assert sizes == [8, 6]  # the three waiting requests: one call of 1 + 2 + 3 samples
+
+
+def test_a_batch_of_requests_answers_each_as_alone_and_keeps_a_bad_one_apart(pipeline_dir):
+    from latentdlm.app import Capabilities, Handlers
+
+    pipe = LatentDiffusionTextPipeline.from_pretrained(pipeline_dir)
+    h = Handlers(pipe, Capabilities.of(pipe))
+    request = lambda count, seed, steps=3: dict(num_samples=count, num_segments=2, steps=steps, sampler="ddim", seed=seed,  # noqa: E731
+                                                class_label=None, condition=None, guidance=1.0, guidance_method="cfg")
+    batch = [request(2, 5), request(1, 6), request(1, 7, steps=10**6)]
+    answers = h.generate_batch(batch)
+    alone = [h.generate_together([r])[0] for r in batch[:2]]
+    assert answers[:2] == alone  # greedy decoding at one segment width: what each gets alone
+    assert answers[2].startswith("error: the number of inference steps must be at most")
+    with pytest.raises(Exception, match="number of inference steps"):
+        h.generate_batch(batch[2:])

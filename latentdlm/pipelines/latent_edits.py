@@ -186,7 +186,7 @@ def vary(pipe, text: str, strength: float = 0.3, num_samples: int = 4, num_infer
     latents = encoded.latents.expand(num_samples, -1, -1, -1)
     mask = encoded.segment_mask.expand(num_samples, -1)
     clean, keep = flat(pipe, latents, mask)
-    generators = pipe._generators(num_samples, seed, None)
+    generators = pipe.sample_generators(num_samples, seed)
     noise = torch.stack([torch.randn(clean.shape[1:], generator=g) for g in generators])
     scheduler = make_scheduler(pipe.sampler_name, pipe.scheduler)
     scheduler.set_timesteps(num_inference_steps)
@@ -254,7 +254,7 @@ def infill(pipe, parts: Sequence[Optional[str]], num_samples: int = 1, num_infer
     held_mask = torch.zeros(num_samples, len(parts), dtype=torch.bool)
     held_mask[:, known] = True
     values, latent_mask = flat(pipe, latents, segment_mask)
-    generators = pipe._generators(num_samples, seed, None)
+    generators = pipe.sample_generators(num_samples, seed)
     clean = sample_latents(pipe.denoiser, make_scheduler(sampler, pipe.scheduler), latent_mask, num_inference_steps, generators,
                            conditions, guider, [Held(values, held_mask.repeat_interleave(k, dim=1), resample)])
     segments = decode_with_settings(pipe.autoencoder, EncodedText(unflat(pipe, clean), segment_mask), decoding or pipe.decoding,

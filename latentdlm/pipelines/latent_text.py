@@ -65,7 +65,7 @@ class LatentDiffusionTextPipeline(HubMixin, DiffusionPipeline):
         num_inference_steps: int = 20,
         scheduler: Optional[str] = None,
         seed: Optional[int] = None,
-        generator: Optional[torch.Generator] = None,
+        generator: Optional[torch.Generator | list[torch.Generator]] = None,
         class_labels: Optional[Sequence[str | int] | str | int] = None,
         conditions: Optional[Sequence[str] | str] = None,
         guidance_scale: float = 1.0,
@@ -86,7 +86,8 @@ class LatentDiffusionTextPipeline(HubMixin, DiffusionPipeline):
         conditional model samples from its null condition); `num_segments` fixes the number of sentence
         segments (segment-mode models; default: drawn from the training distribution). `decoding`: the
         decoder's settings (a DecodingConfig, or a dict of some of its fields over `self.decoding`, the
-        pipeline's saved defaults; top-p sampling is repeatable through `seed`/`generator`). With a `classifier` (a
+        pipeline's saved defaults; top-p sampling is repeatable through `seed`/`generator`; `generator` may be a list, one
+        per sample, as in diffusers). With a `classifier` (a
         `LatentClassifier` trained on this pipeline's latents) the `class_labels` are its classes and its
         gradient steers sampling, scaled by `classifier_scale` (classifier guidance). `output_type`
         "latent" returns the sampled latents undecoded (no texts), as diffusers pipelines do."""
@@ -104,7 +105,7 @@ class LatentDiffusionTextPipeline(HubMixin, DiffusionPipeline):
                                   guidance_rescale=guidance_rescale)
         # the pipeline's sampler, or another by name, always with this library's settings (trailing spacing)
         sampler = make_scheduler(scheduler or self.sampler_name, self.scheduler)
-        generators = self._generators(num_samples, seed, generator)
+        generators = self.sample_generators(num_samples, seed, generator)
         k = self.denoiser.config.num_latents
         chunks = range(0, num_samples, batch_size)
         # conditions and segment counts first: every chunk samples at the width of the longest text of
@@ -193,9 +194,14 @@ class LatentDiffusionTextPipeline(HubMixin, DiffusionPipeline):
         self.condition_encoder.tokenize(conditions)  # empty sources fail, long ones warn once, before sampling
         return conditions
 
-    def _generators(self, num_samples: int, seed: Optional[int], generator: Optional[torch.Generator]) -> list[torch.Generator]:
-        """One generator per sample, seeded from `seed` (or drawn from `generator`): sample i of a seed is
-        the same whatever the batch size."""
+    def sample_generators(self, num_samples: int, seed: Optional[int] = None,
+                          generator: Optional[torch.Generator | list[torch.Generator]] = None) -> list[torch.Generator]:
+        """One generator per sample, seeded from `seed` (or drawn from `generator`, or `generator` itself when it is
+        a list of one per sample): sample i of a seed is the same whatever the batch size."""
+        if isinstance(generator, (list, tuple)):
+            if len(generator) != num_samples:
+                raise LatentDLMError(f"{len(generator)} generators for {num_samples} samples: give one per sample, or one in all")
+            return list(generator)
         if generator is None:
             generator = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % 2**63)
         seeds = torch.randint(0, 2**62, (num_samples,), generator=generator, device=generator.device)
