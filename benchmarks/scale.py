@@ -16,7 +16,10 @@ Parts:
                shards: the run reads them through the cache as a real 1M corpus; say so): peak resident memory and seconds
                per step (after TRAIN_WARMUP steps)
   app          the app (`latentdlm app`, design (e)'s pipeline) under APP_CLIENTS simultaneous gradio_client clients on
-               127.0.0.1, APP_REQUESTS generate requests each (one story), all at once: errors and latency (p50, p95)
+               127.0.0.1, APP_REQUESTS generate requests each (one story), all at once: errors and latency (p50, p95),
+               each request alone (the default) and with --max-batch APP_MAX_BATCH (waiting requests in one sampler call)
+  ae_stream    the autoencoder stage (tiny preset) on a streamed corpus of 10k and ~1M units (ROCStories' stories
+               replicated AE_REPLICAS x: said so) and the 1M corpus read as a list: peak resident memory and step time
   sampling     resident memory after 1k and 10k samples of a test-sized pipeline (benchmarks/reliability.py's part rss)
 
 Results: benchmarks/results/scale.json.
@@ -46,7 +49,9 @@ SUMMARY_KEYS = (
 )
 ENCODE_UNITS, SHARD_UNITS, ENCODE_ROUNDS, KILL_AFTER = 10000, 1250, 2, 3
 TRAIN_STORIES, REPLICAS, TRAIN_STEPS, TRAIN_WARMUP = 2000, 100, 60, 20
+AE_STORIES, AE_REPLICAS, AE_SMALL, AE_STEPS, AE_WARMUP = 5000, 40, 2000, 40, 10
 APP_CLIENTS, APP_REQUESTS = 16, 10
+APP_MAX_BATCH = 8  # the batched run: up to this many waiting requests in one sampler call
 DESIGN = "e"
 
 
@@ -161,8 +166,8 @@ def replicate_cache(args, source_run: Path, out: Path, config) -> None:
     from safetensors.torch import load_file, save_file
 
     from latentdlm.autoencoder.latent_cache import LatentShards
-    from latentdlm.shards import SHARD_UNITS as SHARD, shard_name, write_manifest, write_tensors
     from latentdlm.io import file_sha256
+    from latentdlm.shards import SHARD_UNITS as SHARD, shard_name, write_manifest, write_tensors
     from latentdlm.training.latent_data import CACHE_NAME, _cache_key
 
     source = LatentShards(json.loads((source_run / "latents.json").read_text())["units_file"])
@@ -191,11 +196,18 @@ def replicate_cache(args, source_run: Path, out: Path, config) -> None:
 
 
 def train_run(args, out: Path, stories: int) -> dict:
-    """One DiT training run in its own process: its peak resident memory (polled) and seconds per step after the warm-up."""
+    """One DiT training run in its own process (`measured_run`)."""
+    preset = ROOT / "configs/diffusion/flagship/concept_roc_uncond.yaml"
+    return measured_run(["train-diffusion", "--config", str(preset), *training_overrides(args, out, stories)], out, TRAIN_WARMUP)
+
+
+def measured_run(command: list[str], out: Path, warmup: int) -> dict:
+    """A `latentdlm` training command in its own process: its peak resident memory (polled), its wall seconds and its
+    seconds per step after `warmup` steps (from the run's metrics.jsonl)."""
     import psutil
 
-    preset = ROOT / "configs/diffusion/flagship/concept_roc_uncond.yaml"
-    cmd = [sys.executable, "-m", "latentdlm.cli", "train-diffusion", "--config", str(preset), *training_overrides(args, out, stories)]
+    cmd = [sys.executable, "-m", "latentdlm.cli", *command]
+    started = time.monotonic()
     proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     watched, peak = psutil.Process(proc.pid), 0
     stderr = []
@@ -213,8 +225,33 @@ def train_run(args, out: Path, stories: int) -> dict:
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = {r["step"]: r["train_minutes"] for r in records if "loss" in r}
     last = max(steps)
-    return {"peak_rss_mb": peak / 2**20, "step_seconds": (steps[last] - steps[TRAIN_WARMUP]) * 60 / (last - TRAIN_WARMUP),
-            "steps": last}
+    return {"peak_rss_mb": peak / 2**20, "step_seconds": (steps[last] - steps[warmup]) * 60 / (last - warmup), "steps": last,
+            "wall_seconds": time.monotonic() - started}
+
+
+def part_ae_stream(args, results: dict) -> None:
+    """The autoencoder stage on a streamed corpus of 10k and 1M units (ROCStories' training stories, replicated for 1M:
+    said so), and the 1M corpus read as a list for contrast: peak memory and step time."""
+    stories = [json.loads(line)["text"] for line in rocstories_file().read_text().splitlines()]
+    large = args.work_dir / "ae-corpus-1m.jsonl"
+    if not large.exists():  # 5 sentences a story: AE_STORIES x AE_REPLICAS stories ~ 1M units
+        with large.open("w") as f:
+            for _ in range(AE_REPLICAS):
+                f.writelines(json.dumps({"text": text}) + "\n" for text in stories[:AE_STORIES])
+    rows = {}
+    for name, limit, streaming in (("stream_10k", AE_SMALL, True), ("stream_1m", None, True), ("list_1m", None, False)):
+        out = args.work_dir / f"ae-{name}"
+        overrides = [f"data.source={large}", f"data.limit={limit if limit else 'null'}", f"data.streaming={str(streaming).lower()}",
+                     "data.max_eval=32", f"training.output_dir={out}", f"training.max_steps={AE_STEPS}", "training.max_minutes=null",
+                     "training.eval_every=0", "training.save_every=100000", "training.log_every=1", "training.warmup_steps=1",
+                     "training.overwrite_output_dir=true", "show_examples=0"]
+        rows[name] = measured_run(["train-autoencoder", "--config", str(ROOT / "configs/autoencoder/tiny.yaml"), *overrides], out, AE_WARMUP)
+        rows[name]["training_stories"] = json.loads((out / "autoencoder" / "config.json").read_text())["training"]["data"]["num_texts"]
+        log(rows[name], name)
+    rows["setup"] = (f"the tiny autoencoder preset (BPE trained on the corpus), {AE_STEPS} steps of batch 64 units; corpus: ROCStories' "
+                     f"{AE_STORIES} training stories written {AE_REPLICAS}x into one jsonl (~1M sentence units; replicated text, not "
+                     f"new), 10k: its first {AE_SMALL} stories (the first 32 of each held out)")
+    results["ae_stream"] = rows
 
 
 def part_train(args, results: dict) -> None:
@@ -236,13 +273,24 @@ def part_train(args, results: dict) -> None:
 
 
 def part_app(args, results: dict) -> None:
+    """The app under APP_CLIENTS clients at once, each request alone (the default) and batched (--max-batch)."""
+    results["app"] = serve_clients(args, 1)
+    log({k: v for k, v in results["app"].items() if k != "answers"}, "app")
+    batched = serve_clients(args, APP_MAX_BATCH)
+    alone = results["app"]["answers"]
+    batched["same_text_as_alone"] = sum(alone.get(seed) == text for seed, text in batched["answers"].items()) / len(alone)
+    results["app_batched"] = batched
+    log({k: v for k, v in batched.items() if k != "answers"}, "app_batched")
+
+
+def serve_clients(args, max_batch: int) -> dict:
     from gradio_client import Client
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = subprocess.Popen([sys.executable, "-m", "latentdlm.cli", "app", "--model", str(pipeline_dir(args.ladder_dir, DESIGN)),
-                               "--port", str(port)], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                               "--port", str(port), "--max-batch", str(max_batch)], env={**os.environ, "PYTHONPATH": str(ROOT)},
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         url = f"http://127.0.0.1:{port}/"
@@ -255,7 +303,7 @@ def part_app(args, results: dict) -> None:
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit(f"the app did not start:\n{server.stderr.read()[-3000:]}")
                 time.sleep(2)
-        latencies, errors = [], []
+        latencies, errors, answers = [], [], {}
         lock = threading.Lock()
 
         def client(index: int) -> None:
@@ -263,10 +311,12 @@ def part_app(args, results: dict) -> None:
             for request in range(APP_REQUESTS):
                 start = time.monotonic()
                 try:
-                    text = connection.predict(1, 0, 10, "dpm", index * 100 + request, api_name="/generate")
-                    assert text.strip(), "an empty answer"
+                    seed = index * 100 + request
+                    text = connection.predict(1, 0, 10, "dpm", seed, api_name="/generate")
+                    assert text.strip() and not text.startswith("error:"), f"answered {text[:200]!r}"
                     with lock:
                         latencies.append(time.monotonic() - start)
+                        answers[str(seed)] = text
                 except Exception as exc:
                     with lock:
                         errors.append(f"{type(exc).__name__}: {str(exc)[:200]}")
@@ -285,12 +335,12 @@ def part_app(args, results: dict) -> None:
         except subprocess.TimeoutExpired:
             server.kill()
     ordered = sorted(latencies)
-    results["app"] = {"clients": APP_CLIENTS, "requests": APP_CLIENTS * APP_REQUESTS, "errors": len(errors), "error_examples": errors[:5],
-                      "p50_seconds": ordered[len(ordered) // 2] if ordered else None,
-                      "p95_seconds": ordered[int(0.95 * (len(ordered) - 1))] if ordered else None,
-                      "wall_seconds": wall, "requests_per_s": len(latencies) / wall,
-                      "setup": f"design {DESIGN}'s pipeline, one story per request (DPM-10), all clients at once on 127.0.0.1"}
-    log(results["app"], "app")
+    return {"clients": APP_CLIENTS, "requests": APP_CLIENTS * APP_REQUESTS, "errors": len(errors), "error_examples": errors[:5],
+            "max_batch": max_batch, "p50_seconds": ordered[len(ordered) // 2] if ordered else None,
+            "p95_seconds": ordered[int(0.95 * (len(ordered) - 1))] if ordered else None,
+            "wall_seconds": wall, "requests_per_s": len(latencies) / wall, "answers": answers,
+            "setup": f"design {DESIGN}'s pipeline, one story per request (DPM-10), all clients at once on 127.0.0.1, "
+                     f"--max-batch {max_batch}"}
 
 
 def part_sampling(args, results: dict) -> None:
@@ -326,4 +376,5 @@ def arguments(parser) -> None:
 
 if __name__ == "__main__":
     run_benchmark(__doc__, "scale", {"encode": part_encode, "kill_resume": part_kill_resume, "train": part_train, "app": part_app,
+                                     "ae_stream": part_ae_stream,
                                      "sampling": part_sampling}, work_dir="runs/scale", summary=summary, arguments=arguments)

@@ -83,7 +83,8 @@ def stream_into_shards(path: Path, texts: Iterable[str], split: Callable[[str], 
         shard += 1
     state.wait_for_everyone()
     if not counts:
-        raise LatentDLMError("the stream of texts is empty: nothing to train on")
+        raise LatentDLMError("the stream holds no texts to train on (a streamed corpus without data.eval_source holds out its "
+                             "first data.max_eval texts)")
     counts = torch.tensor(counts)
     if state.is_main_process:
         write_tensors(path / COUNTS, {"counts": counts})
