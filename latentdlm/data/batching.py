@@ -15,8 +15,8 @@ class LengthGroupedSampler(Sampler[int]):
     each epoch, and a resumed run sees the same order as an uninterrupted one.
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, group: int = 50):
-        self.lengths = list(lengths)
+    def __init__(self, lengths: Sequence[int] | torch.Tensor, batch_size: int, seed: int = 0, group: int = 50):
+        self.lengths = torch.as_tensor(lengths)  # a tensor: a few bytes per example, however large the corpus
         self.batch_size = batch_size
         self.seed = seed
         self.group = group
@@ -30,11 +30,12 @@ class LengthGroupedSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        order = torch.randperm(len(self.lengths), generator=generator)
         mega = self.batch_size * self.group
         batches = []
         for start in range(0, len(order), mega):
-            chunk = sorted(order[start : start + mega], key=self.lengths.__getitem__, reverse=True)
-            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+            chunk = order[start : start + mega]
+            chunk = chunk[torch.sort(self.lengths[chunk], descending=True, stable=True).indices]
+            batches += list(chunk.split(self.batch_size))
         for b in torch.randperm(len(batches), generator=generator).tolist():
-            yield from batches[b]
+            yield from batches[b].tolist()

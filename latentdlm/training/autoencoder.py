@@ -114,7 +114,7 @@ class UnitData:
     decoder_ids: Sequence[list[int]]
     contexts: Optional[Sequence[list[int]]]
     counts: list[int]
-    lengths: list[int]
+    lengths: Sequence[int] | torch.Tensor
 
 
 def unit_data(model: ParagraphAutoencoder, texts: Sequence[str] | TextStream, sources: Optional[list[str]] = None,
@@ -129,7 +129,7 @@ def unit_data(model: ParagraphAutoencoder, texts: Sequence[str] | TextStream, so
         encoder = (LatentShards(ensure_cached_stream(model, texts, texts.identity, shard_units=shard_units)[0])
                    if model.fixed_latents else store.column("encoder"))
         lengths = decoder.lengths() + (0 if contexts is None else contexts.lengths())
-        return UnitData(encoder, decoder, contexts, store.counts.tolist(), lengths.tolist())
+        return UnitData(encoder, decoder, contexts, store.counts.tolist(), lengths)
     per_text = processor.split_units(texts)
     units = [u for units in per_text for u in units]
     tokens = processor.tokenize(units)
@@ -169,10 +169,11 @@ class TextStreamDataset(torch.utils.data.Dataset):
         units = slice(self.starts[i], self.starts[i + 1])
         return self.data.encoder_inputs[units], self.data.decoder_ids[units]
 
-    def lengths(self) -> list[int]:
+    def lengths(self) -> torch.Tensor:
         """Each text's cost: its units' summed."""
-        total = [0, *itertools.accumulate(self.data.lengths)]
-        return [total[b] - total[a] for a, b in zip(self.starts, self.starts[1:])]
+        total = torch.cat([torch.zeros(1, dtype=torch.int64), torch.as_tensor(self.data.lengths).cumsum(0)])
+        starts = torch.tensor(self.starts)
+        return total[starts[1:]] - total[starts[:-1]]
 
 
 def make_dataloader(model: ParagraphAutoencoder, texts: Sequence[str] | TextStream, batch_size: int, seed: int,
