@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
         "configs/autoencoder/tiny.yaml", "training.max_steps=200",
     )
 
-    from latentdlm.autoencoder.latent_cache import SHARD_UNITS
+    from latentdlm.shards import SHARD_UNITS
 
     p = sub.add_parser("encode", help="encode a corpus's units into the latent cache, in shards, resumable (also: accelerate "
                                       "launch scripts/encode_corpus.py, every process encoding its share)")

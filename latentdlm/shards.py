@@ -25,7 +25,7 @@ from latentdlm.io import atomic_file
 SHARD_UNITS = 16384  # units per shard: 25 MB of 384-d float32 latents
 MANIFEST = "manifest.json"
 COUNTS = "counts.safetensors"  # a streamed corpus's units per text
-_DTYPES = {"F32": torch.float32, "I32": torch.int32, "I64": torch.int64}
+_DTYPES = {"F32": torch.float32, "F16": torch.float16, "I32": torch.int32, "I64": torch.int64}
 
 
 def shard_name(index: int) -> str:
@@ -53,6 +53,32 @@ def process_state():
     from accelerate import PartialState
 
     return PartialState(cpu=not torch.cuda.is_available())
+
+
+def ensure_sharded(path: Path, count: int, shard_units: int, write: Callable[[Path, int, int, int, tqdm], None],
+                   description: str, **manifest) -> Path:
+    """`count` listed units written as shards of `shard_units` into `path`: every process of a launch writes its own even
+    share of the missing shards (accelerate's `split_between_processes`; a killed run's finished shards stay), then the
+    main process writes the manifest (with `manifest`'s fields). `write(path, index, start, stop, bar)` writes one shard."""
+    if is_complete(path):
+        return path
+    state = process_state()
+    path.mkdir(parents=True, exist_ok=True)
+    shards = math.ceil(count / shard_units)
+    with state.split_between_processes(list(range(shards))) as mine:
+        todo = [s for s in mine if not (path / shard_name(s)).is_file()]
+        total = sum(min(shard_units, count - s * shard_units) for s in todo)
+        with tqdm(total=total, desc=f"{description} (process {state.process_index})", unit="unit", disable=not todo) as bar:
+            for s in todo:
+                write(path, s, s * shard_units, min(count, (s + 1) * shard_units), bar)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        missing = [s for s in range(shards) if not (path / shard_name(s)).is_file()]
+        if missing:
+            raise LatentDLMError(f"{path} lacks {len(missing)} shard(s) (first {shard_name(missing[0])})")
+        write_manifest(path, count, shards, shard_units, **manifest)
+    state.wait_for_everyone()
+    return path
 
 
 def stream_into_shards(path: Path, texts: Iterable[str], split: Callable[[str], list], shard_units: int,
@@ -161,26 +187,31 @@ class ShardFolder:
             start += take
 
 
-def ragged(lists: Sequence[Sequence[int]], name: str) -> dict[str, torch.Tensor]:
-    """Lists of token ids as two tensors: `<name>_ids` (all, int32) and `<name>_offsets` (where each starts, and the end)."""
-    offsets = torch.zeros(len(lists) + 1, dtype=torch.int64)
-    offsets[1:] = torch.tensor([len(ids) for ids in lists], dtype=torch.int64).cumsum(0)
-    flat = [i for ids in lists for i in ids]
-    return {f"{name}_ids": torch.tensor(flat, dtype=torch.int32), f"{name}_offsets": offsets}
+def ragged(rows: Sequence, name: str) -> dict[str, torch.Tensor]:
+    """Rows of different lengths as two tensors: `<name>` (all rows joined: token id lists as int32, or tensors (L_i, ...)
+    along their first axis) and `<name>_offsets` (where each row starts, and the end)."""
+    offsets = torch.zeros(len(rows) + 1, dtype=torch.int64)
+    offsets[1:] = torch.tensor([len(row) for row in rows], dtype=torch.int64).cumsum(0)
+    if rows and isinstance(rows[0], torch.Tensor):
+        return {name: torch.cat(list(rows)), f"{name}_offsets": offsets}
+    return {name: torch.tensor([i for row in rows for i in row], dtype=torch.int32), f"{name}_offsets": offsets}
 
 
 class RaggedColumn:
-    """One ragged field of a shard folder (`ragged`'s two tensors per shard): unit i's ids as a list, by index or slice."""
+    """One ragged field of a shard folder (`ragged`'s two tensors per shard): row i by index, or rows by slice; token
+    ids as lists, tensor rows (`as_lists=False`) as tensors."""
 
-    def __init__(self, folder: ShardFolder, name: str):
-        self.folder, self.name = folder, name
+    def __init__(self, folder: ShardFolder, name: str, as_lists: bool = True):
+        self.folder, self.name, self.as_lists = folder, name, as_lists
 
     def __len__(self) -> int:
         return len(self.folder)
 
-    def _read(self, shard: ShardFile, start: int, stop: int) -> list[list[int]]:
+    def _read(self, shard: ShardFile, start: int, stop: int) -> list:
         offsets = shard.rows(f"{self.name}_offsets", start, stop + 1).tolist()
-        flat = shard.rows(f"{self.name}_ids", offsets[0], offsets[-1]).tolist()
+        flat = shard.rows(self.name, offsets[0], offsets[-1])
+        if self.as_lists:
+            flat = flat.tolist()
         return [flat[a - offsets[0] : b - offsets[0]] for a, b in zip(offsets, offsets[1:])]
 
     def __getitem__(self, index: int | slice):
@@ -188,11 +219,11 @@ class RaggedColumn:
             start, stop, step = index.indices(len(self))
             if step != 1:
                 raise IndexError("shards read contiguous slices only")
-            return [ids for span in self.folder.spans(start, stop) for ids in self._read(*span)]
+            return [row for span in self.folder.spans(start, stop) for row in self._read(*span)]
         shard, offset = self.folder.locate(index)
         return self._read(shard, offset, offset + 1)[0]
 
     def lengths(self) -> torch.Tensor:
-        """Every unit's number of ids, one pass over the shards' offsets."""
+        """Every row's length, one pass over the shards' offsets."""
         return torch.cat([span[0].rows(f"{self.name}_offsets", span[1], span[2] + 1).diff()
                           for span in self.folder.spans(0, len(self))]).to(torch.int32)

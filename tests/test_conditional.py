@@ -21,6 +21,7 @@ from latentdlm.diffusion.schedulers import make_scheduler, training_scheduler
 from latentdlm.errors import LatentDLMError
 from latentdlm.evaluation.summarization import minimum_bayes_risk, pair_rouge_l, rouge_scores
 from latentdlm.pipelines.latent_text import LatentDiffusionTextPipeline
+from latentdlm.shards import MANIFEST, RaggedColumn, ShardFolder
 
 ROOT = Path(__file__).resolve().parents[1]
 DM_COND = str(ROOT / "configs/diffusion/tiny_cond.yaml")
@@ -238,24 +239,26 @@ def test_the_default_frozen_minilm_condition_trains_end_to_end(autoencoder, tmp_
     fresh = ConditionEncoder.build(ConditionConfig(), None)
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), pipe.condition_encoder.state_dict().values()))
 
-    # the frozen encoder's token states were computed once and cached (float16), like the latents
-    cache = load_file(str(out / "conditions.safetensors"))
+    # the frozen encoder's token states were computed once and cached (float16, in shards), like the latents
+    (folder,) = (out / "conditions").iterdir()
+    cache = RaggedColumn(ShardFolder(folder, "condition cache"), "states", as_lists=False)
     sources = json.loads((out / "latents.json").read_text())["sources"]
-    assert len(cache["lengths"]) == len(sources)
+    assert len(cache) == len(sources)
     first = fresh.encode(sources[:1])
     expected = first["condition_states"][0][first["condition_mask"][0]]
-    assert cache["lengths"][0] == len(expected)
-    torch.testing.assert_close(cache["states"][: len(expected)].float(), expected, atol=2e-3, rtol=2e-3)
-    written = (out / "conditions.safetensors").stat().st_mtime_ns
+    assert cache[0].dtype == torch.float16 and cache[0].shape == expected.shape
+    torch.testing.assert_close(cache[0].float(), expected, atol=2e-3, rtol=2e-3)
+    written = (folder / MANIFEST).stat().st_mtime_ns
     assert main(["train-diffusion", "--config", DM_COND, *tiny_diffusion_overrides(autoencoder, out), *overrides,
                  "training.max_steps=2", "training.overwrite_output_dir=true"]) == 0
-    assert (out / "conditions.safetensors").stat().st_mtime_ns == written  # reused, not encoded again
+    assert (folder / MANIFEST).stat().st_mtime_ns == written  # reused, not encoded again
 
-    # one vector per source sentence instead: a new cache, and the pipeline samples with it
+    # one vector per source sentence instead: a new cache (the old one removed), and the pipeline samples with it
     assert main(["train-diffusion", "--config", DM_COND, *tiny_diffusion_overrides(autoencoder, out), *overrides,
                  "training.max_steps=2", "training.overwrite_output_dir=true", "condition.granularity=sentences",
                  "denoiser.source_latents=2"]) == 0
-    assert (out / "conditions.safetensors").stat().st_mtime_ns != written
+    (other,) = (out / "conditions").iterdir()
+    assert other != folder and len(RaggedColumn(ShardFolder(other, "condition cache"), "states", as_lists=False)) == len(sources)
     pipe = LatentDiffusionTextPipeline.from_pretrained(out / "pipeline")
     assert pipe.condition_encoder.config.granularity == "sentences" and pipe.denoiser.source_resampler is not None
     assert len(pipe(conditions=["The fox saw grapes. They were high."], num_inference_steps=2, seed=0).texts) == 1

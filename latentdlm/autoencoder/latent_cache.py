@@ -16,18 +16,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from latentdlm.errors import LatentDLMError
 from latentdlm.io import cache_dir
-from latentdlm.shards import (
-    SHARD_UNITS, ShardFolder, is_complete, process_state, shard_name, stream_into_shards, write_manifest, write_tensors,
-)
+from latentdlm.shards import SHARD_UNITS, ShardFolder, ensure_sharded, shard_name, stream_into_shards, write_tensors
 
 
 def _digest(model) -> "hashlib._Hash":
@@ -68,27 +64,10 @@ def write_shard(model, path: Path, index: int, units: Sequence[str], batch_size:
 def ensure_cached(model, units: Sequence[str], batch_size: int = 128, folder: Optional[Path] = None,
                   shard_units: int = SHARD_UNITS) -> Path:
     """The cache folder of `units`' latents (posterior means) under `model`, its missing shards encoded now: each
-    process of an `accelerate launch` encodes its own share, the main process then writes the manifest."""
-    path = cache_path(model, units, folder, shard_units)
-    if is_complete(path):
-        return path
-    state = process_state()
-    path.mkdir(parents=True, exist_ok=True)
-    shards = math.ceil(len(units) / shard_units)
-    with state.split_between_processes(list(range(shards))) as mine:
-        todo = [s for s in mine if not (path / shard_name(s)).is_file()]  # a killed run's finished shards stay
-        total = sum(min(shard_units, len(units) - s * shard_units) for s in todo)
-        with tqdm(total=total, desc=f"encoding (process {state.process_index})", unit="unit", disable=not todo) as bar:
-            for s in todo:
-                write_shard(model, path, s, units[s * shard_units : (s + 1) * shard_units], batch_size, bar)
-    state.wait_for_everyone()
-    if state.is_main_process:
-        missing = [s for s in range(shards) if not (path / shard_name(s)).is_file()]
-        if missing:
-            raise LatentDLMError(f"the latent cache {path} lacks {len(missing)} shard(s) (first {shard_name(missing[0])})")
-        write_manifest(path, len(units), shards, shard_units, latent_shape=list(model.latent_shape))
-    state.wait_for_everyone()
-    return path
+    process of an `accelerate launch` encodes its own share (`ensure_sharded`)."""
+    return ensure_sharded(cache_path(model, units, folder, shard_units), len(units), shard_units,
+                          lambda path, index, start, stop, bar: write_shard(model, path, index, units[start:stop], batch_size, bar),
+                          "encoding", latent_shape=list(model.latent_shape))
 
 
 def ensure_cached_stream(model, texts: Iterable[str], identity: str, batch_size: int = 128, folder: Optional[Path] = None,

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from latentdlm.autoencoder.decoding import DecodingConfig
-from latentdlm.autoencoder.latent_cache import SHARD_UNITS
+from latentdlm.shards import SHARD_UNITS
 from latentdlm.autoencoder.model import ParagraphAutoencoder
 from latentdlm.config import save_config
 from latentdlm.diffusion.condition import ConditionConfig, ConditionEncoder
@@ -179,8 +179,7 @@ def train_diffusion(cfg: DiffusionTrainConfig, resume: bool = False, cpu: bool =
                       f"{len(data['counts'])} texts ({len(data['units'])} segments)")
     conditions = data["sources"]
     if condition_encoder is not None and condition_encoder.config.freeze:
-        conditions = load_or_encode_conditions(cfg, condition_encoder.to(accelerator.device), data["sources"], out,
-                                               accelerator.is_main_process, accelerator.wait_for_everyone)
+        conditions = load_or_encode_conditions(cfg, condition_encoder.to(accelerator.device), data["sources"], out)
     space = copy.deepcopy(autoencoder.latent_space).cpu()  # the dataset normalises each text's latents as it reads them
     dataset = LatentDataset(data["units"], data["counts"], data.get("labels"), conditions, space.normalize)
     dataset, heldout = split_heldout(dataset, cfg.heldout_texts, cfg.training.seed, condition_encoder)

@@ -6,26 +6,29 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
-from latentdlm.autoencoder.latent_cache import SHARD_UNITS, LatentShards, ensure_cached, ensure_cached_stream, is_complete
+from latentdlm.autoencoder.latent_cache import LatentShards, ensure_cached, ensure_cached_stream
 from latentdlm.autoencoder.model import ParagraphAutoencoder
 from latentdlm.data.sources import TextStream, load_labeled_texts, load_pairs, load_texts
 from latentdlm.diffusion.condition import ConditionEncoder
 from latentdlm.errors import LatentDLMError
 from latentdlm.io import CONFIG_NAME, WEIGHTS_NAME, atomic_file, file_sha256
+from latentdlm.shards import (
+    SHARD_UNITS, RaggedColumn, ShardFolder, ensure_sharded, is_complete, process_state, ragged, shard_name, write_tensors,
+)
 
 if TYPE_CHECKING:
     from latentdlm.training.diffusion import DiffusionTrainConfig
 
 CACHE_NAME = "latents.safetensors"
-CONDITION_CACHE_NAME = "conditions.safetensors"
+CONDITIONS_FOLDER = "conditions"  # the frozen condition encoder's token states, in shards
 
 
 def _cache_key(cfg: DiffusionTrainConfig) -> str:
@@ -136,27 +139,29 @@ def name_labels(labels: list[str], label_names: Optional[dict[str, str]]) -> lis
     return [label_names[label.strip()] for label in labels]
 
 
-def load_or_encode_conditions(cfg: DiffusionTrainConfig, encoder: ConditionEncoder, sources: list[str], out: Path,
-                               is_main: bool, wait) -> list[torch.Tensor]:
-    """A frozen condition encoder is a fixed function: every source's token states (L_i, C), computed once
-    by the main process (float16 on disk) and reused while the latents and the condition settings stay."""
-    path, meta = out / CONDITION_CACHE_NAME, out / "conditions.json"
+def load_or_encode_conditions(cfg: DiffusionTrainConfig, encoder: ConditionEncoder, sources: list[str], out: Path) -> RaggedColumn:
+    """A frozen condition encoder is a fixed function: every source's token states (L_i, C), computed once (float16,
+    in shards under `out/conditions`, every process of a launch its share) and read by index while the latents and
+    the condition settings stay; a cache for other settings is removed."""
     key = hashlib.sha256((json.loads((out / "latents.json").read_text())["key"]
                           + json.dumps(dataclasses.asdict(cfg.condition), sort_keys=True)).encode()).hexdigest()
-    if is_main and not _cache_is_current(path, meta, key):
-        states, lengths = [], []
-        chunk = cfg.encode_batch_size
-        for start in tqdm(range(0, len(sources), chunk), desc="encoding the source texts", unit="chunk"):
-            encoded = encoder.encode(sources[start : start + chunk], warn=False)
-            for row, keep in zip(encoded["condition_states"], encoded["condition_mask"]):
-                states.append(row[keep].half().cpu())
-                lengths.append(int(keep.sum()))
-        with atomic_file(path) as tmp:
-            save_file({"states": torch.cat(states).contiguous(), "lengths": torch.tensor(lengths)}, str(tmp))
-        meta.write_text(json.dumps({"key": key, "sha256": file_sha256(path)}))
-    wait()
-    cache = load_file(str(path))
-    return list(torch.split(cache["states"], cache["lengths"].tolist()))
+    path = out / CONDITIONS_FOLDER / key[:32]
+
+    def write(path: Path, index: int, start: int, stop: int, bar) -> None:
+        states = []
+        for first in range(start, stop, cfg.encode_batch_size):
+            batch = sources[first : min(stop, first + cfg.encode_batch_size)]
+            encoded = encoder.encode(batch, warn=False)
+            states += [row[keep].half().cpu() for row, keep in zip(encoded["condition_states"], encoded["condition_mask"])]
+            bar.update(len(batch))
+        write_tensors(path / shard_name(index), ragged(states, "states"))
+
+    ensure_sharded(path, len(sources), cfg.encode_shard_units, write, "encoding the source texts")
+    if process_state().is_main_process:
+        for old in (out / CONDITIONS_FOLDER).iterdir():
+            if old != path:
+                shutil.rmtree(old, ignore_errors=True)
+    return RaggedColumn(ShardFolder(path, "condition cache"), "states", as_lists=False)
 
 
 class LatentDataset(torch.utils.data.Dataset):
