@@ -22,7 +22,6 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from latentdlm.autoencoder.decoding import DecodingConfig
-from latentdlm.shards import SHARD_UNITS
 from latentdlm.autoencoder.model import ParagraphAutoencoder
 from latentdlm.config import save_config
 from latentdlm.diffusion.condition import ConditionConfig, ConditionEncoder
@@ -35,6 +34,7 @@ from latentdlm.evaluation.plots import plot_training_curves
 from latentdlm.io import WEIGHTS_NAME, write_errors_explained
 from latentdlm.model_card import training_record
 from latentdlm.pipelines.latent_text import LatentDiffusionTextPipeline
+from latentdlm.shards import SHARD_UNITS
 from latentdlm.training.checkpoints import (
     EMACheckpoint, ShadowParams, clear_previous_run, is_sharded, prepare_output_dir, trainable,
 )
