@@ -85,6 +85,9 @@ def test_a_killed_tokenization_resumes_from_its_finished_shards(tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in sorted(cache.glob("shard-*"))[:-2]} == kept  # not rewritten
     assert (cache / shards[-2].name).is_file() and (cache / shard_name(len(shards) - 1)).is_file()
     assert list(again.decoder_ids[:]) == listed.decoder_ids
+    unit_data(model, TextStream(data), folder=tmp_path, shard_units=32)  # other settings: a new cache, the old one removed
+    (other,) = (tmp_path / FOLDER).iterdir()
+    assert other != cache and json.loads((other / MANIFEST).read_text())["shard_units"] == 32
 
 
 def test_held_out_texts_of_a_stream_are_its_first(tmp_path):

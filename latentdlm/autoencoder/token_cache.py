@@ -3,7 +3,8 @@
 
 Each shard holds, per unit, its decoder target, its encoder input (not under fixed latents: those come from the latent
 cache) and, with `decoder_context`, the decoder tokens of the units before it. The folder's name is a hash of the
-stream, the model's settings and its tokenizers, so a changed corpus or tokenizer makes a new one.
+stream, the model's settings and its tokenizers, so a changed corpus or tokenizer makes a new one (and the old
+one is removed).
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Optional
 
 from safetensors.torch import load_file
 
-from latentdlm.shards import COUNTS, SHARD_UNITS, RaggedColumn, ShardFolder, ragged, shard_name, stream_into_shards, write_tensors
+from latentdlm.shards import (
+    COUNTS, SHARD_UNITS, RaggedColumn, ShardFolder, process_state, ragged, shard_name, stream_into_shards, write_tensors,
+)
 
 FOLDER = "unit_tokens"
 
@@ -56,6 +60,10 @@ def ensure_tokenized_stream(model, texts, folder: Path, shard_units: int = SHARD
 
     path = token_cache_path(model, texts.identity, folder, shard_units)
     stream_into_shards(path, texts, split, shard_units, write, "tokenizing a stream", fields=fields)
+    if process_state().is_main_process:  # a run folder keeps the cache of its current corpus and tokenizer only
+        for old in path.parent.iterdir():
+            if old != path:
+                shutil.rmtree(old, ignore_errors=True)
     return path
 
 
