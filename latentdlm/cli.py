@@ -47,16 +47,16 @@ def cmd_encode(args: argparse.Namespace) -> None:
     """A corpus's units into the latent cache, every process of a launch encoding its share of the shards."""
     import time
 
-    from accelerate import PartialState
     from accelerate.utils import gather_object
 
     from latentdlm.autoencoder.latent_cache import LatentShards, cache_path, ensure_cached
     from latentdlm.autoencoder.model import ParagraphAutoencoder
     from latentdlm.data.sources import load_texts
+    from latentdlm.shards import process_state
 
     import torch
 
-    state = PartialState(cpu=not torch.cuda.is_available())  # CPU processes of a launch: gloo, as accelerate's cpu=True
+    state = process_state()
     if args.threads:
         torch.set_num_threads(args.threads)
     model = ParagraphAutoencoder.from_pretrained(args.autoencoder).to(state.device)

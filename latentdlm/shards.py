@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -79,6 +80,15 @@ def ensure_sharded(path: Path, count: int, shard_units: int, write: Callable[[Pa
         write_manifest(path, count, shards, shard_units, **manifest)
     state.wait_for_everyone()
     return path
+
+
+def remove_other_folders(path: Path) -> None:
+    """On the main process, the shard folders beside `path` removed: a run folder keeps the cache of its current
+    settings only."""
+    if process_state().is_main_process:
+        for other in path.parent.iterdir():
+            if other != path:
+                shutil.rmtree(other, ignore_errors=True)
 
 
 def stream_into_shards(path: Path, texts: Iterable[str], split: Callable[[str], list], shard_units: int,

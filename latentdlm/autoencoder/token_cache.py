@@ -12,14 +12,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import shutil
 from pathlib import Path
 from typing import Optional
 
 from safetensors.torch import load_file
 
 from latentdlm.shards import (
-    COUNTS, SHARD_UNITS, RaggedColumn, ShardFolder, process_state, ragged, shard_name, stream_into_shards, write_tensors,
+    COUNTS, SHARD_UNITS, RaggedColumn, ShardFolder, ragged, remove_other_folders, shard_name, stream_into_shards, write_tensors,
 )
 
 FOLDER = "unit_tokens"
@@ -60,10 +59,7 @@ def ensure_tokenized_stream(model, texts, folder: Path, shard_units: int = SHARD
 
     path = token_cache_path(model, texts.identity, folder, shard_units)
     stream_into_shards(path, texts, split, shard_units, write, "tokenizing a stream", fields=fields)
-    if process_state().is_main_process:  # a run folder keeps the cache of its current corpus and tokenizer only
-        for old in path.parent.iterdir():
-            if old != path:
-                shutil.rmtree(old, ignore_errors=True)
+    remove_other_folders(path)  # the run folder keeps the cache of its current corpus and tokenizer only
     return path
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import shutil
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
@@ -21,7 +20,7 @@ from latentdlm.diffusion.condition import ConditionEncoder
 from latentdlm.errors import LatentDLMError
 from latentdlm.io import CONFIG_NAME, WEIGHTS_NAME, atomic_file, file_sha256
 from latentdlm.shards import (
-    SHARD_UNITS, RaggedColumn, ShardFolder, ensure_sharded, is_complete, process_state, ragged, shard_name, write_tensors,
+    SHARD_UNITS, RaggedColumn, ShardFolder, ensure_sharded, is_complete, ragged, remove_other_folders, shard_name, write_tensors,
 )
 
 if TYPE_CHECKING:
@@ -157,10 +156,7 @@ def load_or_encode_conditions(cfg: DiffusionTrainConfig, encoder: ConditionEncod
         write_tensors(path / shard_name(index), ragged(states, "states"))
 
     ensure_sharded(path, len(sources), cfg.encode_shard_units, write, "encoding the source texts")
-    if process_state().is_main_process:
-        for old in (out / CONDITIONS_FOLDER).iterdir():
-            if old != path:
-                shutil.rmtree(old, ignore_errors=True)
+    remove_other_folders(path)
     return RaggedColumn(ShardFolder(path, "condition cache"), "states", as_lists=False)
 
 
